@@ -1,0 +1,214 @@
+"""The shard's WSGI application: routing, authentication, authorization, discovery and health.
+
+Request flow: health/version (no credentials) -> authenticate -> split ``/clusters/<cluster>``
+-> request attributes -> authorize -> discovery or ``ResourceAPI``. Errors anywhere are
+``StatusError`` exceptions rendered as ``metav1.Status``; anything unexpected becomes a 500
+Status and a logged traceback, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import structlog
+from werkzeug.wrappers import Request, Response
+
+from server import discovery, errors, negotiation
+from server.openapi import OpenAPIIndex
+from server.auth.authn import Authenticator
+from server.auth.authz import Attributes, Authorizer, forbidden_message
+from server.auth.user import UserInfo
+from server.registry import Registry
+from server.requestinfo import RequestInfo, parse_request_info
+from server.resources import Catalog
+from server.rest import ResourceAPI, json_response
+
+log = structlog.get_logger("kcp.shard")
+
+VERSION_INFO = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+kcp-virtual", "gitCommit": "kcp-virtual",
+                "gitTreeState": "clean", "buildDate": "2026-11-25T00:00:00Z", "goVersion": "python3.11",
+                "compiler": "cpython", "platform": "linux/amd64"}
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+_CLUSTER_NAME = re.compile(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$")
+DEFAULT_CLUSTER = "root"
+
+ServiceHandler = Callable[[Request, UserInfo], Response]
+
+
+class InFlightLimiter:
+    """kube's max-requests-inflight: short requests beyond the limit get 429 instead of queueing forever."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.current = 0
+
+    def __enter__(self):
+        if self.current >= self.limit:
+            raise errors.TooManyRequests()
+        self.current += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.current -= 1
+
+
+class ShardApp:
+    def __init__(self, registry: Registry, catalog: Catalog, authenticator: Authenticator, authorizer: Authorizer,
+                 *, metrics=None, server_address: str = "127.0.0.1:6443", max_requests_in_flight: int = 400,
+                 bookmark_interval: float = 60.0):
+        self.registry = registry
+        self.catalog = catalog
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.server_address = server_address
+        self.api = ResourceAPI(registry, bookmark_interval=bookmark_interval)
+        self.limiter = InFlightLimiter(max_requests_in_flight)
+        self.readiness: dict[str, Callable[[], bool]] = {"ping": lambda: True, "storage": self._storage_ready}
+        self.services: ServiceHandler | None = None
+        self._openapi_cache: dict[tuple, OpenAPIIndex] = {}
+
+    # ------------------------------------------------------------------ WSGI
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except errors.StatusError as exc:
+            response = exc.get_response()
+        except Exception as exc:  # a bug must still answer a Status, and be logged with its traceback
+            log.exception("unhandled error", path=request.path)
+            response = errors.InternalError(f"{type(exc).__name__}: {exc}").get_response()
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        path = request.path
+        if path in HEALTH_PATHS or path.startswith(tuple(p + "/" for p in HEALTH_PATHS)):
+            return self._health(request, path)
+        if path == "/version" or path == "/version/":
+            return json_response(VERSION_INFO)
+        user = self.authenticator.authenticate(request.environ)
+        if user is None:
+            raise errors.Unauthorized()
+        structlog.contextvars.bind_contextvars(user=user.name)
+        request.environ["kcp.user"] = user
+        if path == "/metrics" and self.metrics is not None:
+            return self.metrics.wsgi_response(request.environ)
+        if path.startswith("/services/") or path == "/services":
+            if self.services is None:
+                raise errors.NotFound.path()
+            return self.services(request, user)
+        cluster, rest, prefix = DEFAULT_CLUSTER, path, ""
+        if path.startswith("/clusters/"):
+            cluster, _, rest = path[len("/clusters/"):].partition("/")
+            rest = "/" + rest
+            prefix = f"/clusters/{cluster}"
+            if not _CLUSTER_NAME.match(cluster):
+                raise errors.BadRequest(f'invalid logical cluster name "{cluster}"')
+            structlog.contextvars.bind_contextvars(cluster=cluster)
+        return self.serve_cluster(request, user, cluster, rest, prefix)
+
+    # ------------------------------------------------------------------ one logical cluster
+
+    def serve_cluster(self, request: Request, user: UserInfo, cluster: str, path: str, prefix: str = "") -> Response:
+        if path in ("/version", "/version/"):
+            return json_response(VERSION_INFO)
+        if path.startswith("/openapi/"):
+            self.registry.require_cluster(cluster)
+            return self._openapi(cluster, path, prefix)
+        info = parse_request_info(request.method, path, request.args)
+        structlog.contextvars.bind_contextvars(verb=info.verb, resource=info.resource)
+        self._authorize(user, cluster, info)
+        self.registry.require_cluster(cluster)
+        if not info.is_resource:
+            if request.method not in ("GET", "HEAD"):
+                raise errors.MethodNotAllowed(f"{request.method} is not supported on {path}")
+            return self._discovery(request, cluster, info)
+        rt = self.catalog.lookup(cluster, info.group, info.version, info.resource)
+        if rt is None:
+            raise errors.NotFound.path()
+        if rt.namespaced is False and info.namespace and info.resource != "namespaces":
+            raise errors.NotFound.path()
+        if info.verb in ("watch",):
+            return self.api.handle(request, cluster, info, rt)
+        with self.limiter:
+            return self.api.handle(request, cluster, info, rt)
+
+    def _authorize(self, user: UserInfo, cluster: str, info: RequestInfo) -> None:
+        attributes = Attributes(user=user, verb=info.verb, cluster=cluster, is_resource=info.is_resource,
+                                path=info.path, api_group=info.group, api_version=info.version,
+                                namespace=info.namespace, resource=info.resource, subresource=info.subresource,
+                                name=info.name)
+        decision = self.authorizer.authorize(attributes)
+        if not decision.allowed:
+            message, details = forbidden_message(attributes, decision.reason)
+            raise errors.Forbidden(message, details=details or None)
+
+    def _discovery(self, request: Request, cluster: str, info: RequestInfo) -> Response:
+        types = self.catalog.types(cluster)
+        accept = request.headers.get("Accept", "")
+        if info.api_prefix == "api" and not info.version:
+            aggregated = negotiation.wants_aggregated_discovery(accept)
+            if aggregated:
+                return json_response(discovery.aggregated(types, core=True, version=aggregated),
+                                     content_type=discovery.AGGREGATED_CONTENT_TYPE.format(v=aggregated))
+            return json_response(discovery.api_versions(types, self.server_address))
+        if info.api_prefix == "apis" and not info.parts and not info.group:
+            aggregated = negotiation.wants_aggregated_discovery(accept)
+            if aggregated:
+                return json_response(discovery.aggregated(types, core=False, version=aggregated),
+                                     content_type=discovery.AGGREGATED_CONTENT_TYPE.format(v=aggregated))
+            return json_response(discovery.api_group_list(types))
+        if info.api_prefix == "apis" and info.group and not info.version:
+            body = discovery.api_group(types, info.group)
+        elif info.version and not info.resource:
+            body = discovery.api_resource_list(types, info.group, info.version)
+        else:
+            body = None
+        if body is None:
+            raise errors.NotFound.path()
+        return json_response(body)
+
+    def _openapi(self, cluster: str, path: str, prefix: str) -> Response:
+        """``/openapi/v3[/<gv>]``; v2 is a 404 on purpose (kubectl only parses protobuf there)."""
+        types = tuple(self.catalog.types(cluster))
+        index = self._openapi_cache.get(types)
+        if index is None:
+            index = self._openapi_cache[types] = OpenAPIIndex(types)
+        if path.rstrip("/") == "/openapi/v3":
+            return Response(index.root(prefix), content_type="application/json")
+        document = index.documents.get(path[len("/openapi/v3/"):]) if path.startswith("/openapi/v3/") else None
+        if document is None:
+            raise errors.NotFound.path()
+        return Response(document[0], content_type="application/json",
+                        headers={"Cache-Control": "public, immutable", "Etag": f'"{document[1]}"'})
+
+    # ------------------------------------------------------------------ health
+
+    def _storage_ready(self) -> bool:
+        return self.registry.store is not None
+
+    def _health(self, request: Request, path: str) -> Response:
+        base, _, check = path.lstrip("/").partition("/")
+        checks = {"ping": lambda: True} if base != "readyz" else self.readiness
+        if check:
+            probe = checks.get(check)
+            if probe is None:
+                raise errors.NotFound.path()
+            ok = _safe(probe)
+            return Response("ok" if ok else f"{check} failed", status=200 if ok else 500, content_type="text/plain")
+        results = {name: _safe(probe) for name, probe in checks.items()}
+        healthy = all(results.values())
+        if "verbose" in request.args or not healthy:
+            lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}" for name, ok in results.items()]
+            lines.append(f"{base} check {'passed' if healthy else 'failed'}")
+            return Response("\n".join(lines) + "\n", status=200 if healthy else 500, content_type="text/plain")
+        return Response("ok", content_type="text/plain")
+
+
+def _safe(probe: Callable[[], bool]) -> bool:
+    try:
+        return bool(probe())
+    except Exception:  # a failing probe is "not ready", not a 500 from the health endpoint itself
+        return False

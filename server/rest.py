@@ -1,0 +1,305 @@
+"""HTTP <-> registry for resource requests: decode bodies and query parameters, encode JSON, Table and watch streams.
+
+``ResourceAPI`` is deliberately independent of where the types and objects come from: the shard
+uses it for ``/clusters/<cluster>/...`` and a virtual workspace can use it with its own catalog
+and registry.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import time
+
+import orjson
+import yaml
+from werkzeug.wrappers import Request, Response
+
+from server import errors, negotiation, patch as patches, table
+from server.registry import ListOptions, Registry, WatchEvent, parse_resource_version
+from server.requestinfo import RequestInfo
+from server.resources import ResourceType
+from server.selectors import FieldSelector, LabelSelector
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+JSON = "application/json"
+TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
+MIN_WATCH_TIMEOUT = 1800.0
+
+_PATCH_CONTENT_TYPES = {
+    "merge-patch": patches.MERGE_PATCH,
+    "json-patch": patches.JSON_PATCH,
+    "strategic-merge-patch": patches.STRATEGIC_MERGE_PATCH,
+    "apply-patch": patches.APPLY_PATCH,
+}
+
+
+def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type=content_type, headers=headers)
+
+
+def read_body(request: Request) -> bytes:
+    """The request body, refusing more than 3 MiB (kube's limit for JSON bodies) with a 413 Status."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
+    data = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
+    return data
+
+
+def decode_body(request: Request, *, allow_empty: bool = False):
+    """Parse a JSON or YAML request body; malformed input is a 400, never a crash."""
+    data = read_body(request)
+    if not data.strip():
+        if allow_empty:
+            return None
+        raise errors.BadRequest("the request body is empty; expected a JSON object")
+    kind = negotiation.request_content_kind(request.headers.get("Content-Type", JSON))
+    return _decode(data, kind)
+
+
+def _decode(data: bytes, kind: str):
+    if kind == "protobuf":
+        raise errors.UnsupportedMediaType(
+            "the body of the request was in an unknown format - accepted media types include: application/json, "
+            "application/yaml (protobuf request bodies are not supported yet)")
+    if kind in ("yaml", "apply-patch"):
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise errors.BadRequest(f"error converting YAML to JSON: {exc}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise errors.BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
+
+
+def _flag(query, name: str) -> bool:
+    return query.get(name, "").lower() in ("true", "1")
+
+
+class ResourceAPI:
+    """Serves resource requests for one catalog+registry."""
+
+    def __init__(self, registry: Registry, *, bookmark_interval: float = 60.0, idle_interval: float = 5.0):
+        self.registry = registry
+        self.bookmark_interval = bookmark_interval
+        self.idle_interval = idle_interval
+
+    def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType) -> Response:
+        if info.verb not in rt.verbs:
+            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
+        if info.subresource and info.subresource not in rt.subresources:
+            raise errors.NotFound.path()
+        if info.subresource and info.verb not in ("get", "update", "patch"):
+            raise errors.MethodNotAllowed.for_verb(info.verb, f"{rt.plural}/{info.subresource}")
+        if cluster == "*" and info.verb not in ("list", "watch"):
+            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
+        handler = getattr(self, "_" + info.verb)
+        return handler(request, cluster, info, rt)
+
+    # ------------------------------------------------------------------ reads
+
+    def _get(self, request, cluster, info, rt) -> Response:
+        obj = self.registry.get(rt, cluster, info.namespace, info.name)
+        return self._object_response(request, rt, obj)
+
+    def _list(self, request, cluster, info, rt) -> Response:
+        result = self.registry.list(rt, cluster, info.namespace, self._list_options(request, rt))
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        if version:
+            body = table.to_table(result["items"], rt.table_columns(), list_meta=result["metadata"],
+                                  include_object=negotiation.include_object(request.args.get("includeObject")),
+                                  version=version)
+            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
+        return json_response(result)
+
+    def _watch(self, request, cluster, info, rt) -> Response:
+        query = request.args
+        options = self._list_options(request, rt)
+        if info.name:  # GET .../name?watch=true watches one object
+            options.field_selector = FieldSelector.parse(f"metadata.name={info.name}", rt.field_selectors) \
+                if options.field_selector is None else options.field_selector
+        send_initial = None
+        if "sendInitialEvents" in query:
+            send_initial = _flag(query, "sendInitialEvents")
+            if send_initial and query.get("resourceVersionMatch") != "NotOlderThan":
+                raise errors.Invalid("resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+                                     "resourceVersionMatch to NotOlderThan")
+        options.resource_version_match = ""
+        if options.resource_version not in ("", "0"):
+            parse_resource_version(options.resource_version)
+        timeout = query.get("timeoutSeconds")
+        if timeout:
+            try:
+                seconds = float(int(timeout))
+            except ValueError:
+                raise errors.BadRequest(f'timeoutSeconds: Invalid value: "{timeout}"') from None
+        else:
+            seconds = MIN_WATCH_TIMEOUT * (1 + random.random())
+        deadline = time.monotonic() + max(seconds, 0.0)
+        table_version = negotiation.wants_table(request.headers.get("Accept", ""), stream=True)
+        events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
+                                     allow_bookmarks=_flag(query, "allowWatchBookmarks"),
+                                     bookmark_interval=self.bookmark_interval, deadline=deadline,
+                                     idle_check=_peer_gone_check(request.environ),
+                                     idle_interval=self.idle_interval)
+        if table_version:
+            stream = _table_lines(events, rt, negotiation.include_object(query.get("includeObject")), table_version)
+        else:
+            stream = _json_lines(events)
+        response = Response(stream, status=200, content_type=JSON, direct_passthrough=True)
+        response.headers["Cache-Control"] = "no-cache, private"
+        return response
+
+    # ------------------------------------------------------------------ writes
+
+    def _create(self, request, cluster, info, rt) -> Response:
+        if info.name:
+            raise errors.MethodNotAllowed.for_verb("create", rt.plural)
+        body = decode_body(request)
+        obj = self.registry.create(rt, cluster, info.namespace, body, dry_run=self._dry_run(request))
+        return self._object_response(request, rt, obj, status=201)
+
+    def _update(self, request, cluster, info, rt) -> Response:
+        body = decode_body(request)
+        obj = self.registry.update(rt, cluster, info.namespace, info.name, body, subresource=info.subresource,
+                                   dry_run=self._dry_run(request))
+        return self._object_response(request, rt, obj)
+
+    def _patch(self, request, cluster, info, rt) -> Response:
+        kind = negotiation.request_content_kind(request.headers.get("Content-Type", ""))
+        patch_type = _PATCH_CONTENT_TYPES.get(kind)
+        if patch_type is None:
+            raise errors.UnsupportedMediaType(
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+        if patch_type == patches.APPLY_PATCH:
+            raise errors.UnsupportedMediaType("server-side apply (application/apply-patch+yaml) is not supported "
+                                              "yet; use kubectl apply without --server-side")
+        body = _decode(read_body(request), kind)
+        obj = self.registry.patch(rt, cluster, info.namespace, info.name, patch_type, body,
+                                  subresource=info.subresource, dry_run=self._dry_run(request))
+        return self._object_response(request, rt, obj)
+
+    def _delete(self, request, cluster, info, rt) -> Response:
+        options = self._delete_options(request)
+        result = self.registry.delete(rt, cluster, info.namespace, info.name, options)
+        return json_response(result)
+
+    def _deletecollection(self, request, cluster, info, rt) -> Response:
+        options = self._delete_options(request)
+        result = self.registry.delete_collection(rt, cluster, info.namespace, self._list_options(request, rt),
+                                                 options)
+        return json_response(result)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _object_response(self, request, rt: ResourceType, obj: dict, status: int = 200) -> Response:
+        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        if version and request.method == "GET":
+            body = table.to_table([obj], rt.table_columns(), list_meta={"resourceVersion": obj["metadata"].get(
+                "resourceVersion", "")}, include_object=negotiation.include_object(
+                request.args.get("includeObject")), version=version)
+            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
+        return json_response(obj, status=status)
+
+    @staticmethod
+    def _dry_run(request) -> bool:
+        values = request.args.getlist("dryRun")
+        for value in values:
+            if value != "All":
+                raise errors.BadRequest(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+        return bool(values)
+
+    @staticmethod
+    def _delete_options(request) -> dict:
+        body = decode_body(request, allow_empty=True) or {}
+        if not isinstance(body, dict):
+            raise errors.BadRequest("DeleteOptions must be a JSON object")
+        if request.args.get("propagationPolicy"):
+            body.setdefault("propagationPolicy", request.args["propagationPolicy"])
+        if request.args.getlist("dryRun"):
+            body.setdefault("dryRun", request.args.getlist("dryRun"))
+        for value in body.get("dryRun") or []:
+            if value != "All":
+                raise errors.BadRequest(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+        return body
+
+    @staticmethod
+    def _list_options(request, rt: ResourceType) -> ListOptions:
+        query = request.args
+        limit = query.get("limit", "")
+        try:
+            limit_value = int(limit) if limit else 0
+            if limit_value < 0:
+                raise ValueError
+        except ValueError:
+            raise errors.BadRequest(f'limit: Invalid value: "{limit}": must be a non-negative integer') from None
+        label = query.get("labelSelector", "")
+        field = query.get("fieldSelector", "")
+        match = query.get("resourceVersionMatch", "")
+        if match not in ("", "NotOlderThan", "Exact"):
+            raise errors.BadRequest(f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
+                                    '"Exact", "NotOlderThan"')
+        return ListOptions(
+            label_selector=LabelSelector.parse(label) if label.strip() else None,
+            field_selector=FieldSelector.parse(field, rt.field_selectors) if field.strip() else None,
+            limit=limit_value, continue_token=query.get("continue", ""),
+            resource_version=query.get("resourceVersion", ""), resource_version_match=match)
+
+
+def _json_lines(events):
+    """One JSON line per event; the generator's close() (client gone) closes the storage watcher."""
+    try:
+        for event in events:
+            yield orjson.dumps({"type": event.type, "object": event.object}) + b"\n"
+    finally:
+        events.close()
+
+
+def _table_lines(events, rt: ResourceType, include_object: str, version: str):
+    columns = rt.table_columns()
+    first = True
+    try:
+        for event in events:
+            if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                obj = table.to_table([event.object], columns, list_meta={
+                    "resourceVersion": event.object["metadata"].get("resourceVersion", "")},
+                    include_object=include_object, no_headers=not first, version=version)
+                first = False
+            else:
+                obj = event.object
+            yield orjson.dumps({"type": event.type, "object": obj}) + b"\n"
+    finally:
+        events.close()
+
+
+def _peer_gone_check(environ):
+    """A cheap non-blocking check, run while a watch is idle, that the client closed its connection.
+
+    pywsgi only notices a disconnect when it writes; an idle watch would otherwise hold its greenlet
+    until the next event or bookmark. A watch client never sends anything after its request, so a
+    readable socket means EOF (or a TLS close_notify).
+    """
+    sock = environ.get("kcp.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            fd = sock.fileno()
+            if fd < 0:
+                return True
+            poller = select.poll()  # not select(): watch sockets have descriptors above FD_SETSIZE
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+__all__ = ["ResourceAPI", "json_response", "decode_body", "read_body", "WatchEvent"]

@@ -1,0 +1,433 @@
+"""HTTPS serving on gevent.pywsgi with the fixes measured in python-stack.md §1.
+
+* ``TCP_NODELAY`` on every accepted socket: pywsgi writes headers and body in separate
+  sends, and Nagle + delayed ACK otherwise stall keep-alive responses by ~40 ms.
+* The verified client certificate goes into the environ (pywsgi does not do that) as
+  ``kcp.peer_certificate``; the socket as ``kcp.socket`` so a watch can notice a disconnect
+  without writing (:func:`wait_for_socket_eof`).
+* Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
+  without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
+  and its error log goes to structlog.
+* Connections are capped by a ``gevent.pool.Pool``; a per-operation socket timeout bounds
+  idle keep-alive connections and slow request heads, and does not touch watches, which
+  only block while a write cannot progress.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import weakref
+from typing import Callable
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.ssl
+from gevent import pywsgi
+from gevent.socket import wait_read
+import structlog
+
+#: Errors that mean "the client went away" (or never completed TLS): not worth a traceback.
+DISCONNECT_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError,
+                     ConnectionAbortedError, TimeoutError)
+_DISCONNECT_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                      errno.ENOTCONN, errno.EBADF}
+
+#: Seconds of silence allowed on a connection between requests and inside a request head
+#: (and, since it is a per-operation socket timeout, for a single blocked read or write).
+IDLE_TIMEOUT = 120.0
+#: Seconds allowed for the TLS handshake, so half-open connections do not pin a greenlet.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, DISCONNECT_ERRORS):
+        return True
+    if isinstance(exc, ssl.SSLError):
+        # Handshake failures (unknown CA, plain HTTP to the TLS port, ...) are the client's problem.
+        return True
+    return isinstance(exc, OSError) and exc.errno in _DISCONNECT_ERRNOS
+
+
+def _rdn_values(name: tuple, key: str) -> list[str]:
+    return [v for rdn in name for k, v in rdn if k == key]
+
+
+def _peer_certificate(sock) -> dict | None:
+    """The verified client certificate as ``{"user", "groups", "issuer", "der"}``, or None.
+
+    ``getpeercert()`` only returns a non-empty dict when the chain verified against the
+    context's CAs; with CERT_OPTIONAL an unverifiable cert fails the handshake instead.
+    """
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        cert = getpeercert()
+        if not cert:
+            return None
+        der = getpeercert(binary_form=True)
+    except (ValueError, OSError):
+        return None
+    cns = _rdn_values(cert.get("subject", ()), "commonName")
+    issuer = _rdn_values(cert.get("issuer", ()), "commonName")
+    return {"user": cns[-1] if cns else "", "groups": _rdn_values(cert.get("subject", ()), "organizationName"),
+            "issuer": issuer[-1] if issuer else "", "der": der}
+
+
+_BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 11\r\n\r\nBad Request")
+
+
+class _ErrorLog:
+    """File-like sink for pywsgi's error log (malformed requests and the like) into structlog."""
+
+    def __init__(self, logger):
+        self._log = logger
+
+    def write(self, message: str) -> None:
+        message = message.strip()
+        if message:
+            self._log.warning("http server error", message=message)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Handler(pywsgi.WSGIHandler):
+    """pywsgi handler adding the peer cert and socket to the environ and quiet disconnects."""
+
+    _idle = False
+    _peer = False  # False: not looked up yet; None: no verified cert
+
+    def handle(self):
+        server = self.server
+        server.kcp_handlers.add(self)
+        self.greenlet = gevent.getcurrent()
+        try:
+            super().handle()
+        except BaseException as exc:  # noqa: BLE001 - classify, re-raise what is not a disconnect
+            if not _is_disconnect(exc):
+                raise
+            server.kcp_log.debug("client disconnected", peer=self.client_address, error=repr(exc))
+        finally:
+            server.kcp_handlers.discard(self)
+
+    def read_requestline(self):
+        # Only this read sits between requests; stop() closes connections parked here.
+        self._idle = True
+        try:
+            if self.server.kcp_stopping.is_set():
+                return ""
+            return super().read_requestline()
+        finally:
+            self._idle = False
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if result is True and self.server.kcp_stopping.is_set():
+            return None  # draining: finish this response, then close instead of keep-alive
+        return result
+
+    def get_environ(self):
+        env = super().get_environ()
+        peer = self._peer
+        if peer is False:
+            peer = self._peer = _peer_certificate(self.socket)
+        if peer is not None:
+            env["kcp.peer_certificate"] = dict(peer, groups=list(peer["groups"]))
+        env["kcp.socket"] = self.socket
+        env["kcp.stopping"] = self.server.kcp_stopping
+        return env
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, OSError):
+            # Timeout or disconnect while reading the request head: nobody to answer.
+            self.server.kcp_log.debug("client error reading request", peer=self.client_address, error=repr(ex))
+            self.close_connection = True
+            return None
+        self.server.kcp_log.info("bad request", peer=self.client_address, error=str(ex) or repr(ex))
+        return ("400", _BAD_REQUEST)
+
+    def handle_error(self, t, v, tb):
+        if issubclass(t, gevent.GreenletExit) or _is_disconnect(v):
+            # Killed by stop(), or the client is gone: nothing to answer, nothing to report.
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
+    def _log_error(self, t, v, tb):
+        if issubclass(t, gevent.GreenletExit):
+            return
+        self.server.kcp_log.error("unhandled error in WSGI application", method=self.command,
+                                  path=self.path, exc_info=(t, v, tb))
+
+    def log_request(self):
+        pass  # RequestLogMiddleware logs each request; pywsgi's format lacks the context
+
+
+class _WSGIServer(pywsgi.WSGIServer):
+    """WSGIServer that tunes accepted sockets and swallows handshake failures quietly."""
+
+    kcp_idle_timeout = IDLE_TIMEOUT
+    kcp_handshake_timeout = HANDSHAKE_TIMEOUT
+
+    def do_read(self):
+        args = super().do_read()
+        if args:
+            sock = args[0]
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Kernel keepalive finds peers that vanished without FIN/RST (idle watches).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+            except OSError:
+                pass  # already reset by the peer; the handler will find out
+        return args
+
+    def handle(self, sock, address):
+        sock.settimeout(self.kcp_idle_timeout)
+        super().handle(sock, address)
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        client_socket.settimeout(self.kcp_handshake_timeout)
+        try:
+            ssl_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except (OSError, ValueError) as exc:
+            self.kcp_log.debug("TLS handshake failed", peer=address, error=repr(exc))
+            return None
+        try:
+            return self.handle(ssl_socket, address)
+        finally:
+            try:
+                ssl_socket.close()
+            except OSError:
+                pass
+
+
+def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str]) -> ssl.SSLContext:
+    """Server context: ``create_default_context(Purpose.CLIENT_AUTH)`` settings, gevent-cooperative.
+
+    ``gevent.ssl.create_default_context`` would return the blocking stdlib class, so this
+    builds gevent's ``SSLContext(PROTOCOL_TLS_SERVER)`` (which is all create_default_context
+    does for CLIENT_AUTH, bar loading CAs). Client certs are requested, not required, so
+    token clients still work (like kube-apiserver); only ``client_ca_files`` are trusted, never
+    the system store. TLS 1.2+, ALPN http/1.1 only (pywsgi has no HTTP/2), no renegotiation.
+    """
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    ctx.load_cert_chain(certfile, keyfile)
+    if client_ca_files:
+        for cafile in client_ca_files:
+            ctx.load_verify_locations(cafile=cafile)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.set_alpn_protocols(["http/1.1"])
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        ctx.keylog_filename = keylog
+    return ctx
+
+
+class Server:
+    """An HTTPS (or, without ``certfile``, plain HTTP) WSGI server for the API.
+
+    ``start()`` binds (``port=0`` picks a free port, see ``.port``), ``serve_forever()`` blocks
+    until ``stop()``. The environ carries ``kcp.peer_certificate`` (only for a verified client
+    cert), ``kcp.socket`` and ``kcp.stopping`` (a gevent Event set when ``stop()`` begins, so
+    long-running handlers can end cleanly).
+    """
+
+    def __init__(self, app: Callable, *, host: str, port: int, certfile: str | None, keyfile: str | None,
+                 client_ca_files: list[str], max_connections: int = 4096, logger=None,
+                 idle_timeout: float = IDLE_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 backlog: int = 2048):
+        self.app = app
+        self.host = host.strip("[]")
+        self._requested_port = port
+        self.log = logger if logger is not None else structlog.get_logger().bind(logger="kcp.serving")
+        self.pool = gevent.pool.Pool(max_connections)
+        ssl_args = {}
+        if certfile:
+            ssl_args["ssl_context"] = make_ssl_context(certfile, keyfile, client_ca_files)
+        self._server = _WSGIServer(
+            (self.host, port), app, backlog=backlog, spawn=self.pool, log=None,
+            error_log=_ErrorLog(self.log), handler_class=_Handler,
+            # An explicit SERVER_NAME avoids pywsgi's reverse DNS lookup of the bind address.
+            environ={"SERVER_NAME": self.host or "localhost"}, **ssl_args)
+        self._server.kcp_log = self.log
+        self._server.kcp_stopping = gevent.event.Event()
+        self._server.kcp_handlers = weakref.WeakSet()
+        self._server.kcp_idle_timeout = idle_timeout
+        self._server.kcp_handshake_timeout = handshake_timeout
+        self._stopped = gevent.event.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one after ``start()`` with ``port=0``)."""
+        address = self._server.address
+        return address[1] if isinstance(address, tuple) else self._requested_port
+
+    @property
+    def stopping(self) -> gevent.event.Event:
+        return self._server.kcp_stopping
+
+    def start(self) -> None:
+        """Bind and start accepting in the background (in the current hub)."""
+        self._server.start()
+        self._stopped.clear()
+        self.log.info("serving", host=self.host, port=self.port, tls=self._server.ssl_enabled)
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until ``stop()``."""
+        if not self._server.started:
+            self.start()
+        try:
+            self._stopped.wait()
+        except (KeyboardInterrupt, SystemExit):
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 5) -> None:
+        """Stop accepting and close every connection within ``timeout`` (+1 s to kill stragglers).
+
+        Idle keep-alive connections are closed at once, and so are streaming responses (chunked,
+        e.g. watches) and requests that set ``environ["kcp.long_running"] = True``: their
+        greenlets are killed, which runs the response generator's ``finally``. Other requests in
+        flight get up to ``timeout`` seconds to finish and then are killed too.
+        """
+        server = self._server
+        if server.kcp_stopping.is_set():
+            self._stopped.wait()
+            return
+        server.kcp_stopping.set()
+        server.close()
+        for handler in list(server.kcp_handlers):
+            if handler._idle:
+                _shutdown_read(handler.socket)
+            elif _long_running(handler):
+                handler.greenlet.kill(block=False)
+        self.pool.join(timeout=timeout)
+        self.pool.kill(block=True, timeout=1)
+        self._stopped.set()
+        self.log.info("stopped serving", port=self.port)
+
+
+def _long_running(handler: _Handler) -> bool:
+    """A request in flight that will not end by itself soon: a watch or other stream.
+
+    Streams are recognised by the explicit ``kcp.long_running`` flag, or by a response
+    started without Content-Length (werkzeug calls start_response before the first yield,
+    so a watch still waiting for its first event counts).
+    """
+    if getattr(handler, "response_use_chunked", False):
+        return True
+    env = getattr(handler, "environ", None) or {}
+    if env.get("kcp.long_running"):
+        return True
+    return (getattr(handler, "status", None) is not None
+            and getattr(handler, "provided_content_length", 0) is None
+            and getattr(handler, "code", 200) not in (204, 304))
+
+
+def _shutdown_read(sock) -> None:
+    """Wake a greenlet blocked reading ``sock`` with EOF, without touching its TLS state.
+
+    ``SSLSocket.shutdown`` would drop the SSL object under the reader; shutting down the
+    underlying TCP connection through a duplicate fd just makes the pending read see EOF.
+    """
+    if sock is None:
+        return
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        dup.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+
+
+def wait_for_socket_eof(sock, check_interval: float = 30.0) -> bool:
+    """Block the calling greenlet until the peer of ``sock`` has gone; return whether it has.
+
+    For a watch that may not write for minutes: spawn this in a greenlet with
+    ``environ["kcp.socket"]`` and end the stream when it returns True. pywsgi itself only
+    notices a disconnect when a write fails. Kill the greenlet in the response generator's
+    ``finally`` (``gevent.kill(g)``), before pywsgi closes the socket.
+
+    It waits for the fd to become readable (a separate watcher, so it does not compete with
+    the handler's own reads/writes), then looks at what arrived:
+
+    * plain TCP: ``recv(1, MSG_PEEK)`` is ``b""`` (FIN) or raises ECONNRESET -> True;
+    * TLS: ``MSG_PEEK`` is impossible, so one byte is read through the SSL object without
+      blocking: ``b""``/``SSLZeroReturnError`` (close_notify), ``SSLEOFError`` or a reset ->
+      True; a record that is not application data (e.g. a TLS 1.3 KeyUpdate) leaves
+      ``SSLWantReadError`` -> keep waiting.
+    * Data readable (a pipelined next request) -> False: the client is alive, and on TLS the
+      byte read is lost, so the connection should be closed after the stream.
+
+    Also returns True if the socket is closed underneath it. ``check_interval`` bounds how
+    long a wait on an fd that was closed elsewhere can hang.
+    """
+    while True:
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return True
+        if fd < 0:
+            return True
+        try:
+            wait_read(fd, timeout=check_interval)
+        except TimeoutError:
+            continue  # re-check that the socket is still ours and open
+        except OSError:
+            return True
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return True
+        if fd < 0:
+            return True
+        if hasattr(sock, "_sslobj"):
+            sslobj = sock._sslobj
+            if sslobj is None:  # unwrapped or closed
+                return True
+            try:
+                data = sslobj.read(1)
+            except ssl.SSLWantReadError:
+                continue
+            except ssl.SSLWantWriteError:
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
+                return True
+            except (ssl.SSLError, OSError, ValueError):
+                return True
+            return not data
+        # gevent's recv() would park on the socket's own read watcher when nothing is there;
+        # its wrapped stdlib socket just says EAGAIN.
+        raw = getattr(sock, "_sock", sock)
+        try:
+            data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        except InterruptedError:
+            continue
+        except OSError:
+            return True
+        return not data

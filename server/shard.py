@@ -1,0 +1,111 @@
+"""Assemble a running shard from its parts: PKI, storage, registry, WSGI app and the TLS server.
+
+``Shard`` is what ``kcp start`` runs and what ``server.testing`` starts in a background thread;
+both go through ``start()``/``stop()`` so tests exercise exactly the production wiring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from server import pki
+from server.app import ShardApp
+from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
+from server.auth.authz import AuthenticatedUsersAuthorizer
+from server.logs import RequestLogMiddleware
+from server.metrics import Metrics
+from server.registry import Registry
+from server.resources import Catalog
+from server.serving import Server
+from server.storage import SQLiteBackend, Store
+
+log = structlog.get_logger("kcp.shard")
+
+
+@dataclass
+class ShardConfig:
+    root_directory: Path = Path(".kcp")
+    bind_address: str = "127.0.0.1"
+    secure_port: int = 6443
+    storage: str | None = None           # a SQLite file; default <root>/kcp.db
+    token_auth_file: str | None = None
+    max_connections: int = 20000
+    max_requests_in_flight: int = 400
+    bookmark_interval: float = 60.0
+    watch_history_seconds: float = 300.0     # how far back a watch may resume; older gets 410 Expired
+    watch_history_events: int = 100_000
+    extra_client_ca_files: list[str] = field(default_factory=list)
+
+    def storage_path(self) -> Path:
+        if self.storage:
+            return Path(self.storage.removeprefix("sqlite://"))
+        return Path(self.root_directory) / "kcp.db"
+
+
+class Shard:
+    def __init__(self, config: ShardConfig):
+        self.config = config
+        self.root = Path(config.root_directory)
+        self.server: Server | None = None
+        self.store: Store | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Shard":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pki = pki.ensure_shard_pki(self.root, self.config.bind_address)
+        self.store = Store(SQLiteBackend(str(self.config.storage_path())),
+                           history_seconds=self.config.watch_history_seconds,
+                           history_max_events=self.config.watch_history_events)
+        self.catalog = Catalog()
+        self.registry = Registry(self.store, self.catalog)
+        self.registry.ensure_logical_cluster("root")
+        authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
+        if self.config.token_auth_file:
+            authenticators.append(TokenFileAuthenticator(self.config.token_auth_file))
+        self.metrics = Metrics()
+        self.app = ShardApp(self.registry, self.catalog, UnionAuthenticator(authenticators),
+                            AuthenticatedUsersAuthorizer(), metrics=self.metrics,
+                            max_requests_in_flight=self.config.max_requests_in_flight,
+                            bookmark_interval=self.config.bookmark_interval)
+        self.server = Server(RequestLogMiddleware(self.app, self.metrics), host=self.config.bind_address,
+                             port=self.config.secure_port, certfile=str(self.pki.serving_cert_path),
+                             keyfile=str(self.pki.serving_key_path),
+                             client_ca_files=[*self.pki.client_ca_files, *self.config.extra_client_ca_files],
+                             max_connections=self.config.max_connections)
+        self.server.start()
+        self.app.server_address = f"{self.config.bind_address}:{self.port}"
+        self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path),
+                 storage=str(self.config.storage_path()))
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use (loopback when bound to every interface)."""
+        host = self.config.bind_address
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.port}"

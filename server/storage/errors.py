@@ -1,0 +1,31 @@
+"""Storage exceptions, kept free of HTTP so backends and the store can raise them.
+
+The API layer maps them to ``metav1.Status`` errors (AlreadyExists, NotFound, Conflict,
+410 Expired).
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every storage failure."""
+
+
+class KeyExistsError(StorageError):
+    """``create`` of a key that already holds an object."""
+
+
+class KeyNotFoundError(StorageError):
+    """``update``/``delete`` of a key that holds no object."""
+
+
+class ConflictError(StorageError):
+    """The caller's expected resourceVersion is not the stored one (optimistic concurrency)."""
+
+
+class ResourceExpiredError(StorageError):
+    """A watch asked for history that is no longer in the event window (HTTP 410 Expired)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

@@ -1,0 +1,470 @@
+"""In-memory object store with write-through durability and an in-process watch log.
+
+This is kube-apiserver's "watch cache" made authoritative: one process owns the data, so
+every current object lives in memory, reads and lists never touch the backend, and watches
+are served from a bounded per-resource event history. The backend only makes writes durable
+and assigns resourceVersions.
+
+Concurrency model (gevent): writes are serialized by a lock and yield only while the backend
+write is in flight; everything after it (rv stamping, the in-memory update, the event append,
+waking watchers) happens without a greenlet switch, so readers always see memory and the
+event log agree, and ``list()`` is an atomic snapshot.
+
+Objects handed out by ``get``/``list``/write methods and carried by events are the stored
+dicts themselves, shared with every reader: callers must treat them as read-only and copy
+before changing anything.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from typing import NamedTuple
+
+import gevent
+import gevent.event
+import gevent.lock
+import orjson
+from gevent import getcurrent, get_hub
+
+from .backend import Backend, decode_key, encode_key
+from .errors import ConflictError, KeyExistsError, KeyNotFoundError, ResourceExpiredError, StorageError
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+
+
+class Key(NamedTuple):
+    """Address of one object; ``resource`` is opaque (``"apps/deployments"``, ``"core/configmaps"``)."""
+
+    resource: str
+    cluster: str
+    namespace: str  # "" for cluster-scoped objects
+    name: str
+
+
+class Event:
+    """One committed write, shared by every watcher that receives it."""
+
+    __slots__ = ("type", "rv", "key", "obj", "prev", "ts", "_line")
+
+    def __init__(self, type: str, rv: int, key: Key, obj: dict, prev: dict | None, ts: float = 0.0):
+        self.type = type
+        self.rv = rv
+        self.key = key
+        self.obj = obj
+        # The object before this write: lets a filtered watch turn "stopped matching" into DELETED.
+        self.prev = prev
+        self.ts = ts  # time.monotonic() of the commit, for age-based history trimming
+        self._line = None
+
+    def line(self) -> bytes:
+        """The watch-stream line, serialized once per event rather than once per watcher."""
+        line = self._line
+        if line is None:
+            line = self._line = orjson.dumps({"type": self.type, "object": self.obj}) + b"\n"
+        return line
+
+    def __repr__(self) -> str:
+        return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
+
+
+class _Log:
+    """Per-resource event history plus the broadcast that wakes that resource's watchers.
+
+    ``offset`` counts events ever trimmed, so a watcher's absolute position stays valid across
+    trims; ``signal`` is replaced on every append and the old one set, so one ``set()`` wakes
+    all waiters and no per-watcher queue is needed.
+    """
+
+    __slots__ = ("events", "rvs", "offset", "oldest_rv", "signal")
+
+    def __init__(self, oldest_rv: int):
+        self.events: list[Event] = []
+        self.rvs: list[int] = []  # parallel to events, for bisect
+        self.offset = 0
+        self.oldest_rv = oldest_rv  # a watch from any rv >= this misses nothing
+        self.signal = gevent.event.Event()
+
+    def wake(self) -> None:
+        signal = self.signal
+        if signal.linkcount():
+            self.signal = gevent.event.Event()
+            signal.set()
+
+
+class _Interrupted(BaseException):
+    """Thrown into a greenlet blocked in ``Watcher.next`` when another greenlet closes the watcher."""
+
+
+def _expired(since_rv: int, oldest_rv: int) -> ResourceExpiredError:
+    return ResourceExpiredError(f"too old resource version: {since_rv} ({oldest_rv})")
+
+
+class Watcher:
+    """A cursor into one resource's event log; holds no queue and no greenlet (about 150 bytes)."""
+
+    __slots__ = ("_store", "_log", "resource", "cluster", "namespace", "_rv", "_pos", "_closed", "_waiting")
+
+    def __init__(self, store: "Store", log: _Log, resource: str, cluster: str | None,
+                 namespace: str | None, since_rv: int, pos: int):
+        self._store = store
+        self._log = log
+        self.resource = resource
+        self.cluster = cluster
+        self.namespace = namespace
+        self._rv = since_rv  # highest rv examined; only events above it are delivered
+        self._pos = pos  # absolute index (log.offset-relative) of the next event to examine
+        self._closed = False
+        self._waiting = None  # the greenlet blocked in next(), so close() can interrupt it
+
+    @property
+    def rv(self) -> int:
+        """The highest resourceVersion this watcher has examined (delivered or filtered out)."""
+        return self._rv
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._store._closed
+
+    def progress_rv(self) -> int:
+        """A resourceVersion safe for a BOOKMARK: everything up to it has been delivered."""
+        log = self._log
+        if self._pos - log.offset == len(log.events):
+            return max(self._rv, self._store._rv)
+        return self._rv
+
+    def next(self, timeout: float | None) -> list[Event]:
+        """Matching events after the last delivered one, in rv order; waits up to ``timeout``
+        seconds (``None``: until there are some).
+
+        Returns ``[]`` on timeout or once the watcher or the store is closed; raises
+        :class:`ResourceExpiredError` if the history it still needed has been trimmed.
+        """
+        log = self._log
+        deadline = None
+        while True:
+            if self._closed or self._store._closed:
+                return []
+            start = self._pos - log.offset
+            if start < 0:
+                raise _expired(self._rv, log.oldest_rv)
+            events = log.events
+            end = len(events)
+            if start < end:
+                floor = self._rv
+                cluster = self.cluster
+                namespace = self.namespace
+                batch = events[start:end]
+                if cluster is None and namespace is None:
+                    out = [e for e in batch if e.rv > floor]
+                elif namespace is None:
+                    out = [e for e in batch if e.rv > floor and e.key.cluster == cluster]
+                elif cluster is None:
+                    out = [e for e in batch if e.rv > floor and e.key.namespace == namespace]
+                else:
+                    out = [e for e in batch if e.rv > floor and e.key.cluster == cluster
+                           and e.key.namespace == namespace]
+                self._pos = log.offset + end
+                last = events[end - 1].rv
+                if last > floor:
+                    self._rv = last
+                if out:
+                    return out
+            if timeout is None:
+                remaining = None
+            else:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                remaining = deadline - now
+                if remaining <= 0:
+                    return []
+            me = getcurrent()
+            self._waiting = me
+            try:
+                log.signal.wait(remaining)
+            except _Interrupted:
+                return []
+            finally:
+                self._waiting = None
+
+    def close(self) -> None:
+        """Stop the watch; a greenlet blocked in ``next()`` returns ``[]`` promptly."""
+        if self._closed:
+            return
+        self._closed = True
+        waiting = self._waiting
+        if waiting is not None and waiting is not getcurrent():
+            get_hub().loop.run_callback(self._interrupt, waiting)
+
+    def _interrupt(self, greenlet) -> None:
+        # Runs in the hub; only throw if that greenlet is still parked in our next().
+        if self._waiting is greenlet:
+            greenlet.throw(_Interrupted())
+
+    def __enter__(self) -> "Watcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _call(fn, *args):
+    """Run ``fn`` and return ``(ok, result_or_exception)`` so the greenlet never dies noisily."""
+    try:
+        return True, fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+        return False, exc
+
+
+class Store:
+    """All objects in memory, every write durable in ``backend`` first, watches from memory."""
+
+    def __init__(self, backend: Backend, *, history_seconds: float = 300,
+                 history_max_events: int = 100_000):
+        if history_max_events < 1:
+            raise ValueError("history_max_events must be >= 1")
+        self._backend = backend
+        self._history_seconds = float(history_seconds)
+        self._history_max = int(history_max_events)
+        # Trim only after overshooting by 10%, so trimming (a list memmove) is amortized.
+        self._trim_count_at = self._history_max + max(1, self._history_max // 10)
+        self._trim_age_at = self._history_seconds * 1.1
+        self._lock = gevent.lock.Semaphore(1)
+        self._closed = False
+        # resource -> cluster -> (namespace, name) -> obj
+        self._data: dict[str, dict[str, dict[tuple[str, str], dict]]] = {}
+        # (resource, cluster) -> sorted keys of that bucket; dropped on create/delete there
+        self._sorted: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._counts: dict[str, int] = {}
+        self._total = 0
+        self._logs: dict[str, _Log] = {}
+        self._load()
+        self._rv = self._start_rv = backend.current_rv()
+
+    def _load(self) -> None:
+        data = self._data
+        counts = self._counts
+        loads = orjson.loads
+        for bkey, rv, value in self._backend.load():
+            resource, cluster, namespace, name = decode_key(bkey)
+            obj = loads(value)
+            md = obj.get("metadata")
+            if not isinstance(md, dict):
+                md = obj["metadata"] = {}
+            md["resourceVersion"] = str(rv)
+            data.setdefault(resource, {}).setdefault(cluster, {})[(namespace, name)] = obj
+            counts[resource] = counts.get(resource, 0) + 1
+            self._total += 1
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def current_rv(self) -> int:
+        return self._rv
+
+    def get(self, key: Key) -> dict | None:
+        """The stored object (shared: do not mutate), or None."""
+        clusters = self._data.get(key.resource)
+        if clusters is None:
+            return None
+        bucket = clusters.get(key.cluster)
+        if bucket is None:
+            return None
+        return bucket.get((key.namespace, key.name))
+
+    def list(self, resource: str, cluster: str | None = None,
+             namespace: str | None = None) -> tuple[list[dict], int]:
+        """Objects sorted by (cluster, namespace, name) and the rv they are current at.
+
+        ``None`` means all clusters / all namespaces. Never yields, so it is a consistent
+        snapshot. The dicts are the stored ones: do not mutate.
+        """
+        rv = self._rv
+        clusters = self._data.get(resource)
+        if not clusters:
+            return [], rv
+        if cluster is not None:
+            bucket = clusters.get(cluster)
+            if bucket is None:
+                return [], rv
+            names = [cluster]
+        else:
+            names = sorted(clusters)
+        out: list[dict] = []
+        for name in names:
+            bucket = clusters[name]
+            keys = self._sorted_keys(resource, name, bucket)
+            if namespace is None:
+                out.extend(map(bucket.__getitem__, keys))
+            else:
+                out.extend(bucket[k] for k in keys if k[0] == namespace)
+        return out, rv
+
+    def _sorted_keys(self, resource: str, cluster: str, bucket: dict) -> list[tuple[str, str]]:
+        cache_key = (resource, cluster)
+        keys = self._sorted.get(cache_key)
+        if keys is None:
+            keys = self._sorted[cache_key] = sorted(bucket)
+        return keys
+
+    def count(self, resource: str | None = None) -> int:
+        """Objects stored for ``resource``, or in total when None (O(1), for metrics)."""
+        if resource is None:
+            return self._total
+        return self._counts.get(resource, 0)
+
+    def counts(self) -> dict[str, int]:
+        """Object count per resource key (a copy)."""
+        return {r: n for r, n in self._counts.items() if n}
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create(self, key: Key, obj: dict) -> dict:
+        """Store a new object; raises :class:`KeyExistsError` if ``key`` is taken."""
+        return self._write(ADDED, key, obj, None)
+
+    def update(self, key: Key, obj: dict, expected_rv: int | None = None) -> dict:
+        """Replace an object; raises :class:`KeyNotFoundError` or, if ``expected_rv`` is given
+        and differs from the stored rv, :class:`ConflictError`."""
+        return self._write(MODIFIED, key, obj, expected_rv)
+
+    def delete(self, key: Key, expected_rv: int | None = None) -> dict:
+        """Remove an object; returns its last state stamped with the deletion's rv (as the
+        DELETED event carries it)."""
+        return self._write(DELETED, key, None, expected_rv)
+
+    def _write(self, kind: str, key: Key, obj: dict | None, expected_rv: int | None) -> dict:
+        with self._lock:
+            if self._closed:
+                raise StorageError("store is closed")
+            resource, cluster, namespace, name = key
+            clusters = self._data.get(resource)
+            bucket = clusters.get(cluster) if clusters is not None else None
+            old = bucket.get((namespace, name)) if bucket is not None else None
+            if kind is ADDED:
+                if old is not None:
+                    raise KeyExistsError(f"{resource} {cluster}|{namespace}/{name} already exists")
+            else:
+                if old is None:
+                    raise KeyNotFoundError(f"{resource} {cluster}|{namespace}/{name} not found")
+                if expected_rv is not None and int(old["metadata"]["resourceVersion"]) != expected_rv:
+                    raise ConflictError(f"{resource} {cluster}|{namespace}/{name}: resourceVersion "
+                                        f"{old['metadata']['resourceVersion']} != expected {expected_rv}")
+            # Copy the two levels we change so neither the caller's dict nor the stored one moves.
+            new = dict(old if kind is DELETED else obj)
+            md = new.get("metadata")
+            md = dict(md) if isinstance(md, dict) else {}
+            new["metadata"] = md
+            if kind is DELETED:
+                value = None
+            else:
+                md.pop("resourceVersion", None)  # the row's rv is the truth; don't persist a stale one
+                value = orjson.dumps(new)
+            rv, interrupted = self._backend_write(encode_key(resource, cluster, namespace, name), value)
+
+            # Committed. From here to the end: no greenlet switch.
+            md["resourceVersion"] = str(rv)
+            if kind is DELETED:
+                del bucket[(namespace, name)]
+                self._sorted.pop((resource, cluster), None)
+                if not bucket:
+                    del clusters[cluster]
+                self._counts[resource] -= 1
+                self._total -= 1
+            else:
+                if bucket is None:
+                    if clusters is None:
+                        clusters = self._data[resource] = {}
+                    bucket = clusters[cluster] = {}
+                bucket[(namespace, name)] = new
+                if old is None:
+                    self._sorted.pop((resource, cluster), None)
+                    self._counts[resource] = self._counts.get(resource, 0) + 1
+                    self._total += 1
+            self._rv = rv
+            self._append(resource, Event(kind, rv, key, new, old, time.monotonic()))
+        if interrupted is not None:
+            # The write is committed and visible; the caller was timed out or killed meanwhile.
+            raise interrupted
+        return new
+
+    def _backend_write(self, bkey: str, value: bytes | None) -> tuple[int, BaseException | None]:
+        """Run the backend write so that a Timeout/kill aimed at the caller cannot abandon it
+        half-way: memory must end up matching what the backend committed."""
+        g = gevent.spawn(_call, self._backend.write, bkey, value)
+        interrupted = None
+        while True:
+            try:
+                g.join()
+                break
+            except BaseException as exc:  # noqa: BLE001 - deferred until the write settles
+                if interrupted is None:
+                    interrupted = exc
+        ok, result = g.value
+        if not ok:
+            raise result
+        return result, interrupted
+
+    # -- watch ------------------------------------------------------------------------------
+
+    def _log_for(self, resource: str) -> _Log:
+        log = self._logs.get(resource)
+        if log is None:
+            # Every event since startup is in the (still empty) log, so startup rv is the floor.
+            log = self._logs[resource] = _Log(self._start_rv)
+        return log
+
+    def _append(self, resource: str, event: Event) -> None:
+        log = self._log_for(resource)
+        log.events.append(event)
+        log.rvs.append(event.rv)
+        if len(log.events) > self._trim_count_at or log.events[0].ts < event.ts - self._trim_age_at:
+            self._trim(log, event.ts)
+        log.wake()
+
+    def _trim(self, log: _Log, now: float) -> None:
+        events = log.events
+        n = len(events)
+        cut = max(0, n - self._history_max)
+        cutoff = now - self._history_seconds
+        while cut < n and events[cut].ts < cutoff:
+            cut += 1
+        if cut:
+            log.oldest_rv = events[cut - 1].rv
+            del events[:cut]
+            del log.rvs[:cut]
+            log.offset += cut
+
+    def watch(self, resource: str, cluster: str | None, namespace: str | None,
+              since_rv: int) -> Watcher:
+        """A watcher for events with rv > ``since_rv`` (may be in the future).
+
+        Raises :class:`ResourceExpiredError` when ``since_rv`` is older than the retained
+        history for ``resource`` (clients must re-list).
+        """
+        if self._closed:
+            raise StorageError("store is closed")
+        log = self._log_for(resource)
+        if since_rv < log.oldest_rv:
+            raise _expired(since_rv, log.oldest_rv)
+        pos = log.offset + bisect_right(log.rvs, since_rv)
+        return Watcher(self, log, resource, cluster, namespace, since_rv, pos)
+
+    def oldest_rv(self, resource: str) -> int:
+        """The lowest rv a watch on ``resource`` may start from."""
+        log = self._logs.get(resource)
+        return log.oldest_rv if log is not None else self._start_rv
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for the in-flight write, wake all watchers (they return ``[]``) and close the backend."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for log in self._logs.values():
+                log.wake()
+            self._backend.close()

@@ -1,0 +1,344 @@
+"""The TLS WSGI server: peer certificates, streaming, disconnects, timeouts and stop().
+
+The server runs in a background thread with its own gevent hub (no monkey-patching), so the
+test thread can use blocking clients: urllib3, the kubernetes client, raw ssl sockets.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import gevent
+import pytest
+import urllib3
+
+from server import logs, pki
+from server.serving import Server, wait_for_socket_eof
+
+
+@pytest.fixture(scope="module")
+def shard_pki(tmp_path_factory) -> pki.ShardPKI:
+    return pki.ensure_shard_pki(tmp_path_factory.mktemp("pki"), "127.0.0.1")
+
+
+@pytest.fixture
+def log_stream():
+    """JSON logs of the server and middleware, captured."""
+    stream = io.StringIO()
+    logs.configure("json", 4, stream=stream)
+    yield stream
+    logs.configure("text", 0)
+
+
+class Running:
+    """A ``Server`` serving ``app`` on a free port in its own thread and hub."""
+
+    def __init__(self, app, shard_pki, *, tls: bool = True, **kwargs):
+        self.errors: queue.Queue = queue.Queue()
+        ready = threading.Event()
+        box: dict = {}
+
+        def run():
+            try:
+                box["server"] = Server(app, host="127.0.0.1", port=0,
+                                       certfile=str(shard_pki.serving_cert_path) if tls else None,
+                                       keyfile=str(shard_pki.serving_key_path) if tls else None,
+                                       client_ca_files=shard_pki.client_ca_files, **kwargs)
+                box["server"].start()
+                box["hub"] = gevent.get_hub()
+            finally:
+                ready.set()
+            box["server"].serve_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+        self.server: Server = box["server"]
+        self.hub = box["hub"]
+        self.port = self.server.port
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    def call(self, fn, *args, timeout: float = 10):
+        """Run ``fn`` in a greenlet on the server's hub and return its result."""
+        out: queue.Queue = queue.Queue()
+
+        def run():
+            try:
+                out.put((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+                out.put((False, exc))
+
+        self.hub.loop.run_callback_threadsafe(gevent.spawn, run)
+        ok, value = out.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout: float = 5) -> float:
+        start = time.monotonic()
+        if self.thread.is_alive():
+            self.call(self.server.stop, timeout, timeout=timeout + 5)
+            self.thread.join(timeout + 5)
+        return time.monotonic() - start
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def whoami(environ, start_response):
+    peer = environ.get("kcp.peer_certificate")
+    if peer is not None:
+        assert isinstance(peer["der"], bytes)
+        peer = {k: v for k, v in peer.items() if k != "der"}
+    sock = environ["kcp.socket"]
+    body = json.dumps({"peer": peer, "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def pool(shard_pki, cert: tuple[Path, Path] | None = None, **kw) -> urllib3.PoolManager:
+    kwargs = {"ca_certs": str(shard_pki.ca_cert_path), "retries": False, "timeout": urllib3.Timeout(5, 5)}
+    if cert:
+        kwargs.update(cert_file=str(cert[0]), key_file=str(cert[1]))
+    return urllib3.PoolManager(**kwargs, **kw)
+
+
+def tls_socket(shard_pki, port: int, cert: tuple[Path, Path] | None = None) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(shard_pki.ca_cert_path))
+    if cert:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def admin(shard_pki):
+    return shard_pki.admin_cert_path, shard_pki.admin_key_path
+
+
+def test_admin_cert_seen_through_kubernetes_client(shard_pki, tmp_path):
+    from kubernetes import client, config
+
+    with Running(whoami, shard_pki) as srv:
+        kubeconfig = pki.write_admin_kubeconfig(tmp_path, shard_pki, port=srv.port)
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), context="base", client_configuration=cfg)
+        api = client.ApiClient(cfg)
+        response = api.call_api("GET", cfg.host + "/whoami")
+        response.read()
+        doc = json.loads(response.data)
+    assert doc["peer"] == {"user": "kcp-admin", "groups": ["system:masters"], "issuer": "kcp-shard-ca"}
+    assert doc["nodelay"] != 0
+
+
+def test_shard_proxy_cert_reports_requestheader_issuer(shard_pki):
+    with Running(whoami, shard_pki) as srv:
+        r = pool(shard_pki, (shard_pki.shard_proxy_cert_path, shard_pki.shard_proxy_key_path)).request(
+            "GET", srv.url + "/")
+    assert json.loads(r.data)["peer"] == {"user": "kcp-shard-proxy", "groups": [], "issuer": "kcp-requestheader-ca"}
+
+
+def test_no_client_cert_means_no_peer(shard_pki):
+    with Running(whoami, shard_pki) as srv:
+        http = pool(shard_pki)
+        docs = [json.loads(http.request("GET", srv.url + "/").data) for _ in range(2)]  # keep-alive reuse
+    assert [d["peer"] for d in docs] == [None, None]
+
+
+def test_cert_from_unknown_ca_is_rejected(shard_pki, tmp_path, log_stream, capfd):
+    rogue = pki.CA.create("kcp-shard-ca")  # same name, different key
+    cert, key = rogue.issue("mallory", ["system:masters"])
+    pki.write_pem_pair(tmp_path / "m.crt", tmp_path / "m.key", cert, key)
+    with Running(whoami, shard_pki) as srv:
+        try:
+            r = pool(shard_pki, (tmp_path / "m.crt", tmp_path / "m.key")).request("GET", srv.url + "/")
+        except (urllib3.exceptions.HTTPError, ssl.SSLError, OSError):
+            pass  # rejected during the handshake (TLS 1.3 reports it on the first read)
+        else:
+            assert json.loads(r.data)["peer"] is None
+    assert "Traceback" not in log_stream.getvalue() + capfd.readouterr().err
+
+
+def test_alpn_offers_http11_only(shard_pki):
+    with Running(whoami, shard_pki) as srv:
+        ctx = ssl.create_default_context(cafile=str(shard_pki.ca_cert_path))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=5),
+                             server_hostname="localhost") as s:
+            assert s.selected_alpn_protocol() == "http/1.1"
+            assert s.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def streaming_app(interval: float, count: int | None, finished: threading.Event):
+    def app(environ, start_response):
+        def gen():
+            try:
+                i = 0
+                while count is None or i < count:
+                    yield b"event %d\n" % i
+                    i += 1
+                    gevent.sleep(interval)
+            finally:
+                finished.set()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return gen()
+    return app
+
+
+def test_each_chunk_is_flushed(shard_pki):
+    finished = threading.Event()
+    with Running(streaming_app(0.15, 3, finished), shard_pki) as srv:
+        r = pool(shard_pki, admin(shard_pki)).request("GET", srv.url + "/watch", preload_content=False)
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        start, arrivals = time.monotonic(), []
+        for chunk in r.read_chunked():
+            arrivals.append((round(time.monotonic() - start, 3), chunk))
+    assert [c for _, c in arrivals] == [b"event 0\n", b"event 1\n", b"event 2\n"]
+    times = [t for t, _ in arrivals]
+    assert times[0] < 0.1, times  # not held back until the stream ends
+    assert 0.1 < times[1] - times[0] < 0.5 and 0.1 < times[2] - times[1] < 0.5, times
+    assert finished.wait(2)
+
+
+def test_client_disconnect_mid_stream_runs_finally_quietly(shard_pki, log_stream, capfd):
+    finished = threading.Event()
+    app = logs.RequestLogMiddleware(streaming_app(0.02, None, finished))
+    with Running(app, shard_pki) as srv:
+        s = tls_socket(shard_pki, srv.port, admin(shard_pki))
+        s.sendall(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"event 0" in s.recv(4096) + s.recv(4096)
+        s.close()  # close_notify + FIN; the next write fails
+        assert finished.wait(3)
+        deadline = time.monotonic() + 2
+        while '"path":"/watch"' not in log_stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    out = log_stream.getvalue()
+    assert '"path":"/watch"' in out  # the access line is written when the stream ends
+    assert "Traceback" not in out + capfd.readouterr().err
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_wait_for_socket_eof_detects_disconnect_without_writes(shard_pki, tls, capfd):
+    finished, detected = threading.Event(), []
+
+    def app(environ, start_response):
+        sock = environ["kcp.socket"]
+
+        def gen():
+            waiter = gevent.spawn(wait_for_socket_eof, sock)
+            try:
+                yield b"started\n"
+                detected.append(waiter.get())  # an idle watch: no writes until the peer leaves
+            finally:
+                waiter.kill()
+                finished.set()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return gen()
+
+    with Running(app, shard_pki, tls=tls) as srv:
+        if tls:
+            s = tls_socket(shard_pki, srv.port, admin(shard_pki))
+        else:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"started" in s.recv(4096) + s.recv(4096)
+        time.sleep(0.1)
+        assert not finished.is_set()
+        t0 = time.monotonic()
+        s.close()
+        assert finished.wait(2)
+        assert time.monotonic() - t0 < 1
+    assert detected == [True]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_stop_ends_open_streams_and_idle_connections(shard_pki, log_stream):
+    finished = threading.Event()
+    stream = streaming_app(30, None, finished)  # one event, then silence
+
+    def app(environ, start_response):
+        return (whoami if environ["PATH_INFO"] == "/idle" else stream)(environ, start_response)
+
+    with Running(app, shard_pki) as srv:
+        idle = pool(shard_pki)
+        assert idle.request("GET", srv.url + "/idle").status == 200  # leaves a keep-alive connection
+        r = pool(shard_pki, admin(shard_pki)).request("GET", srv.url + "/watch", preload_content=False)
+        chunks = r.read_chunked()
+        assert next(chunks) == b"event 0\n"
+        took = srv.stop(timeout=5)
+        assert finished.is_set()
+        with pytest.raises(Exception):
+            next(chunks)  # the stream was cut (no terminating chunk)
+        assert not srv.thread.is_alive()
+    assert took < 2, took
+    assert "Traceback" not in log_stream.getvalue()
+
+
+def test_stop_lets_a_normal_request_finish(shard_pki):
+    started = threading.Event()
+
+    def slow(environ, start_response):
+        started.set()
+        gevent.sleep(0.3)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with Running(slow, shard_pki) as srv:
+        result: list = []
+        client = threading.Thread(target=lambda: result.append(pool(shard_pki).request("GET", srv.url + "/")))
+        client.start()
+        assert started.wait(5)
+        srv.stop(timeout=5)
+        client.join(5)
+    assert result and result[0].status == 200 and result[0].data == b"ok"
+
+
+def test_idle_and_handshake_timeouts_close_connections(shard_pki):
+    with Running(whoami, shard_pki, idle_timeout=0.3, handshake_timeout=0.3) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)  # never starts TLS
+        t0 = time.monotonic()
+        assert raw.recv(1) == b""
+        assert time.monotonic() - t0 < 2
+        s = tls_socket(shard_pki, srv.port)  # handshake done, no request line
+        t0 = time.monotonic()
+        try:
+            assert s.recv(1) == b""
+        except (ssl.SSLError, ConnectionError):
+            pass
+        assert time.monotonic() - t0 < 2
+        # a request still works afterwards
+        assert pool(shard_pki).request("GET", srv.url + "/").status == 200
+
+
+def test_max_connections_caps_concurrency(shard_pki):
+    with Running(whoami, shard_pki, tls=False, max_connections=1) as srv:
+        first = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in first.recv(4096)  # keep-alive: holds the only slot
+        second = socket.create_connection(("127.0.0.1", srv.port), timeout=0.3)
+        second.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(socket.timeout):
+            second.recv(4096)
+        first.close()
+        second.settimeout(5)
+        assert b"200 OK" in second.recv(4096)
+        second.close()
+
+
+def test_plain_http_and_bad_request(shard_pki, log_stream, capfd):
+    with Running(whoami, shard_pki, tls=False) as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(b"BROKEN\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+        r = urllib3.PoolManager(retries=False).request("GET", srv.url + "/")
+        assert json.loads(r.data)["peer"] is None
+    assert "Traceback" not in log_stream.getvalue() + capfd.readouterr().err
