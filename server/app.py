@@ -130,10 +130,10 @@ class ShardApp:
             raise errors.NotFound.path()
         if rt.namespaced is False and info.namespace and info.resource != "namespaces":
             raise errors.NotFound.path()
-        if info.verb in ("watch",):
-            return self.api.handle(request, cluster, info, rt)
+        if info.verb == "watch":
+            return self.api.handle(request, cluster, info, rt, user, self)
         with self.limiter:
-            return self.api.handle(request, cluster, info, rt)
+            return self.api.handle(request, cluster, info, rt, user, self)
 
     def _authorize(self, user: UserInfo, cluster: str, info: RequestInfo) -> None:
         attributes = Attributes(user=user, verb=info.verb, cluster=cluster, is_resource=info.is_resource,

@@ -63,7 +63,7 @@ def api_resource_list(types: Iterable[ResourceType], group: str, version: str) -
         resources.append(entry)
         for sub in rt.subresources:
             resources.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                              "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+                              "kind": rt.kind, "verbs": rt.subresource_verbs(sub)})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": served[0].group_version,
             "resources": resources}
 
@@ -88,7 +88,7 @@ def aggregated(types: Iterable[ResourceType], *, core: bool, version: str = "v2"
                     entry["categories"] = list(rt.categories)
                 if rt.subresources:
                     entry["subresources"] = [{"subresource": sub, "responseKind": kind_ref,
-                                              "verbs": ["get", "patch", "update"]} for sub in rt.subresources]
+                                              "verbs": rt.subresource_verbs(sub)} for sub in rt.subresources]
                 resources.append(entry)
             entries.append({"version": v, "resources": resources, "freshness": "Current"})
         items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": entries})

@@ -35,12 +35,15 @@ def _level(verbosity: int) -> int:
     return logging.DEBUG if verbosity >= DEBUG_VERBOSITY else logging.INFO
 
 
-def _orjson_str(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
 def _orjson_bytes(obj: Any, **_: Any) -> bytes:
-    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(obj, default=str)
+    except TypeError:  # e.g. a nested dict with int keys; the option is slower, so only on demand
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _orjson_str(obj: Any, **_: Any) -> str:
+    return _orjson_bytes(obj).decode()
 
 
 class _UTCStamper:
@@ -186,7 +189,16 @@ class RequestLogMiddleware:
         self.app = app
         self.metrics = metrics
         self.event = event
-        self._log = logger if logger is not None else structlog.get_logger()
+        self._proxy = logger if logger is not None else structlog.get_logger()
+        self._log = None  # resolved on first use, after configure() has run
+
+    def _logger(self):
+        # A lazy proxy pays a __getattr__ + bind() per call; resolve it once.
+        log = self._log
+        if log is None:
+            bind = getattr(self._proxy, "bind", None)
+            log = self._log = bind() if bind is not None else self._proxy
+        return log
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         # Each request runs in a fresh, empty Context rather than clear_contextvars() on the
@@ -282,7 +294,7 @@ class _Request:
             code = 0
         env = self.environ
         mw = self.mw
-        mw._log.info(mw.event, method=env.get("REQUEST_METHOD"), path=env.get("PATH_INFO"), code=code,
+        mw._logger().info(mw.event, method=env.get("REQUEST_METHOD"), path=env.get("PATH_INFO"), code=code,
                      latency_ms=round(elapsed * 1000.0, 3), bytes=self.bytes)
         metrics = mw.metrics
         if metrics is not None:

@@ -21,6 +21,25 @@ ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "up
 Hook = Callable[[dict, "dict | None"], "list[dict]"]  # (new object, old object or None) -> causes
 
 
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a custom verb handler gets: who asks, where, with which body, and the shard's services."""
+
+    user: object            # server.auth.user.UserInfo
+    cluster: str
+    namespace: str
+    name: str
+    subresource: str
+    body: object            # the decoded request body (None for reads)
+    request: object         # werkzeug Request (query parameters, headers)
+    services: object        # the shard's services (registry, authorizer, token issuer...), see server.app
+
+
+# A custom handler answers (status code, body) for one (verb, subresource) of a type, e.g.
+# ("create", "") for SubjectAccessReview (nothing is stored) or ("create", "token") for TokenRequest.
+Handler = Callable[[RequestContext], "tuple[int, dict]"]
+
+
 def _no_hook(obj: dict, old: dict | None) -> list[dict]:
     return []
 
@@ -44,6 +63,12 @@ class ResourceType:
     allow_unconditional_update: bool = True  # built-ins: True; custom resources: False
     name_rule: str = "subdomain"
     returns_deleted_object: bool = False   # DELETE answers the object instead of a Status
+    handlers: Mapping = field(default_factory=dict)  # {(verb, subresource): Handler}, served instead of storage
+
+    def subresource_verbs(self, subresource: str) -> list[str]:
+        """Verbs of a subresource in discovery: its custom handlers' verbs, else get/patch/update (status)."""
+        custom = sorted(verb for verb, sub in self.handlers if sub == subresource)
+        return custom or ["get", "patch", "update"]
 
     @property
     def api_version(self) -> str:

@@ -18,11 +18,12 @@ from werkzeug.wrappers import Request, Response
 from server import errors, negotiation, patch as patches, table
 from server.registry import ListOptions, Registry, WatchEvent, parse_resource_version
 from server.requestinfo import RequestInfo
-from server.resources import ResourceType
+from server.resources import RequestContext, ResourceType
 from server.selectors import FieldSelector, LabelSelector
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 JSON = "application/json"
+JSON_ONLY = (JSON,)  # responses are JSON; YAML and protobuf are never produced
 TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
 MIN_WATCH_TIMEOUT = 1800.0
 
@@ -88,13 +89,23 @@ class ResourceAPI:
         self.bookmark_interval = bookmark_interval
         self.idle_interval = idle_interval
 
-    def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType) -> Response:
-        if info.verb not in rt.verbs:
-            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
+    def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType, user=None,
+               services=None) -> Response:
         if info.subresource and info.subresource not in rt.subresources:
             raise errors.NotFound.path()
-        if info.subresource and info.verb not in ("get", "update", "patch"):
-            raise errors.MethodNotAllowed.for_verb(info.verb, f"{rt.plural}/{info.subresource}")
+        custom = rt.handlers.get((info.verb, info.subresource))
+        if custom is not None:
+            body = decode_body(request) if request.method in ("POST", "PUT", "PATCH") else None
+            status, result = custom(RequestContext(user=user, cluster=cluster, namespace=info.namespace,
+                                                   name=info.name, subresource=info.subresource, body=body,
+                                                   request=request, services=services))
+            return json_response(result, status=status)
+        if info.subresource:
+            # custom subresources were handled above; stored ones (status) take get/update/patch
+            if info.verb not in ("get", "update", "patch") or any(s == info.subresource for _, s in rt.handlers):
+                raise errors.MethodNotAllowed.for_verb(info.verb, f"{rt.plural}/{info.subresource}")
+        elif info.verb not in rt.verbs:
+            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
         if cluster == "*" and info.verb not in ("list", "watch"):
             raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
         handler = getattr(self, "_" + info.verb)
@@ -108,7 +119,7 @@ class ResourceAPI:
 
     def _list(self, request, cluster, info, rt) -> Response:
         result = self.registry.list(rt, cluster, info.namespace, self._list_options(request, rt))
-        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
         if version:
             body = table.to_table(result["items"], rt.table_columns(), list_meta=result["metadata"],
                                   include_object=negotiation.include_object(request.args.get("includeObject")),
@@ -140,7 +151,8 @@ class ResourceAPI:
         else:
             seconds = MIN_WATCH_TIMEOUT * (1 + random.random())
         deadline = time.monotonic() + max(seconds, 0.0)
-        table_version = negotiation.wants_table(request.headers.get("Accept", ""), stream=True)
+        table_version = negotiation.wants_table(request.headers.get("Accept", ""), stream=True,
+                                                media_types=JSON_ONLY)
         events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
                                      allow_bookmarks=_flag(query, "allowWatchBookmarks"),
                                      bookmark_interval=self.bookmark_interval, deadline=deadline,
@@ -198,7 +210,7 @@ class ResourceAPI:
     # ------------------------------------------------------------------ helpers
 
     def _object_response(self, request, rt: ResourceType, obj: dict, status: int = 200) -> Response:
-        version = negotiation.wants_table(request.headers.get("Accept", ""))
+        version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
         if version and request.method == "GET":
             body = table.to_table([obj], rt.table_columns(), list_meta={"resourceVersion": obj["metadata"].get(
                 "resourceVersion", "")}, include_object=negotiation.include_object(

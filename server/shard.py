@@ -18,6 +18,8 @@ from server.auth.authz import AuthenticatedUsersAuthorizer
 from server.logs import RequestLogMiddleware
 from server.metrics import Metrics
 from server.registry import Registry
+from server.apis import builtin_types
+from server.controllers import Controller
 from server.resources import Catalog
 from server.serving import Server
 from server.storage import SQLiteBackend, Store
@@ -51,6 +53,7 @@ class Shard:
         self.root = Path(config.root_directory)
         self.server: Server | None = None
         self.store: Store | None = None
+        self.controllers: list[Controller] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -60,7 +63,7 @@ class Shard:
         self.store = Store(SQLiteBackend(str(self.config.storage_path())),
                            history_seconds=self.config.watch_history_seconds,
                            history_max_events=self.config.watch_history_events)
-        self.catalog = Catalog()
+        self.catalog = Catalog(builtin_types())
         self.registry = Registry(self.store, self.catalog)
         self.registry.ensure_logical_cluster("root")
         authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
@@ -79,11 +82,16 @@ class Shard:
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        for controller in self.controllers:
+            controller.start()
         log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path),
                  storage=str(self.config.storage_path()))
         return self
 
     def stop(self) -> None:
+        for controller in reversed(self.controllers):
+            controller.stop()
+        self.controllers = []
         if self.server is not None:
             self.server.stop()
             self.server = None
