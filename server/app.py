@@ -88,17 +88,6 @@ class ShardApp:
             return self._health(request, path)
         if path == "/version" or path == "/version/":
             return json_response(VERSION_INFO)
-        user = self.authenticator.authenticate(request.environ)
-        if user is None:
-            raise errors.Unauthorized()
-        structlog.contextvars.bind_contextvars(user=user.name)
-        request.environ["kcp.user"] = user
-        if path == "/metrics" and self.metrics is not None:
-            return self.metrics.wsgi_response(request.environ)
-        if path.startswith("/services/") or path == "/services":
-            if self.services is None:
-                raise errors.NotFound.path()
-            return self.services(request, user)
         cluster, rest, prefix = DEFAULT_CLUSTER, path, ""
         if path.startswith("/clusters/"):
             cluster, _, rest = path[len("/clusters/"):].partition("/")
@@ -107,7 +96,26 @@ class ShardApp:
             if not _CLUSTER_NAME.match(cluster):
                 raise errors.BadRequest(f'invalid logical cluster name "{cluster}"')
             structlog.contextvars.bind_contextvars(cluster=cluster)
+        elif path.startswith("/services/") or path == "/services":
+            cluster = ""
+        request.environ["kcp.cluster"] = cluster  # service-account tokens are only valid in their cluster
+        user = self.authenticate(request)
+        if path == "/metrics" and self.metrics is not None:
+            return self.metrics.wsgi_response(request.environ)
+        if path.startswith("/services/") or path == "/services":
+            if self.services is None:
+                raise errors.NotFound.path()
+            return self.services(request, user)
         return self.serve_cluster(request, user, cluster, rest, prefix)
+
+    def authenticate(self, request: Request) -> UserInfo:
+        """The caller's identity, or 401. ``request.environ["kcp.user"]`` carries it to handlers."""
+        user = self.authenticator.authenticate(request.environ)
+        if user is None:
+            raise errors.Unauthorized()
+        structlog.contextvars.bind_contextvars(user=user.name)
+        request.environ["kcp.user"] = user
+        return user
 
     # ------------------------------------------------------------------ one logical cluster
 
