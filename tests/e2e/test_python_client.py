@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -254,3 +255,45 @@ def test_wildcard_cluster_lists_across_clusters(kcp_shard_module):
     everywhere = client.CoreV1Api(shard.cluster_client("*")).list_config_map_for_all_namespaces()
     clusters = {c.metadata.name: c.metadata.annotations["kcp.dev/cluster"] for c in everywhere.items}
     assert clusters["wild-cm"] == "root:wild"
+
+
+def test_deletecollection_emits_deleted_events(core):
+    ns = unique("dc")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    rv = core.list_namespaced_config_map(ns).metadata.resource_version
+    for name in ("a", "b", "keep"):
+        core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(
+            name=name, labels={"drop": "no" if name == "keep" else "yes"})))
+    deleted = core.delete_collection_namespaced_config_map(ns, label_selector="drop=yes", _preload_content=False)
+    assert sorted(item["metadata"]["name"] for item in json.loads(deleted.data)["items"]) == ["a", "b"]
+    assert [c.metadata.name for c in core.list_namespaced_config_map(ns).items] == ["keep"]
+    kinds = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+        core.list_namespaced_config_map, ns, resource_version=rv, timeout_seconds=1)]
+    assert kinds[-2:] == [("DELETED", "a"), ("DELETED", "b")]
+
+
+@pytest.fixture(scope="module")
+def fast_bookmark_shard():
+    with running_shard(ShardConfig(bookmark_interval=0.3)) as shard:
+        yield shard
+
+
+def test_bookmarks_and_watch_list(fast_bookmark_shard):
+    api = fast_bookmark_shard.api_client()
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bm")))
+    response = core.list_namespaced_config_map("default", watch=True, allow_watch_bookmarks=True, timeout_seconds=1,
+                                               _preload_content=False)
+    lines = [json.loads(line) for line in response.data.splitlines() if line.strip()]
+    types = [line["type"] for line in lines]
+    assert types[0] == "ADDED" and "BOOKMARK" in types
+    bookmark = next(line for line in lines if line["type"] == "BOOKMARK")["object"]
+    assert bookmark["kind"] == "ConfigMap" and int(bookmark["metadata"]["resourceVersion"]) > 0
+    # watch list: initial events end with the annotated bookmark
+    response = core.list_namespaced_config_map("default", watch=True, send_initial_events=True,
+                                               resource_version_match="NotOlderThan", allow_watch_bookmarks=True,
+                                               timeout_seconds=1, _preload_content=False)
+    lines = [json.loads(line) for line in response.data.splitlines() if line.strip()]
+    marker = [i for i, line in enumerate(lines)
+              if line["object"]["metadata"].get("annotations", {}).get("k8s.io/initial-events-end") == "true"]
+    assert marker and all(line["type"] == "ADDED" for line in lines[:marker[0]])
