@@ -16,6 +16,7 @@ from werkzeug.wrappers import Request, Response
 
 from server import discovery, errors, negotiation
 from server.openapi import OpenAPIIndex
+from server.auth import impersonation
 from server.auth.authn import Authenticator
 from server.auth.authz import Attributes, Authorizer, forbidden_message
 from server.auth.user import UserInfo
@@ -67,7 +68,7 @@ class ShardApp:
         self.limiter = InFlightLimiter(max_requests_in_flight)
         self.readiness: dict[str, Callable[[], bool]] = {"ping": lambda: True, "storage": self._storage_ready}
         self.services: ServiceHandler | None = None
-        self._openapi_cache: dict[tuple, OpenAPIIndex] = {}
+        self.token_issuer = None  # server.auth.serviceaccounts.ServiceAccountTokens (TokenRequest, TokenReview)
 
     # ------------------------------------------------------------------ WSGI
 
@@ -109,10 +110,12 @@ class ShardApp:
         return self.serve_cluster(request, user, cluster, rest, prefix)
 
     def authenticate(self, request: Request) -> UserInfo:
-        """The caller's identity, or 401. ``request.environ["kcp.user"]`` carries it to handlers."""
+        """The caller's identity (impersonated, if asked and allowed), or 401. ``environ["kcp.user"]`` carries it."""
         user = self.authenticator.authenticate(request.environ)
         if user is None:
             raise errors.Unauthorized()
+        cluster = request.environ.get("kcp.cluster", "")
+        user = impersonation.impersonate(request.environ, user, self.authorizer, cluster)
         structlog.contextvars.bind_contextvars(user=user.name)
         request.environ["kcp.user"] = user
         return user
@@ -120,14 +123,14 @@ class ShardApp:
     # ------------------------------------------------------------------ one logical cluster
 
     def serve_cluster(self, request: Request, user: UserInfo, cluster: str, path: str, prefix: str = "") -> Response:
+        info = parse_request_info(request.method, path, request.args)
+        structlog.contextvars.bind_contextvars(verb=info.verb, resource=info.resource)
+        self._authorize(user, cluster, info)  # every path of a workspace, /version and /openapi included
         if path in ("/version", "/version/"):
             return json_response(VERSION_INFO)
         if path.startswith("/openapi/"):
             self.registry.require_cluster(cluster)
             return self._openapi(cluster, path, prefix)
-        info = parse_request_info(request.method, path, request.args)
-        structlog.contextvars.bind_contextvars(verb=info.verb, resource=info.resource)
-        self._authorize(user, cluster, info)
         self.registry.require_cluster(cluster)
         if not info.is_resource:
             if request.method not in ("GET", "HEAD"):
@@ -180,10 +183,7 @@ class ShardApp:
 
     def _openapi(self, cluster: str, path: str, prefix: str) -> Response:
         """``/openapi/v3[/<gv>]``; v2 is a 404 on purpose (kubectl only parses protobuf there)."""
-        types = tuple(self.catalog.types(cluster))
-        index = self._openapi_cache.get(types)
-        if index is None:
-            index = self._openapi_cache[types] = OpenAPIIndex(types)
+        index = OpenAPIIndex(self.catalog.types(cluster))  # documents are memoized per group/version
         if path.rstrip("/") == "/openapi/v3":
             return Response(index.root(prefix), content_type="application/json")
         document = index.documents.get(path[len("/openapi/v3/"):]) if path.startswith("/openapi/v3/") else None

@@ -1,4 +1,4 @@
-"""The ``kcp`` command: ``kcp start`` runs a shard in the foreground until SIGINT/SIGTERM."""
+"""The ``kcp`` command: ``kcp start`` runs a shard, ``kcp virtual-workspaces`` its virtual workspaces as their own process."""
 
 from __future__ import annotations
 
@@ -17,10 +17,31 @@ def _start_parser(sub) -> None:
                        help="SQLite database file (default: <root-directory>/kcp.db)")
     start.add_argument("--token-auth-file", default=None,
                        help="static bearer tokens, Kubernetes CSV format: token,user,uid,\"group1,group2\"")
+    start.add_argument("--requestheader-client-ca-file", default=None,
+                       help="CA whose client certificates may assert X-Remote-User/-Group/-Extra-* "
+                            "(default: the generated <root-directory>/requestheader-ca.crt)")
+    start.add_argument("--requestheader-allowed-names", default="kcp-shard-proxy",
+                       help="comma-separated client-certificate CNs allowed to assert requestheaders; "
+                            "empty = any certificate of that CA (default kcp-shard-proxy)")
+    start.add_argument("--run-virtual-workspaces", type=_boolean, nargs="?", const=True, default=True,
+                       metavar="true|false",
+                       help="serve /services/* in-process (default true); false forwards it to "
+                            "--shard-virtual-workspace-url (a `kcp virtual-workspaces` process)")
+    start.add_argument("--shard-virtual-workspace-url", default=None,
+                       help="base URL of this shard's virtual workspaces, published in status "
+                            "(default: the shard's own URL)")
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                        help="log verbosity (0 = info, 1+ = debug)")
     start.set_defaults(func=run_start)
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def run_start(args) -> int:
@@ -33,7 +54,16 @@ def run_start(args) -> int:
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
     config = ShardConfig(root_directory=Path(args.root_directory), bind_address=args.bind_address,
-                         secure_port=args.secure_port, storage=args.storage, token_auth_file=args.token_auth_file)
+                         secure_port=args.secure_port, storage=args.storage, token_auth_file=args.token_auth_file,
+                         requestheader_client_ca_file=args.requestheader_client_ca_file,
+                         requestheader_allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",")
+                                                      if n.strip()],
+                         run_virtual_workspaces=args.run_virtual_workspaces,
+                         shard_virtual_workspace_url=args.shard_virtual_workspace_url)
+    if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
+        print("error: --run-virtual-workspaces=false needs --shard-virtual-workspace-url (where "
+              "`kcp virtual-workspaces` listens)", file=sys.stderr)
+        return 2
     try:
         shard = Shard(config).start()
     except OSError as exc:
@@ -42,6 +72,9 @@ def run_start(args) -> int:
         return 1
     print(f"kcp is serving on {shard.url} (logical clusters under {shard.url}/clusters/<workspace>)", flush=True)
     print(f"admin kubeconfig: {shard.kubeconfig_path}  (export KUBECONFIG={shard.kubeconfig_path})", flush=True)
+    if not args.run_virtual_workspaces:
+        print(f"virtual workspaces: {shard.url}/services/* is forwarded to {args.shard_virtual_workspace_url}",
+              flush=True)
 
     stopping = gevent.event.Event()
 
@@ -58,10 +91,91 @@ def run_start(args) -> int:
     return 0
 
 
+def _virtual_workspaces_parser(sub) -> None:
+    vw = sub.add_parser("virtual-workspaces", help="serve the virtual workspaces of a shard as their own process")
+    vw.add_argument("--kubeconfig", required=True,
+                    help="how to reach the shard: its admin kubeconfig (<root-directory>/admin.kubeconfig)")
+    vw.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    vw.add_argument("--root-directory", default=".kcp",
+                    help="the shard's root directory, for the default certificates below (default .kcp)")
+    vw.add_argument("--bind-address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    vw.add_argument("--secure-port", type=int, default=6444, help="HTTPS port (default 6444; 0 = any free)")
+    vw.add_argument("--tls-cert-file", default=None,
+                    help="serving certificate (default <root-directory>/virtual-workspaces.crt)")
+    vw.add_argument("--tls-private-key-file", default=None,
+                    help="its key (default <root-directory>/virtual-workspaces.key)")
+    vw.add_argument("--client-ca-file", default=None,
+                    help="CA of user client certificates (default <root-directory>/ca.crt)")
+    vw.add_argument("--requestheader-client-ca-file", default=None,
+                    help="CA of the proxy allowed to assert X-Remote-* identities "
+                         "(default <root-directory>/requestheader-ca.crt)")
+    vw.add_argument("--requestheader-allowed-names", default="kcp-shard-proxy",
+                    help="comma-separated CNs of that proxy; empty = any certificate of the CA (default kcp-shard-proxy)")
+    vw.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
+                    help="also serve this virtual workspace (a callable taking a ShardClient); repeatable")
+    vw.add_argument("--log-format", choices=("text", "json"), default="text")
+    vw.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
+                    help="log verbosity (0 = info, 1+ = debug)")
+    vw.set_defaults(func=run_virtual_workspaces)
+
+
+def run_virtual_workspaces(args) -> int:
+    """``kcp virtual-workspaces``: kcp_virtual.process's app behind this project's TLS server and request log."""
+    import gevent
+    import structlog
+
+    from kcp_virtual.process import build_app, load_factory
+    from server import logs
+    from server.metrics import Metrics
+    from server.serving import Server
+    from server.shard import STOCK_VIRTUAL_WORKSPACES
+
+    logs.configure(args.log_format, args.verbosity)
+    log = structlog.get_logger("kcp")
+    root = Path(args.root_directory)
+    client_ca = args.client_ca_file or str(root / "ca.crt")
+    requestheader_ca = args.requestheader_client_ca_file or str(root / "requestheader-ca.crt")
+    try:
+        factories = [*STOCK_VIRTUAL_WORKSPACES, *(load_factory(spec) for spec in args.virtual_workspace)]
+        metrics = Metrics()
+        app = build_app(args.kubeconfig, factories=factories, client_ca_file=client_ca,
+                        requestheader_ca_file=requestheader_ca, context=args.context, metrics=metrics,
+                        allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()])
+        server = Server(logs.RequestLogMiddleware(app, metrics), host=args.bind_address, port=args.secure_port,
+                        certfile=args.tls_cert_file or str(root / "virtual-workspaces.crt"),
+                        keyfile=args.tls_private_key_file or str(root / "virtual-workspaces.key"),
+                        client_ca_files=[client_ca, requestheader_ca])
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - any start-up failure is reported the same way
+        log.error("cannot start", error=str(exc))
+        print(f"error: cannot start the virtual workspaces: {exc}", file=sys.stderr)
+        return 1
+    host = args.bind_address if args.bind_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    names = ", ".join(vw.name for vw in app.dispatcher.workspaces) or "none"
+    print(f"kcp virtual workspaces are serving on https://{host}:{server.port}/services/ ({names}); "
+          f"shard: {app.shard.url}", flush=True)
+
+    stopping = gevent.event.Event()
+
+    def stop(signum=None):
+        if not stopping.is_set():
+            log.info("shutting down", signal=signal.Signals(signum).name if signum else None)
+            stopping.set()
+
+    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    stopping.wait()
+    server.stop()
+    log.info("stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kcp", description="kcp-virtual: a kcp-like Kubernetes API server")
     sub = parser.add_subparsers(dest="command", required=True)
     _start_parser(sub)
+    _virtual_workspaces_parser(sub)
     return parser
 
 

@@ -19,6 +19,8 @@ import orjson
 
 from server import errors, patch as patches, validation
 from server.resources import Catalog, ResourceType
+from server.schema import builtins as builtin_schemas, structural
+from server.schema.fieldvalidation import FieldValidation
 from server.selectors import FieldSelector, LabelSelector
 from server.storage import (ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError,
                             Store)
@@ -66,6 +68,8 @@ class Registry:
     def __init__(self, store: Store, catalog: Catalog):
         self.store = store
         self.catalog = catalog
+        # fn(registry, cluster), run (idempotently) each time a logical cluster is ensured: default content
+        self.cluster_hooks: list = []
 
     # ------------------------------------------------------------------ logical clusters
 
@@ -92,6 +96,8 @@ class Registry:
                 self.create(namespaces, cluster, "", {"metadata": {"name": "default"}})
             except errors.AlreadyExists:
                 pass
+        for hook in self.cluster_hooks:
+            hook(self, cluster)
 
     def logical_clusters(self) -> list[str]:
         items, _ = self.store.list(LOGICAL_CLUSTERS, None, None)
@@ -263,8 +269,10 @@ class Registry:
 
     # ------------------------------------------------------------------ writes
 
-    def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False) -> dict:
+    def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False,
+               field_validation: FieldValidation | None = None) -> dict:
         obj = self._check_body(rt, body)
+        self._conform(rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         self._check_namespace(rt, cluster, namespace, meta)
         for server_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
@@ -305,8 +313,10 @@ class Registry:
         raise errors.AlreadyExists.for_resource(rt.plural, rt.group, meta["name"])
 
     def update(self, rt: ResourceType, cluster: str, namespace: str, name: str, body: dict, *,
-               subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None) -> dict:
+               subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None,
+               field_validation: FieldValidation | None = None) -> dict:
         obj = self._check_body(rt, body)
+        self._conform(rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         if meta.get("name") and meta["name"] != name:
             raise errors.BadRequest(f"the name of the object ({meta['name']}) does not match the name on the URL "
@@ -375,11 +385,12 @@ class Registry:
         return new
 
     def patch(self, rt: ResourceType, cluster: str, namespace: str, name: str, patch_type: str, patch_body, *,
-              subresource: str = "", dry_run: bool = False) -> dict:
+              subresource: str = "", dry_run: bool = False, field_validation: FieldValidation | None = None) -> dict:
         """Apply a patch to the current object, retrying on concurrent writes unless the patch pins a version."""
         for _ in range(_PATCH_ATTEMPTS):
             old = self.get(rt, cluster, namespace, name)
-            patched = self._apply_patch(rt, _deep_copy(old), patch_type, patch_body)
+            current = rt.convert(old) if rt.convert is not None else old  # the patch is against this version
+            patched = self._apply_patch(rt, _deep_copy(current), patch_type, patch_body)
             if not isinstance(patched, dict) or not isinstance(patched.get("metadata", {}), dict):
                 raise errors.BadRequest("the patched object is not a valid JSON object")
             meta = patched.setdefault("metadata", {})
@@ -387,7 +398,8 @@ class Registry:
             if str(meta.get("resourceVersion", "")) != old["metadata"]["resourceVersion"]:
                 raise errors.Conflict.modified(rt.plural, rt.group, name)
             try:
-                return self.update(rt, cluster, namespace, name, patched, subresource=subresource, dry_run=dry_run)
+                return self.update(rt, cluster, namespace, name, patched, subresource=subresource, dry_run=dry_run,
+                                   field_validation=field_validation)
             except errors.Conflict:
                 continue  # a concurrent write landed between our read and write: patch the new state
         raise errors.Conflict.modified(rt.plural, rt.group, name)
@@ -473,6 +485,18 @@ class Registry:
                 "metadata": {"resourceVersion": str(self.store.current_rv())}, "items": deleted}
 
     # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _conform(rt: ResourceType, obj: dict, field_validation: FieldValidation | None) -> None:
+        """Prune the fields the type's schema does not know (reporting them to ``field_validation``:
+        Strict refuses them), then apply the schema's defaults, as kube does when decoding a body."""
+        schema = rt.structural_schema()
+        if schema is None:
+            return
+        unknown = structural.prune(schema, obj, object_meta=builtin_schemas.object_meta())
+        if field_validation is not None:
+            field_validation.report(unknown)
+        structural.default(schema, obj)
 
     def _delete_namespace_content(self, cluster: str, namespace: str) -> None:
         for rt in self.catalog.types(cluster):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 from server import table
+from server.negotiation import PATCH_KINDS
+from server.schema import builtins as builtin_schemas
 from server.selectors import DEFAULT_FIELDS, EVENT_FIELDS, NAMESPACE_FIELDS, SECRET_FIELDS
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -64,6 +66,11 @@ class ResourceType:
     name_rule: str = "subdomain"
     returns_deleted_object: bool = False   # DELETE answers the object instead of a Status
     handlers: Mapping = field(default_factory=dict)  # {(verb, subresource): Handler}, served instead of storage
+    # Custom resources (server.apis.apiextensions) set these; built-ins keep the defaults.
+    schema: Mapping | None = None          # linked OpenAPI v3 schema; None: the kind's built-in schema, if any
+    patch_kinds: tuple = PATCH_KINDS       # PATCH content kinds accepted (custom resources: no strategic merge)
+    table: tuple = ()                      # the whole Table column list when set (CRD printer columns)
+    convert: Callable[[dict], dict] | None = None  # stored object -> this version (CRDs served in several)
 
     def subresource_verbs(self, subresource: str) -> list[str]:
         """Verbs of a subresource in discovery: its custom handlers' verbs, else get/patch/update (status)."""
@@ -96,7 +103,14 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def table_columns(self) -> list:
+        if self.table:
+            return list(self.table)
         return [table.NAME_COLUMN, *self.columns, table.AGE_COLUMN]
+
+    def structural_schema(self) -> Mapping | None:
+        """The schema writes are pruned and judged against: a custom resource's, else the built-in kind's."""
+        return self.schema if self.schema is not None else builtin_schemas.resource_schema(
+            self.group, self.version, self.kind)
 
 
 # ---------------------------------------------------------------- type-specific hooks
@@ -240,11 +254,25 @@ GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "authorizat
                "coordination.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
 
 
+class ClusterTypes(Protocol):
+    """Types some logical clusters serve beyond the built-ins (CRDs, bound APIs): O(1) lookups."""
+
+    def lookup(self, cluster: str, group: str, version: str, plural: str) -> ResourceType | None: ...
+
+    def types(self, cluster: str) -> Iterable[ResourceType]: ...
+
+
 class Catalog:
-    """The resource types a logical cluster serves. Built-ins everywhere; more can be added per cluster."""
+    """The resource types a logical cluster serves: built-ins everywhere, plus what its sources add there.
+
+    Built-ins win over anything a source offers under the same group/version/resource; the wildcard
+    cluster ``*`` serves only built-ins.
+    """
 
     def __init__(self, builtins: Iterable[ResourceType] = BUILTINS):
         self._builtins: dict[tuple[str, str, str], ResourceType] = {}
+        self._sorted: list[ResourceType] | None = None
+        self._sources: list[ClusterTypes] = []
         for rt in builtins:
             self.add_builtin(rt)
 
@@ -253,17 +281,48 @@ class Catalog:
         if key in self._builtins:
             raise ValueError(f"duplicate resource type {rt.qualified}/{rt.version}")
         self._builtins[key] = rt
+        self._sorted = None
+
+    def add_source(self, source: ClusterTypes) -> None:
+        self._sources.append(source)
+
+    def is_builtin(self, group: str, version: str, plural: str) -> bool:
+        return (group, version, plural) in self._builtins
+
+    def builtin_types(self) -> list[ResourceType]:
+        if self._sorted is None:
+            self._sorted = sorted(self._builtins.values(), key=_discovery_order)
+        return self._sorted
 
     def lookup(self, cluster: str, group: str, version: str, plural: str) -> ResourceType | None:
-        return self._builtins.get((group, version, plural))
+        rt = self._builtins.get((group, version, plural))
+        if rt is not None or cluster == "*":
+            return rt
+        for source in self._sources:
+            rt = source.lookup(cluster, group, version, plural)
+            if rt is not None:
+                return rt
+        return None
 
     def types(self, cluster: str) -> list[ResourceType]:
         """All types served in ``cluster`` (``*`` for the wildcard view), grouped in discovery order."""
-        order = {g: i for i, g in enumerate(GROUP_ORDER)}
-        return sorted(self._builtins.values(), key=lambda rt: (order.get(rt.group, len(order)), rt.group))
+        builtins = self.builtin_types()
+        if cluster == "*" or not self._sources:
+            return list(builtins)
+        extra = [rt for source in self._sources for rt in source.types(cluster)]
+        if not extra:
+            return list(builtins)
+        return sorted([*builtins, *extra], key=_discovery_order)  # stable: a group's versions keep their order
 
     def by_kind(self, cluster: str, group: str, kind: str) -> ResourceType | None:
         for rt in self.types(cluster):
             if rt.group == group and rt.kind == kind:
                 return rt
         return None
+
+
+_GROUP_RANK = {g: i for i, g in enumerate(GROUP_ORDER)}
+
+
+def _discovery_order(rt: ResourceType) -> tuple:
+    return (_GROUP_RANK.get(rt.group, len(_GROUP_RANK)), rt.group)

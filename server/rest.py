@@ -8,17 +8,18 @@ and registry.
 from __future__ import annotations
 
 import random
-import select
 import time
 
 import orjson
 import yaml
 from werkzeug.wrappers import Request, Response
 
-from server import errors, negotiation, patch as patches, table
+from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_gone_check, table_lines
+from server import errors, negotiation, patch as patches, protobuf, table
 from server.registry import ListOptions, Registry, WatchEvent, parse_resource_version
 from server.requestinfo import RequestInfo
 from server.resources import RequestContext, ResourceType
+from server.schema.fieldvalidation import FieldValidation
 from server.selectors import FieldSelector, LabelSelector
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
@@ -63,9 +64,14 @@ def decode_body(request: Request, *, allow_empty: bool = False):
 
 def _decode(data: bytes, kind: str):
     if kind == "protobuf":
-        raise errors.UnsupportedMediaType(
-            "the body of the request was in an unknown format - accepted media types include: application/json, "
-            "application/yaml (protobuf request bodies are not supported yet)")
+        try:
+            return protobuf.decode(data)
+        except protobuf.ProtobufError as exc:
+            raise errors.BadRequest(f"the protobuf request body could not be decoded: {exc}") from None
+        except protobuf.UnknownKind as exc:
+            raise errors.UnsupportedMediaType(
+                f'protobuf request bodies of kind "{exc.kind}" (apiVersion "{exc.api_version}") are not supported; '
+                "send this object as application/json") from None
     if kind in ("yaml", "apply-patch"):
         try:
             return yaml.safe_load(data)
@@ -119,6 +125,8 @@ class ResourceAPI:
 
     def _list(self, request, cluster, info, rt) -> Response:
         result = self.registry.list(rt, cluster, info.namespace, self._list_options(request, rt))
+        if rt.convert is not None:
+            result["items"] = [rt.convert(item) for item in result["items"]]
         version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
         if version:
             body = table.to_table(result["items"], rt.table_columns(), list_meta=result["metadata"],
@@ -156,13 +164,16 @@ class ResourceAPI:
         events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
                                      allow_bookmarks=_flag(query, "allowWatchBookmarks"),
                                      bookmark_interval=self.bookmark_interval, deadline=deadline,
-                                     idle_check=_peer_gone_check(request.environ),
+                                     idle_check=peer_gone_check(request.environ),
                                      idle_interval=self.idle_interval)
+        if rt.convert is not None:
+            events = _converted(events, rt.convert)
         if table_version:
-            stream = _table_lines(events, rt, negotiation.include_object(query.get("includeObject")), table_version)
+            stream = table_lines(events, rt.table_columns(), negotiation.include_object(query.get("includeObject")),
+                                  table_version)
         else:
-            stream = _json_lines(events)
-        response = Response(stream, status=200, content_type=JSON, direct_passthrough=True)
+            stream = json_lines(events)
+        response = WatchResponse(stream, status=200, content_type=JSON, direct_passthrough=True)
         response.headers["Cache-Control"] = "no-cache, private"
         return response
 
@@ -172,17 +183,20 @@ class ResourceAPI:
         if info.name:
             raise errors.MethodNotAllowed.for_verb("create", rt.plural)
         body = decode_body(request)
-        obj = self.registry.create(rt, cluster, info.namespace, body, dry_run=self._dry_run(request))
-        return self._object_response(request, rt, obj, status=201)
+        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
+        obj = self.registry.create(rt, cluster, info.namespace, body, dry_run=self._dry_run(request),
+                                   field_validation=fields)
+        return self._object_response(request, rt, obj, status=201, warnings=fields)
 
     def _update(self, request, cluster, info, rt) -> Response:
         body = decode_body(request)
+        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
         obj = self.registry.update(rt, cluster, info.namespace, info.name, body, subresource=info.subresource,
-                                   dry_run=self._dry_run(request))
-        return self._object_response(request, rt, obj)
+                                   dry_run=self._dry_run(request), field_validation=fields)
+        return self._object_response(request, rt, obj, warnings=fields)
 
     def _patch(self, request, cluster, info, rt) -> Response:
-        kind = negotiation.request_content_kind(request.headers.get("Content-Type", ""))
+        kind = negotiation.request_content_kind(request.headers.get("Content-Type", ""), rt.patch_kinds)
         patch_type = _PATCH_CONTENT_TYPES.get(kind)
         if patch_type is None:
             raise errors.UnsupportedMediaType(
@@ -192,13 +206,17 @@ class ResourceAPI:
             raise errors.UnsupportedMediaType("server-side apply (application/apply-patch+yaml) is not supported "
                                               "yet; use kubectl apply without --server-side")
         body = _decode(read_body(request), kind)
+        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
         obj = self.registry.patch(rt, cluster, info.namespace, info.name, patch_type, body,
-                                  subresource=info.subresource, dry_run=self._dry_run(request))
-        return self._object_response(request, rt, obj)
+                                  subresource=info.subresource, dry_run=self._dry_run(request),
+                                  field_validation=fields)
+        return self._object_response(request, rt, obj, warnings=fields)
 
     def _delete(self, request, cluster, info, rt) -> Response:
         options = self._delete_options(request)
         result = self.registry.delete(rt, cluster, info.namespace, info.name, options)
+        if rt.convert is not None and result.get("kind") == rt.kind:
+            result = rt.convert(result)
         return json_response(result)
 
     def _deletecollection(self, request, cluster, info, rt) -> Response:
@@ -209,7 +227,15 @@ class ResourceAPI:
 
     # ------------------------------------------------------------------ helpers
 
-    def _object_response(self, request, rt: ResourceType, obj: dict, status: int = 200) -> Response:
+    def _object_response(self, request, rt: ResourceType, obj: dict, status: int = 200,
+                         warnings: FieldValidation | None = None) -> Response:
+        if rt.convert is not None:
+            obj = rt.convert(obj)
+        if warnings is not None and warnings.warnings:
+            response = self._object_response(request, rt, obj, status)
+            for name, value in warnings.headers():
+                response.headers.add(name, value)
+            return response
         version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
         if version and request.method == "GET":
             body = table.to_table([obj], rt.table_columns(), list_meta={"resourceVersion": obj["metadata"].get(
@@ -263,55 +289,15 @@ class ResourceAPI:
             resource_version=query.get("resourceVersion", ""), resource_version_match=match)
 
 
-def _json_lines(events):
-    """One JSON line per event; the generator's close() (client gone) closes the storage watcher."""
-    try:
-        for event in events:
-            yield orjson.dumps({"type": event.type, "object": event.object}) + b"\n"
-    finally:
-        events.close()
-
-
-def _table_lines(events, rt: ResourceType, include_object: str, version: str):
-    columns = rt.table_columns()
-    first = True
+def _converted(events, convert):
+    """Watch events with their objects shown in the watched version; closing it closes ``events``."""
     try:
         for event in events:
             if event.type in ("ADDED", "MODIFIED", "DELETED"):
-                obj = table.to_table([event.object], columns, list_meta={
-                    "resourceVersion": event.object["metadata"].get("resourceVersion", "")},
-                    include_object=include_object, no_headers=not first, version=version)
-                first = False
-            else:
-                obj = event.object
-            yield orjson.dumps({"type": event.type, "object": obj}) + b"\n"
+                event = WatchEvent(event.type, convert(event.object))
+            yield event
     finally:
         events.close()
-
-
-def _peer_gone_check(environ):
-    """A cheap non-blocking check, run while a watch is idle, that the client closed its connection.
-
-    pywsgi only notices a disconnect when it writes; an idle watch would otherwise hold its greenlet
-    until the next event or bookmark. A watch client never sends anything after its request, so a
-    readable socket means EOF (or a TLS close_notify).
-    """
-    sock = environ.get("kcp.socket")
-    if sock is None:
-        return None
-
-    def gone() -> bool:
-        try:
-            fd = sock.fileno()
-            if fd < 0:
-                return True
-            poller = select.poll()  # not select(): watch sockets have descriptors above FD_SETSIZE
-            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
-            return True
-
-    return gone
 
 
 __all__ = ["ResourceAPI", "json_response", "decode_body", "read_body", "WatchEvent"]

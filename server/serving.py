@@ -8,9 +8,9 @@
 * Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
   without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
   and its error log goes to structlog.
-* Connections are capped by a ``gevent.pool.Pool``; a per-operation socket timeout bounds
-  idle keep-alive connections and slow request heads, and does not touch watches, which
-  only block while a write cannot progress.
+* Connections are capped by a ``gevent.pool.Pool``. A per-operation socket timeout bounds
+  idle keep-alive connections (and any single blocked read or write), a deadline bounds the
+  request head; neither touches an idle watch, which has no socket operation pending.
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ import structlog
 #: Errors that mean "the client went away" (or never completed TLS): not worth a traceback.
 DISCONNECT_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError,
                      ConnectionAbortedError, TimeoutError)
+#: Disconnect errors that can only come from the client connection, whatever the app did.
+_CLIENT_ONLY_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, BrokenPipeError)
 _DISCONNECT_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
                       errno.ENOTCONN, errno.EBADF}
 
 #: Seconds of silence allowed on a connection between requests and inside a request head
 #: (and, since it is a per-operation socket timeout, for a single blocked read or write).
 IDLE_TIMEOUT = 120.0
+#: Seconds from the first byte of a request to the end of its headers (kube-apiserver's
+#: ReadHeaderTimeout), against slowloris clients.
+HEADER_TIMEOUT = 32.0
 #: Seconds allowed for the TLS handshake, so half-open connections do not pin a greenlet.
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -120,18 +125,40 @@ class _Handler(pywsgi.WSGIHandler):
         finally:
             server.kcp_handlers.discard(self)
 
+    _head_timer = None
+
     def read_requestline(self):
-        # Only this read sits between requests; stop() closes connections parked here.
+        # Waiting for the first byte is the keep-alive idle time (the socket timeout); stop()
+        # closes connections parked there. From the first byte on, the whole head must arrive
+        # within header_timeout, so a client trickling bytes cannot hold the greenlet forever.
         self._idle = True
         try:
             if self.server.kcp_stopping.is_set():
                 return ""
-            return super().read_requestline()
+            self.rfile.peek(1)
         finally:
             self._idle = False
+        self._head_timer = gevent.Timeout.start_new(
+            self.server.kcp_header_timeout, TimeoutError("timed out reading the request head"))
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_head_timer()
+
+    def _cancel_head_timer(self):
+        timer = self._head_timer
+        if timer is not None:
+            self._head_timer = None
+            timer.close()
 
     def handle_one_request(self):
-        result = super().handle_one_request()
+        try:
+            result = super().handle_one_request()
+        finally:
+            self._cancel_head_timer()  # paths that return before read_request (EOF, 414)
         if result is True and self.server.kcp_stopping.is_set():
             return None  # draining: finish this response, then close instead of keep-alive
         return result
@@ -157,9 +184,13 @@ class _Handler(pywsgi.WSGIHandler):
         return ("400", _BAD_REQUEST)
 
     def handle_error(self, t, v, tb):
-        if issubclass(t, gevent.GreenletExit) or _is_disconnect(v):
-            # Killed by stop(), or the client is gone: nothing to answer, nothing to report.
+        # Killed by stop(), or the client is gone: nothing to answer, nothing to report. A reset
+        # or timeout before the response started may be the app's own backend connection
+        # failing, so that still gets the full treatment (logged with traceback, 500).
+        if (issubclass(t, gevent.GreenletExit) or isinstance(v, _CLIENT_ONLY_ERRORS)
+                or (self.headers_sent and _is_disconnect(v))):
             self.close_connection = True
+            self.server.kcp_log.debug("client disconnected", peer=self.client_address, error=repr(v))
             return
         super().handle_error(t, v, tb)
 
@@ -177,6 +208,7 @@ class _WSGIServer(pywsgi.WSGIServer):
     """WSGIServer that tunes accepted sockets and swallows handshake failures quietly."""
 
     kcp_idle_timeout = IDLE_TIMEOUT
+    kcp_header_timeout = HEADER_TIMEOUT
     kcp_handshake_timeout = HANDSHAKE_TIMEOUT
 
     def do_read(self):
@@ -201,11 +233,16 @@ class _WSGIServer(pywsgi.WSGIServer):
 
     def wrap_socket_and_handle(self, client_socket, address):
         client_socket.settimeout(self.kcp_handshake_timeout)
+        # The fd, not the socket: wrapping detaches client_socket. Lets stop() cut handshakes short.
+        fd = client_socket.fileno()
+        self.kcp_handshaking.add(fd)
         try:
             ssl_socket = self.wrap_socket(client_socket, **self.ssl_args)
         except (OSError, ValueError) as exc:
             self.kcp_log.debug("TLS handshake failed", peer=address, error=repr(exc))
             return None
+        finally:
+            self.kcp_handshaking.discard(fd)
         try:
             return self.handle(ssl_socket, address)
         finally:
@@ -250,8 +287,8 @@ class Server:
 
     def __init__(self, app: Callable, *, host: str, port: int, certfile: str | None, keyfile: str | None,
                  client_ca_files: list[str], max_connections: int = 4096, logger=None,
-                 idle_timeout: float = IDLE_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 backlog: int = 2048):
+                 idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, backlog: int = 2048):
         self.app = app
         self.host = host.strip("[]")
         self._requested_port = port
@@ -268,8 +305,10 @@ class Server:
         self._server.kcp_log = self.log
         self._server.kcp_stopping = gevent.event.Event()
         self._server.kcp_handlers = weakref.WeakSet()
+        self._server.kcp_handshaking = set()
         self._server.kcp_idle_timeout = idle_timeout
         self._server.kcp_handshake_timeout = handshake_timeout
+        self._server.kcp_header_timeout = header_timeout
         self._stopped = gevent.event.Event()
 
     @property
@@ -290,6 +329,8 @@ class Server:
 
     def serve_forever(self) -> None:
         """Start if needed, then block until ``stop()``."""
+        if self.stopping.is_set():
+            return
         if not self._server.started:
             self.start()
         try:
@@ -301,10 +342,12 @@ class Server:
     def stop(self, timeout: float = 5) -> None:
         """Stop accepting and close every connection within ``timeout`` (+1 s to kill stragglers).
 
-        Idle keep-alive connections are closed at once, and so are streaming responses (chunked,
-        e.g. watches) and requests that set ``environ["kcp.long_running"] = True``: their
-        greenlets are killed, which runs the response generator's ``finally``. Other requests in
-        flight get up to ``timeout`` seconds to finish and then are killed too.
+        Idle keep-alive connections and unfinished TLS handshakes are closed at once, and so are
+        streaming responses (no Content-Length, e.g. watches) and requests that set
+        ``environ["kcp.long_running"] = True``: their greenlets are killed, which runs the
+        response generator's ``finally``. Other requests in flight get up to ``timeout`` seconds
+        to finish (their connections then close instead of staying alive) and then are killed.
+        Must run in a greenlet of the hub the server runs in.
         """
         server = self._server
         if server.kcp_stopping.is_set():
@@ -312,6 +355,8 @@ class Server:
             return
         server.kcp_stopping.set()
         server.close()
+        for fd in list(server.kcp_handshaking):
+            _shutdown_read(fd)
         for handler in list(server.kcp_handlers):
             if handler._idle:
                 _shutdown_read(handler.socket)
@@ -341,7 +386,7 @@ def _long_running(handler: _Handler) -> bool:
 
 
 def _shutdown_read(sock) -> None:
-    """Wake a greenlet blocked reading ``sock`` with EOF, without touching its TLS state.
+    """Wake a greenlet blocked reading ``sock`` (a socket or fd) with EOF, keeping its TLS state.
 
     ``SSLSocket.shutdown`` would drop the SSL object under the reader; shutting down the
     underlying TCP connection through a duplicate fd just makes the pending read see EOF.
@@ -349,7 +394,7 @@ def _shutdown_read(sock) -> None:
     if sock is None:
         return
     try:
-        fd = sock.fileno()
+        fd = sock if isinstance(sock, int) else sock.fileno()
         if fd < 0:
             return
         dup = socket.socket(fileno=os.dup(fd))

@@ -8,23 +8,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
+from kcp_virtual.framework import ShardClient, VirtualWorkspace
+from kcp_virtual.framework.dispatcher import Dispatcher
 from server import pki
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
-from server.auth.authz import AuthenticatedUsersAuthorizer
+from server.auth.bootstrap_policy import ensure_bootstrap_policy
+from server.auth.requestheader import DEFAULT_ALLOWED_NAMES, RequestHeaderAuthenticator
+from server.auth.serviceaccounts import ServiceAccountAuthenticator, ServiceAccountTokens
+from server.auth.rbac import RBACAuthorizer
 from server.logs import RequestLogMiddleware
 from server.metrics import Metrics
 from server.registry import Registry
 from server.apis import builtin_types
+from server.apis.apiextensions import CRDController, CustomResourceIndex
 from server.controllers import Controller
+from server.controllers.workspaces import WorkspaceController
+from server.forwarding import ServicesForwarder
 from server.resources import Catalog
 from server.serving import Server
+from server.shardclient import InProcessShardClient
 from server.storage import SQLiteBackend, Store
 
 log = structlog.get_logger("kcp.shard")
+
+#: A virtual workspace is built once the shard's app exists, from the ShardClient it talks to the shard with.
+VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
+#: What ``kcp start`` serves under /services/ (DESIGN.md section 4); each stock one is added here as it lands.
+STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = ()
 
 
 @dataclass
@@ -40,6 +55,11 @@ class ShardConfig:
     watch_history_seconds: float = 300.0     # how far back a watch may resume; older gets 410 Expired
     watch_history_events: int = 100_000
     extra_client_ca_files: list[str] = field(default_factory=list)
+    requestheader_client_ca_file: str | None = None   # default: the generated <root>/requestheader-ca.crt
+    requestheader_allowed_names: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_NAMES))
+    virtual_workspaces: tuple[VirtualWorkspaceFactory, ...] = STOCK_VIRTUAL_WORKSPACES  # in-process, in order
+    run_virtual_workspaces: bool = True       # False: /services/* is forwarded to shard_virtual_workspace_url
+    shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
 
     def storage_path(self) -> Path:
         if self.storage:
@@ -58,30 +78,59 @@ class Shard:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "Shard":
+        if not self.config.run_virtual_workspaces and not self.config.shard_virtual_workspace_url:
+            raise ValueError("run_virtual_workspaces=False needs shard_virtual_workspace_url (the external "
+                             "virtual-workspace server to forward /services/* to)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.pki = pki.ensure_shard_pki(self.root, self.config.bind_address)
         self.store = Store(SQLiteBackend(str(self.config.storage_path())),
                            history_seconds=self.config.watch_history_seconds,
                            history_max_events=self.config.watch_history_events)
         self.catalog = Catalog(builtin_types())
+        self.crds = CustomResourceIndex(self.store, self.catalog.builtin_types)
+        self.catalog.add_source(self.crds)
         self.registry = Registry(self.store, self.catalog)
+        self.registry.cluster_hooks.append(ensure_bootstrap_policy)
         self.registry.ensure_logical_cluster("root")
+        self.authorizer = RBACAuthorizer(self.registry)
         authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
         if self.config.token_auth_file:
             authenticators.append(TokenFileAuthenticator(self.config.token_auth_file))
+        self.service_account_tokens = ServiceAccountTokens.load_or_create(self.root)
+        authenticators.append(ServiceAccountAuthenticator(self.service_account_tokens, self.registry))
+        requestheader_ca = self.config.requestheader_client_ca_file or str(self.pki.requestheader_ca_cert_path)
+        authenticators.append(RequestHeaderAuthenticator.from_file(requestheader_ca,
+                                                                   self.config.requestheader_allowed_names))
         self.metrics = Metrics()
         self.app = ShardApp(self.registry, self.catalog, UnionAuthenticator(authenticators),
-                            AuthenticatedUsersAuthorizer(), metrics=self.metrics,
+                            self.authorizer, metrics=self.metrics,
                             max_requests_in_flight=self.config.max_requests_in_flight,
                             bookmark_interval=self.config.bookmark_interval)
+        self.app.token_issuer = self.service_account_tokens
+        self.shard_client = InProcessShardClient(self.app)
+        if self.config.run_virtual_workspaces:
+            self.virtual_workspaces = Dispatcher(build(self.shard_client) for build in self.config.virtual_workspaces)
+            self.app.services = self.virtual_workspaces
+            self.app.readiness.update(self.virtual_workspaces.readiness())
+        else:
+            self.virtual_workspaces = None
+            self.app.services = ServicesForwarder(
+                self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
+                cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path))
         self.server = Server(RequestLogMiddleware(self.app, self.metrics), host=self.config.bind_address,
                              port=self.config.secure_port, certfile=str(self.pki.serving_cert_path),
                              keyfile=str(self.pki.serving_key_path),
-                             client_ca_files=[*self.pki.client_ca_files, *self.config.extra_client_ca_files],
+                             client_ca_files=[*self.pki.client_ca_files, *self.config.extra_client_ca_files,
+                                              *([requestheader_ca] if self.config.requestheader_client_ca_file
+                                                else [])],
                              max_connections=self.config.max_connections)
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        self.controllers.append(CRDController(self.registry, self.crds))
+        self.controllers.append(WorkspaceController(
+            self.registry, base_url=self.url,
+            virtual_workspace_url=self.config.shard_virtual_workspace_url or self.url))
         for controller in self.controllers:
             controller.start()
         log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path),

@@ -66,6 +66,11 @@ def main(argv=None) -> int:
         "workdir": workdir,
     })
     print(f"hack/bench: {cores.describe()}; work dir {workdir}", flush=True)
+    busy = util.background_busy(2.0)
+    ctx.meta["background_cpu_busy_pct"] = round(busy, 1)
+    if busy > 10:
+        print(f"  !! the machine is already {busy:.0f}% busy before the bench starts: other load "
+              "skews the numbers (ratios less than absolutes)", flush=True)
     rows, errors = [], []
     t_start = time.monotonic()
     try:
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
         for e in errors:
             print(f"  {e['scenario']}: {e['error']}")
     report.write_json(a.json, ctx.meta, rows, errors)
-    print(f"\nwrote {a.json} ({ctx.meta['seconds']}s)")
+    print(f"\nwrote {a.json} ({ctx.meta['seconds']}s; {cores.describe()}; machine "
+          f"{ctx.meta['background_cpu_busy_pct']}% busy before the start)")
     if a.keep or errors:
         print(f"logs and data kept in {workdir}")
     else:

@@ -43,6 +43,19 @@ from benchlib.util import percentile, raise_nofile  # noqa: E402
 perf = time.perf_counter
 
 
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per-CPU (busy, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals[:8]]
+                total = sum(v)
+                out[name[3:]] = (total - v[3] - v[4], total)  # minus idle, iowait
+    return out
+
+
 def stats_ms(values: list[float]) -> dict:
     ms = [v * 1000 for v in values]
     return {"n": len(ms), "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
@@ -244,6 +257,7 @@ class Client:
         """
         pool = self.pool(1)
         lat, missing, acks, cpu, wall, errors = [], 0, [], [], [], []
+        busy: dict[str, list[int]] = {}
         live = [w for w in self.watchers if w.alive]
         for k in range(warmup + writes):
             marker = f"bench-{uuid.uuid4().hex[:12]}-{k}"
@@ -254,6 +268,7 @@ class Client:
                 w.got = None
                 w.marker = mb
             body = write["template"].replace("{marker}", marker).encode()
+            k0 = cpu_ticks()
             c0, t0 = time.process_time(), perf()
             try:
                 r = pool.urlopen(write["method"], write["path"], body=body,
@@ -269,6 +284,7 @@ class Client:
             self.all_got.wait(timeout)
             t_end = max((w.got for w in live if w.got), default=perf())
             c1 = time.process_time()
+            k1 = cpu_ticks()
             for w in live:
                 w.marker = None
             if k >= warmup:
@@ -278,13 +294,20 @@ class Client:
                 if ack is not None:
                     acks.append(ack)
                 cpu.append(c1 - c0)
+                for name, (b1, t1) in k1.items():
+                    b0, t0_ = k0.get(name, (b1, t1))
+                    acc = busy.setdefault(name, [0, 0])
+                    acc[0] += b1 - b0
+                    acc[1] += t1 - t0_
                 wall.append(t_end - t0)
             gevent.sleep(pause)
         pool.close()
         return {"watchers": len(live), "writes": writes, "missing": missing,
                 "errors": errors[:3], "ack_p50_ms": percentile([a * 1000 for a in acks], 50),
                 "client_cpu_ms": percentile([c * 1000 for c in cpu], 50),
-                "last_delivery_ms": percentile([w * 1000 for w in wall], 50), **stats_ms(lat)}
+                "last_delivery_ms": percentile([w * 1000 for w in wall], 50),
+                "cpu_busy": {n: (b / t if t else None) for n, (b, t) in busy.items()},
+                **stats_ms(lat)}
 
 
 def main(argv=None):

@@ -363,6 +363,10 @@ def _idle_row(ctx, group, label, c, pid, n, path) -> Row:
 
 
 def _fanout_row(ctx, group, label, c, pid, write, targets_ms: float | None) -> Row:
+    """One row: delivery latency percentiles over all watchers and writes, plus where the CPU
+    went -- ``server_cpu_ms`` (server process CPU per write cycle, incl. the pause between
+    writes), ``client_cpu_ms`` (client process CPU per delivery window) and each pinned core's
+    busy % during the delivery windows."""
     writes = 3 if ctx.quick else 5
     cpu0 = cpu_seconds(pid)
     r = c.call("fanout", write=write, writes=writes, warmup=1, timeout=30.0)
@@ -374,10 +378,20 @@ def _fanout_row(ctx, group, label, c, pid, write, targets_ms: float | None) -> R
         note.append("write errors: " + "; ".join(r["errors"]))
     if r["client_cpu_ms"] and r["last_delivery_ms"] and \
             r["client_cpu_ms"] > 0.8 * r["last_delivery_ms"]:
-        note.append("client CPU-bound: numbers are an upper bound")
+        note.append("client process CPU-bound: upper bound")
+    busy = r.get("cpu_busy") or {}
+
+    def pct(core):
+        v = busy.get(core) if core is not None else None
+        return None if v is None else 100.0 * v
+
+    srv_busy, cli_busy = pct(ctx.cores.server), pct(ctx.cores.client)
+    if cli_busy is not None and cli_busy > 85 and (srv_busy or 0) < cli_busy:
+        note.append("client core saturated (by the client or other load): upper bound")
     m = {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
          "ack_ms": r["ack_p50_ms"], "server_cpu_ms": server_cpu_ms,
-         "client_cpu_ms": r["client_cpu_ms"]}
+         "client_cpu_ms": r["client_cpu_ms"], "srv_core_busy_%": srv_busy,
+         "cli_core_busy_%": cli_busy}
     ok = None
     if targets_ms is not None:
         ok = r["p99_ms"] is not None and r["p99_ms"] <= targets_ms and not r["missing"]

@@ -85,14 +85,17 @@ class Shard(Service):
     name = "shard"
     ready_timeout = 90
 
-    def __init__(self, workdir: str, cores: Cores, extra_args: list[str] | None = None):
+    def __init__(self, workdir: str, cores: Cores, extra_args: list[str] | None = None,
+                 name: str = "kcp"):
+        """``name`` keeps several shards apart in one work dir (root dir, log, token file)."""
         super().__init__()
         self.workdir = workdir
-        self.root = os.path.join(workdir, "kcp")
+        self.name = name
+        self.root = os.path.join(workdir, name)
         self.cores = cores
         self.extra_args = extra_args or []
         self.token = "bench-" + secrets.token_hex(16)
-        self.log_path = os.path.join(workdir, "kcp.log")
+        self.log_path = os.path.join(workdir, f"{name}.log")
 
     @property
     def ca(self) -> str:
@@ -108,7 +111,7 @@ class Shard(Service):
 
     def start(self):
         os.makedirs(self.root, exist_ok=True)
-        tokens = os.path.join(self.workdir, "tokens.csv")
+        tokens = os.path.join(self.workdir, f"{self.name}-tokens.csv")
         with open(tokens, "w") as f:
             f.write(f'{self.token},bench,bench-uid,"system:masters"\n')
         self.port = free_port()

@@ -110,6 +110,19 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
     return total
 
 
+def background_busy(seconds: float = 1.0) -> float:
+    """System-wide CPU busy % over ``seconds`` (call while nothing of ours runs)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v), v[3] + v[4]
+
+    t0, i0 = read()
+    time.sleep(seconds)
+    t1, i1 = read()
+    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile, q in [0, 100]."""
     if not values:

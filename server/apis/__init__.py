@@ -6,8 +6,13 @@ add a module's tuple here to serve it.
 
 from __future__ import annotations
 
+from server.apis.apiextensions import TYPES as APIEXTENSIONS_TYPES
+from server.apis.rbac import RBAC_TYPES
+from server.apis.reviews import TYPES as REVIEW_TYPES
+from server.apis.tenancy import TYPES as TENANCY_TYPES
+from server.auth.serviceaccounts import with_token_subresource
 from server.resources import BUILTINS as CORE_TYPES, ResourceType
 
 
 def builtin_types() -> list[ResourceType]:
-    return [*CORE_TYPES]
+    return [*with_token_subresource(CORE_TYPES), *RBAC_TYPES, *REVIEW_TYPES, *TENANCY_TYPES, *APIEXTENSIONS_TYPES]

@@ -68,16 +68,25 @@ class TokenFileAuthenticator:
 
 
 class UnionAuthenticator:
-    """Tries each authenticator in order; a bearer token that nobody accepted is a 401."""
+    """Tries each authenticator in order; a bearer token that nobody accepted is a 401.
+
+    Authenticators with a ``prepare(environ)`` method run it first on every request, whoever
+    answers: requestheader authentication strips its headers there so they can never leak past
+    an earlier authenticator. An anonymous answer (a service-account token outside its logical
+    cluster) stays anonymous rather than joining ``system:authenticated``.
+    """
 
     def __init__(self, authenticators: Iterable[Authenticator]):
         self.authenticators = list(authenticators)
+        self._preparers = [a.prepare for a in self.authenticators if callable(getattr(a, "prepare", None))]
 
     def authenticate(self, environ: dict) -> UserInfo | None:
+        for prepare in self._preparers:
+            prepare(environ)
         for authenticator in self.authenticators:
             user = authenticator.authenticate(environ)
             if user is not None:
-                return user.with_authenticated_group()
+                return user if user.is_anonymous else user.with_authenticated_group()
         if bearer_token(environ) is not None:
             raise errors.Unauthorized()
         return None

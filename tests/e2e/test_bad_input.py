@@ -56,6 +56,7 @@ def test_invalid_name_is_422_with_field_cause(raw):
     assert status == 422
     assert_status(body, 422, "Invalid")
     assert body["details"]["causes"][0]["field"] == "metadata.name"
+    assert body["details"]["causes"][0]["reason"] == "FieldValueInvalid"  # metav1.StatusCause JSON
     assert "RFC 1123" in body["message"]
 
 

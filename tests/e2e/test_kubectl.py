@@ -149,3 +149,12 @@ def test_unknown_resource_is_an_error(shard):
     result = shard.kubectl("get", "widgets", check=False)
     assert result.returncode != 0
     assert "the server doesn't have a resource type" in result.stderr
+
+
+def test_wait_honours_its_timeout_on_an_idle_watch(shard):
+    """The watch's headers go out at once: client-go waits for them before it starts its timeout clock."""
+    ns = ns_with(shard, "stays")
+    started = time.monotonic()
+    result = shard.kubectl("wait", "--for=delete", "cm/stays", "-n", ns, "--timeout=2s", check=False, timeout=30)
+    assert result.returncode != 0 and "timed out" in result.stderr
+    assert time.monotonic() - started < 15

@@ -1,0 +1,226 @@
+"""Who is calling the external virtual-workspace server: authentication delegated to the shard.
+
+The external process has no users of its own. In kube's order, a request is
+1. **requestheader** -- ``X-Remote-User``/``-Uid``/``-Group``/``-Extra-<key>`` -- believed only on a TLS
+   connection whose client certificate was issued by the requestheader CA to an allowed name (the
+   shard's proxy certificate, ``kcp-shard-proxy``). From anybody else the headers are removed before
+   anything reads them, so they can neither be spoofed nor leak further;
+2. a **client certificate** issued by the shard's CA: CN is the user, each O a group;
+3. a **bearer token**, checked by a TokenReview against the shard. Service-account tokens are only valid
+   in the logical cluster that issued them, so the review goes to the token's (unverified)
+   ``kcp.dev/cluster`` claim -- the shard verifies the signature and everything else -- and other
+   tokens to ``root``. Accepted tokens are cached for ``token_ttl`` seconds, rejections are not.
+
+The TLS layer (``server.serving``, wired by ``kcp virtual-workspaces``) verifies client certificates
+against both CAs and puts the verified one in ``environ["kcp.peer_certificate"]`` as
+``{"user", "groups", "issuer", "der"}``; which CA signed it is checked here, by signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import unquote
+
+import jwt
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from kcp_virtual.framework import errors
+from kcp_virtual.framework.authorization import MASTERS, forbidden
+from kcp_virtual.framework.authorization import Attributes
+from kcp_virtual.framework.shardclient import User
+from kcp_virtual.framework.virtualworkspace import is_cluster_name
+
+__all__ = ["DelegatedAuthenticator", "impersonate", "AUTHENTICATED", "DEFAULT_ALLOWED_NAMES", "load_certificates"]
+
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+ANONYMOUS = "system:anonymous"
+DEFAULT_ALLOWED_NAMES = ("kcp-shard-proxy",)
+CLUSTER_CLAIM = "kcp.dev/cluster"
+DEFAULT_TOKEN_CLUSTER = "root"
+TOKEN_TTL = 10.0
+_CACHE_SIZE = 4096
+
+_USER, _UID, _GROUP, _EXTRA = "HTTP_X_REMOTE_USER", "HTTP_X_REMOTE_UID", "HTTP_X_REMOTE_GROUP", "HTTP_X_REMOTE_EXTRA_"
+_IMPERSONATE = "HTTP_IMPERSONATE_"
+
+
+def load_certificates(path: str | Path) -> list[x509.Certificate]:
+    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    if not certs:
+        raise ValueError(f"{path}: no certificates")
+    return certs
+
+
+def _values(value: str | None) -> list[str]:
+    """A header's values; WSGI servers join repeated headers with commas."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _extra(environ: dict, prefix: str, *, remove: bool) -> dict[str, tuple[str, ...]]:
+    """``<prefix><KEY>`` environ entries as extra: WSGI upper-cases names and turns ``-`` into ``_`` (real
+    underscores never arrive), kube lower-cases and percent-decodes the key."""
+    extra = {}
+    for name in [n for n in environ if n.startswith(prefix) and len(n) > len(prefix)]:
+        value = environ.pop(name) if remove else environ[name]
+        extra[unquote(name[len(prefix):].lower().replace("_", "-"))] = tuple(_values(value))
+    return extra
+
+
+def _with_authenticated(user: User) -> User:
+    if AUTHENTICATED in user.groups or user.name == ANONYMOUS:
+        return user
+    return User(user.name, user.uid, (*user.groups, AUTHENTICATED), user.extra)
+
+
+class _Issuers:
+    """Which of our CAs issued a verified certificate (by signature, once per certificate)."""
+
+    def __init__(self, cas: Iterable[x509.Certificate]):
+        self.cas = list(cas)
+        self._known: dict[bytes, bool] = {}
+
+    def issued(self, der: bytes | None) -> bool:
+        if not der:
+            return False
+        known = self._known.get(der)
+        if known is None:
+            known = self._verify(der)
+            if len(self._known) >= _CACHE_SIZE:
+                self._known.clear()
+            self._known[der] = known
+        return known
+
+    def _verify(self, der: bytes) -> bool:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False
+        for ca in self.cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return False
+
+
+def token_cluster(token: str) -> str:
+    """The logical cluster whose TokenReview decides about ``token``: its ``kcp.dev/cluster`` claim (not
+    verified here: the shard does that) or ``root``."""
+    if token.count(".") != 2:
+        return DEFAULT_TOKEN_CLUSTER
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return DEFAULT_TOKEN_CLUSTER
+    cluster = claims.get(CLUSTER_CLAIM) if isinstance(claims, dict) else None
+    if cluster is None:
+        return DEFAULT_TOKEN_CLUSTER
+    if not isinstance(cluster, str) or not is_cluster_name(cluster):
+        raise errors.Unauthorized()
+    return cluster
+
+
+class DelegatedAuthenticator:
+    """``authenticate(environ) -> User | None`` (None: no credentials; an invalid one is a 401).
+
+    ``shard`` is the remote ShardClient (its ``token_review``); ``client_cas`` issue user certificates,
+    ``requestheader_cas`` the proxy's, whose CN must be in ``allowed_names`` (empty: any).
+    """
+
+    def __init__(self, shard: Any, *, client_cas: Iterable[x509.Certificate],
+                 requestheader_cas: Iterable[x509.Certificate], allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES,
+                 token_ttl: float = TOKEN_TTL):
+        self.shard = shard
+        self.client_issuers = _Issuers(client_cas)
+        self.requestheader_issuers = _Issuers(requestheader_cas)
+        self.allowed_names = frozenset(allowed_names)
+        self.token_ttl = token_ttl
+        self._tokens: dict[bytes, tuple[float, User]] = {}
+
+    def authenticate(self, environ: dict) -> User | None:
+        peer = environ.get("kcp.peer_certificate") or None
+        asserted = self._requestheader(environ, peer)
+        if asserted is not None:
+            return asserted
+        if peer and peer.get("user") and self.client_issuers.issued(peer.get("der")):
+            return _with_authenticated(User(peer["user"], "", tuple(peer.get("groups") or ())))
+        token = _bearer(environ)
+        if token is not None:
+            return self._token(token)
+        return None
+
+    # ------------------------------------------------------------------ requestheader
+
+    def trusted_proxy(self, peer: dict | None) -> bool:
+        if not peer:
+            return False
+        if self.allowed_names and peer.get("user") not in self.allowed_names:
+            return False
+        return self.requestheader_issuers.issued(peer.get("der"))
+
+    def _requestheader(self, environ: dict, peer: dict | None) -> User | None:
+        """Strip the headers from every request; return what they assert only from the trusted proxy."""
+        name = environ.pop(_USER, None)
+        uid = environ.pop(_UID, None)
+        groups = environ.pop(_GROUP, None)
+        extra = _extra(environ, _EXTRA, remove=True)
+        if name is None or not name.strip() or not self.trusted_proxy(peer):
+            return None
+        return _with_authenticated(User(name.strip(), (uid or "").strip(), tuple(_values(groups)), extra))
+
+    # ------------------------------------------------------------------ tokens
+
+    def _token(self, token: str) -> User:
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        user, _ = self.shard.token_review(token, token_cluster(token))
+        if user is None:
+            self._tokens.pop(key, None)
+            raise errors.Unauthorized()
+        user = _with_authenticated(user)
+        if len(self._tokens) >= _CACHE_SIZE:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
+            if len(self._tokens) >= _CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[key] = (now + self.token_ttl, user)
+        return user
+
+
+def _bearer(environ: dict) -> str | None:
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def impersonate(environ: dict, user: User) -> User:
+    """``Impersonate-*`` sent straight to the external process. With no logical cluster to evaluate the
+    permission in (the shard asks its authorizer for ``/services`` requests outside any cluster, where
+    only ``system:masters`` holds), only ``system:masters`` may impersonate here; anyone else gets the
+    shard's 403. Requests forwarded by the shard never carry these headers: it resolved them itself."""
+    if not any(key.startswith(_IMPERSONATE) for key in environ):
+        return user
+    name = (environ.pop("HTTP_IMPERSONATE_USER", None) or "").strip()
+    groups = _values(environ.pop("HTTP_IMPERSONATE_GROUP", None))
+    uid = (environ.pop("HTTP_IMPERSONATE_UID", None) or "").strip()
+    extra = _extra(environ, "HTTP_IMPERSONATE_EXTRA_", remove=True)
+    for key in [k for k in environ if k.startswith(_IMPERSONATE)]:
+        del environ[key]
+    if not name:
+        raise errors.BadRequest("requested impersonation of groups, uid or extra without impersonating a user")
+    if MASTERS not in user.groups:
+        raise forbidden(user, Attributes(verb="impersonate", cluster="", is_resource=True, resource="users",
+                                         name=name))
+    implied = UNAUTHENTICATED if name == ANONYMOUS else AUTHENTICATED
+    if implied not in groups:
+        groups.append(implied)
+    return User(name, uid, tuple(groups), extra)

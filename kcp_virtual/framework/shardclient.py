@@ -1,0 +1,212 @@
+"""How virtual workspaces reach their shard: the ``ShardClient`` protocol and the types it speaks.
+
+Virtual workspaces never import ``server``. They are handed a ShardClient: the in-process one
+(``server.shardclient.InProcessShardClient``: direct registry calls, no HTTP, no copies) when they
+run inside ``kcp start``, or a remote one (the kubernetes client over TLS) when they run as their own
+process. The protocol is the Kubernetes API itself, cut down to what views need, so that a remote
+implementation is a thin mapping onto HTTP:
+
+* objects by group/version/resource in one logical cluster or in ``*`` (all of them), namespaced or
+  not: get, list, watch, create, update, patch, delete; list and watch take a validated ``ListQuery``
+  (the apiserver's query parameters);
+* whose permissions apply: ``user=None`` acts with the client's own (privileged) identity; a user
+  makes the shard authorize the call as that user (in-process: its authorizer; remote:
+  impersonation headers);
+* ``subject_access_review``: may this user do that, in that logical cluster;
+* ``forward``: hand a whole HTTP request to a logical cluster, as a given user (the proxy kind);
+* ``version``: the shard's ``/version``.
+
+Failures are ``kcp_virtual.framework.errors`` Status exceptions in every implementation, with the
+codes and messages the shard's HTTP API would have answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol
+
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Request as HTTPRequest, Response
+
+from kcp_virtual.framework import errors
+from kcp_virtual.framework.authorization import Attributes, Decision
+
+__all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "ShardClient", "CLUSTER_ANNOTATION"]
+
+#: Every object the shard returns names its logical cluster in this annotation (DESIGN.md section 4).
+CLUSTER_ANNOTATION = "kcp.dev/cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupVersionResource:
+    """A resource of the shard. ``identity`` selects an APIExport's copy of it (its identity hash): the shard
+    keeps same-named resources of different exports apart, and serves that copy as ``<resource>:<identity>``.
+    """
+
+    group: str
+    version: str
+    resource: str
+    identity: str = ""
+
+    @property
+    def path_resource(self) -> str:
+        """The resource segment of the shard's URL (and of its catalog)."""
+        return f"{self.resource}:{self.identity}" if self.identity else self.resource
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+@dataclass(frozen=True)
+class User:
+    """An identity a virtual workspace acts as (``server.auth.user.UserInfo`` has the same fields)."""
+
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _flag(args: Mapping[str, str], name: str) -> bool:
+    return args.get(name, "").lower() in ("true", "1")
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The query of a list or watch, validated as the apiserver validates it (``from_args``).
+
+    Selectors stay strings: the shard parses them (and answers 400 for bad ones), exactly as it would
+    for the same request over HTTP.
+    """
+
+    label_selector: str = ""
+    field_selector: str = ""
+    limit: int = 0
+    continue_token: str = ""
+    resource_version: str = ""
+    resource_version_match: str = ""
+    # watch only
+    allow_bookmarks: bool = False
+    send_initial_events: bool | None = None
+    timeout_seconds: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str] | MultiDict, *, watch: bool = False) -> "ListQuery":
+        limit = args.get("limit", "")
+        try:
+            limit_value = int(limit) if limit else 0
+            if limit_value < 0:
+                raise ValueError
+        except ValueError:
+            raise errors.BadRequest(f'limit: Invalid value: "{limit}": must be a non-negative integer') from None
+        match = args.get("resourceVersionMatch", "")
+        if match not in ("", "NotOlderThan", "Exact"):
+            raise errors.BadRequest(f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
+                                    '"Exact", "NotOlderThan"')
+        query = cls(label_selector=args.get("labelSelector", "").strip(),
+                    field_selector=args.get("fieldSelector", "").strip(), limit=limit_value,
+                    continue_token=args.get("continue", ""), resource_version=args.get("resourceVersion", ""),
+                    resource_version_match=match)
+        if not watch:
+            return query
+        send_initial = None
+        if "sendInitialEvents" in args:
+            send_initial = _flag(args, "sendInitialEvents")
+            if send_initial and match != "NotOlderThan":
+                raise errors.Invalid("resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+                                     "resourceVersionMatch to NotOlderThan")
+        timeout = args.get("timeoutSeconds")
+        seconds = None
+        if timeout:
+            try:
+                seconds = int(timeout)
+            except ValueError:
+                raise errors.BadRequest(f'timeoutSeconds: Invalid value: "{timeout}"') from None
+        return replace(query, allow_bookmarks=_flag(args, "allowWatchBookmarks"), send_initial_events=send_initial,
+                       timeout_seconds=seconds, resource_version_match="")
+
+    def restricted(self, label_selector: str) -> "ListQuery":
+        """This query with ``label_selector`` ANDed to its own (how a view narrows what the shard returns)."""
+        if not label_selector:
+            return self
+        combined = f"{self.label_selector},{label_selector}" if self.label_selector else label_selector
+        return replace(self, label_selector=combined)
+
+    def query_params(self) -> dict[str, str]:
+        """The query as URL parameters (for a remote client)."""
+        params: dict[str, str] = {}
+        for key, value in (("labelSelector", self.label_selector), ("fieldSelector", self.field_selector),
+                           ("continue", self.continue_token), ("resourceVersion", self.resource_version),
+                           ("resourceVersionMatch", self.resource_version_match)):
+            if value:
+                params[key] = value
+        if self.limit:
+            params["limit"] = str(self.limit)
+        if self.allow_bookmarks:
+            params["allowWatchBookmarks"] = "true"
+        if self.send_initial_events is not None:
+            params["sendInitialEvents"] = "true" if self.send_initial_events else "false"
+        if self.timeout_seconds is not None:
+            params["timeoutSeconds"] = str(self.timeout_seconds)
+        return params
+
+
+class WatchEvent(NamedTuple):
+    """One watch event. Implementations may yield any object with ``type`` and ``object`` attributes."""
+
+    type: str      # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR (object: a Status)
+    object: dict
+
+
+class Watch(Protocol):
+    """An iterator of watch events that the consumer closes when it stops (which ends the upstream watch).
+
+    Like the apiserver's watch, an expired resource version is one ERROR event carrying a 410 Status,
+    not an exception; bad requests (selectors, too-large versions) raise before the first event.
+    """
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __next__(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ShardClient(Protocol):
+    """See the module docstring. ``cluster`` is a logical cluster path or ``*``; ``namespace`` is ``""`` for
+    cluster-scoped resources and for all namespaces. Returned objects are shared and read-only: copy
+    before changing them."""
+
+    def get(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
+            user: Any = None) -> dict: ...
+
+    def list(self, gvr: GroupVersionResource, cluster: str, namespace: str, query: ListQuery, *,
+             user: Any = None) -> dict: ...
+
+    def watch(self, gvr: GroupVersionResource, cluster: str, namespace: str, query: ListQuery, *,
+              user: Any = None, client_gone: Callable[[], bool] | None = None) -> Watch:
+        """``client_gone`` is polled while the watch is idle; when it says True the watch ends."""
+
+    def create(self, gvr: GroupVersionResource, cluster: str, namespace: str, body: dict, *,
+               dry_run: bool = False, user: Any = None) -> dict: ...
+
+    def update(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, body: dict, *,
+               subresource: str = "", dry_run: bool = False, user: Any = None) -> dict: ...
+
+    def patch(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, patch_type: str,
+              patch: Any, *, subresource: str = "", dry_run: bool = False, user: Any = None) -> dict:
+        """``patch_type`` is the media type (``negotiation.MERGE_PATCH``...); ``patch`` the decoded body."""
+
+    def delete(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
+               options: dict | None = None, user: Any = None) -> dict:
+        """``options`` is a ``DeleteOptions`` body (preconditions, propagationPolicy, dryRun)."""
+
+    def subject_access_review(self, user: Any, attributes: Attributes) -> Decision:
+        """Whether ``user`` may do ``attributes`` in logical cluster ``attributes.cluster``."""
+
+    def forward(self, request: HTTPRequest, user: Any, cluster: str, path: str, prefix: str) -> Response:
+        """Serve ``request`` as if it had been sent to ``/clusters/<cluster><path>`` by ``user``.
+        ``prefix`` is the URL prefix the client used (for URLs in responses such as OpenAPI's)."""
+
+    def version(self) -> dict: ...

@@ -1,0 +1,343 @@
+"""The storage behind a resource of a resource virtual workspace: the shard's objects, seen through a view.
+
+``ForwardingStorage`` reads and writes one resource of the shard through a ``ShardClient`` and
+narrows it to a view (kcp's ``forwardingregistry`` with its wrappers):
+
+* **label restriction**: only objects carrying all of ``labels`` exist in the view. The shard
+  filters lists and watches (so an object that loses a label reaches a watcher as DELETED, one
+  that gains it as ADDED); a get, update, patch or delete of an object outside the view is a 404;
+  creates and updates get the labels when they lack them and are refused (422) when they set
+  another value, so a write never produces an object its writer cannot see.
+* **identity**: the ``GroupVersionResource`` may name an APIExport identity, and ``act_as``
+  chooses whose permissions the shard applies: the virtual workspace's own (privileged, the
+  default) or the caller's.
+* **transformation** (optional): objects are rewritten on the way out (reads and watch events)
+  and on the way in (writes), e.g. the syncer's per-target view of a Deployment.
+
+``verbs`` is what the storage offers, and therefore exactly what discovery advertises; the
+resource handler answers 405 for anything else. Writes check the view and then write pinned to
+the resourceVersion they checked, retrying when the object moved underneath, so a concurrent
+relabel cannot let a write reach an object outside the view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import jsonpatch
+import jsonpointer
+
+from kcp_virtual.framework import errors
+from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
+from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, ShardClient, WatchEvent
+from kcp_virtual.framework.virtualworkspace import Context, Request
+
+__all__ = ["ForwardingStorage", "Transformation", "ALL_VERBS", "READ_VERBS", "as_virtual_workspace", "as_caller"]
+
+ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+READ_VERBS = ("get", "list", "watch")
+SUBRESOURCE_VERBS = ("get", "patch", "update")
+_WRITE_ATTEMPTS = 8
+_OBJECT_EVENTS = ("ADDED", "MODIFIED", "DELETED")
+
+
+def as_virtual_workspace(request: Request) -> None:
+    """Act with the virtual workspace's own identity: its authorizer was the gate."""
+    return None
+
+
+def as_caller(request: Request) -> Any:
+    """Act as the caller: the shard applies the caller's own permissions as well."""
+    return request.user
+
+
+@dataclass(frozen=True)
+class Transformation:
+    """Rewrites objects between the shard and the view. Neither function may change its arguments.
+
+    ``to_view(stored, context)`` for objects read and watched; ``from_view(obj, stored, context)`` for
+    objects written, where ``stored`` is the current stored object (None on create).
+    """
+
+    to_view: Callable[[dict, Context], dict]
+    from_view: Callable[[dict, "dict | None", Context], dict]
+
+
+def _rv(obj: dict) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
+
+
+def _with_rv(obj: dict, rv: str) -> dict:
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    return {**obj, "metadata": {**meta, "resourceVersion": rv}}
+
+
+class ForwardingStorage:
+    """One resource of the shard behind a view; see the module docstring."""
+
+    def __init__(self, shard: ShardClient, gvr: GroupVersionResource, *, labels: Mapping[str, str] | None = None,
+                 transform: Transformation | None = None, verbs: Iterable[str] = ALL_VERBS,
+                 subresources: Mapping[str, Iterable[str]] | None = None,
+                 act_as: Callable[[Request], Any] = as_virtual_workspace):
+        self.shard = shard
+        self.gvr = gvr
+        self.labels = dict(labels or {})
+        self.selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
+        self.transform = transform
+        self.verbs = frozenset(verbs)
+        unknown = self.verbs - set(ALL_VERBS)
+        if unknown:
+            raise ValueError(f"unsupported verbs {sorted(unknown)}")
+        self.subresources = {name: frozenset(sub_verbs) for name, sub_verbs in (subresources or {}).items()}
+        for name, sub_verbs in self.subresources.items():
+            if name != "status" or not sub_verbs <= set(SUBRESOURCE_VERBS):
+                raise ValueError(f"unsupported subresource {name} {sorted(sub_verbs)}: only status with "
+                                 f"{', '.join(SUBRESOURCE_VERBS)}")
+        self.act_as = act_as
+
+    # ------------------------------------------------------------------ the view
+
+    def in_view(self, obj: dict) -> bool:
+        if not self.labels:
+            return True
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for key, value in self.labels.items():
+            if labels.get(key) != value:
+                return False
+        return True
+
+    def _out(self, obj: dict, request: Request) -> dict:
+        return obj if self.transform is None else self.transform.to_view(obj, request.context)
+
+    def _not_found(self, name: str) -> errors.NotFound:
+        return errors.NotFound.for_resource(self.gvr.resource, self.gvr.group, name)
+
+    def _admit(self, obj: dict) -> dict:
+        """``obj`` carrying the view's labels (added when missing); another value for one of them is a 422."""
+        if not self.labels or not isinstance(obj, dict):
+            return obj
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            return obj  # the shard answers the 400 for a malformed object
+        labels = meta.get("labels") or {}
+        if not isinstance(labels, dict):
+            return obj
+        causes = [{"type": "FieldValueInvalid", "field": f"metadata.labels[{key}]",
+                   "message": f'Invalid value: "{labels[key]}": must be "{value}": objects of this virtual '
+                              f"workspace carry {self.selector}"}
+                  for key, value in self.labels.items() if key in labels and labels[key] != value]
+        if causes:
+            raise errors.Invalid.for_fields(obj.get("kind") or self.gvr.resource, self.gvr.group,
+                                            meta.get("name") or meta.get("generateName") or "", causes)
+        if all(key in labels for key in self.labels):
+            return obj
+        return {**obj, "metadata": {**meta, "labels": {**labels, **self.labels}}}
+
+    def _current(self, request: Request, namespace: str, name: str) -> dict:
+        obj = self.shard.get(self.gvr, request.context.cluster, namespace, name, user=self.act_as(request))
+        if not self.in_view(obj):
+            raise self._not_found(name)
+        return obj
+
+    def _stored(self, request: Request, namespace: str, name: str) -> dict | None:
+        """The stored object, or None when the shard has none (as opposed to one outside the view)."""
+        try:
+            return self.shard.get(self.gvr, request.context.cluster, namespace, name, user=self.act_as(request))
+        except errors.NotFound as exc:
+            details = exc.details or {}
+            if details.get("name") != name or details.get("kind") != self.gvr.resource:
+                raise  # not the object: its logical cluster, or the resource itself
+            return None
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, request: Request, namespace: str, name: str) -> dict:
+        return self._out(self._current(request, namespace, name), request)
+
+    def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
+        result = self.shard.list(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+                                 user=self.act_as(request))
+        if self.transform is None:
+            return result
+        to_view, context = self.transform.to_view, request.context
+        return {**result, "items": [to_view(item, context) for item in result["items"]]}
+
+    def watch(self, request: Request, namespace: str, query: ListQuery,
+              client_gone: Callable[[], bool] | None = None):
+        events = self.shard.watch(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+                                  user=self.act_as(request), client_gone=client_gone)
+        if self.transform is None:
+            return events
+        return self._transformed(events, request.context)
+
+    def _transformed(self, events, context: Context):
+        to_view = self.transform.to_view
+        try:
+            for event in events:
+                if event.type in _OBJECT_EVENTS:
+                    yield WatchEvent(event.type, to_view(event.object, context))
+                else:
+                    yield event
+        finally:
+            events.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def create(self, request: Request, namespace: str, body: dict, *, dry_run: bool = False) -> dict:
+        obj = self._admit(body)
+        if self.transform is not None:
+            obj = self.transform.from_view(obj, None, request.context)
+        created = self.shard.create(self.gvr, request.context.cluster, namespace, obj, dry_run=dry_run,
+                                    user=self.act_as(request))
+        return self._out(created, request)
+
+    def update(self, request: Request, namespace: str, name: str, body: dict, *, subresource: str = "",
+               dry_run: bool = False) -> dict:
+        cluster, user = request.context.cluster, self.act_as(request)
+        pinned = isinstance(body, dict) and bool(_rv(body))
+        for _ in range(_WRITE_ATTEMPTS):
+            current = self._current(request, namespace, name)
+            obj = body if subresource else self._admit(body)  # a status write leaves labels alone
+            if self.transform is not None:
+                obj = self.transform.from_view(obj, current, request.context)
+            if not pinned and isinstance(obj, dict):
+                obj = _with_rv(obj, _rv(current))
+            try:
+                updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=subresource,
+                                            dry_run=dry_run, user=user)
+            except errors.Conflict:
+                if pinned:
+                    raise
+                continue  # changed since we checked the view: check again
+            return self._out(updated, request)
+        raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
+
+    def patch(self, request: Request, namespace: str, name: str, patch_type: str, patch: Any, *,
+              subresource: str = "", dry_run: bool = False) -> dict:
+        """Get (through the view), patch, update pinned to what was checked; retried when the object moved.
+
+        Without a transformation the shard applies the patch (a dry run), so every patch type it
+        supports works here too; with one, the patch applies to the transformed object, here.
+        """
+        cluster, user = request.context.cluster, self.act_as(request)
+        for _ in range(_WRITE_ATTEMPTS):
+            current = self._stored(request, namespace, name)
+            if current is None and patch_type == APPLY_PATCH and not subresource and self.transform is None:
+                return self._create_by_apply(request, namespace, name, patch, dry_run)
+            if current is None or not self.in_view(current):
+                raise self._not_found(name)
+            if self.transform is None:
+                patched = self.shard.patch(self.gvr, cluster, namespace, name, patch_type, patch,
+                                           subresource=subresource, dry_run=True, user=user)
+            else:
+                patched = _apply_patch(self.transform.to_view(current, request.context), patch_type, patch)
+                if _rv(patched) != _rv(current):  # the patch pinned another version: optimistic locking
+                    raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
+            if not subresource:
+                patched = self._admit(patched)
+            if self.transform is not None:
+                patched = self.transform.from_view(patched, current, request.context)
+            patched = _with_rv(patched, _rv(current))
+            try:
+                updated = self.shard.update(self.gvr, cluster, namespace, name, patched, subresource=subresource,
+                                            dry_run=dry_run, user=user)
+            except errors.Conflict:
+                continue
+            return self._out(updated, request)
+        raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
+
+    def _create_by_apply(self, request: Request, namespace: str, name: str, patch: Any, dry_run: bool) -> dict:
+        """Server-side apply of an object that does not exist creates it: the shard computes it (a dry run),
+        and it is created through the view like any other."""
+        cluster, user = request.context.cluster, self.act_as(request)
+        obj = self.shard.patch(self.gvr, cluster, namespace, name, APPLY_PATCH, patch, dry_run=True, user=user)
+        created = self.shard.create(self.gvr, cluster, namespace, self._admit(obj), dry_run=dry_run, user=user)
+        return self._out(created, request)
+
+    def delete(self, request: Request, namespace: str, name: str, options: dict | None = None) -> dict:
+        options = dict(options or {})
+        given = dict(options.get("preconditions") or {})
+        for _ in range(_WRITE_ATTEMPTS):
+            current = self._current(request, namespace, name)
+            meta = current["metadata"]
+            preconditions = {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"), **given}
+            try:
+                result = self.shard.delete(self.gvr, request.context.cluster, namespace, name,
+                                           options={**options, "preconditions": preconditions},
+                                           user=self.act_as(request))
+            except errors.Conflict:
+                if given:
+                    raise
+                continue
+            return result if result.get("kind") == "Status" else self._out(result, request)
+        raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
+
+    def delete_collection(self, request: Request, namespace: str, query: ListQuery,
+                          options: dict | None = None) -> dict:
+        """Delete what a list of the view returns (as the apiserver does), each pinned to its listed version."""
+        cluster, user = request.context.cluster, self.act_as(request)
+        listed = self.shard.list(self.gvr, cluster, namespace, query.restricted(self.selector), user=user)
+        deleted = []
+        for obj in listed["items"]:
+            meta = obj["metadata"]
+            pinned = {**(options or {}), "preconditions": {"uid": meta.get("uid"),
+                                                           "resourceVersion": meta.get("resourceVersion")}}
+            try:
+                result = self.shard.delete(self.gvr, cluster, meta.get("namespace", ""), meta["name"],
+                                           options=pinned, user=user)
+            except (errors.NotFound, errors.Conflict):
+                continue  # gone or changed meanwhile: no longer what was listed
+            deleted.append(self._out(obj if result.get("kind") == "Status" else result, request))
+        return {"kind": listed["kind"], "apiVersion": listed["apiVersion"],
+                "metadata": {"resourceVersion": listed["metadata"].get("resourceVersion", "")}, "items": deleted}
+
+
+# ---------------------------------------------------------------------- patches of transformed objects
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386; returns a new document."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _has_list_or_directive(value: Any) -> bool:
+    if isinstance(value, list):
+        return True
+    if isinstance(value, dict):
+        return any(k.startswith("$") or _has_list_or_directive(v) for k, v in value.items())
+    return False
+
+
+def _apply_patch(document: dict, patch_type: str, patch: Any) -> dict:
+    if patch_type == MERGE_PATCH or (patch_type == STRATEGIC_MERGE_PATCH and not _has_list_or_directive(patch)):
+        if not isinstance(patch, dict):
+            raise errors.BadRequest("a merge patch must be a JSON object")
+        result = _merge_patch(document, patch)
+    elif patch_type == JSON_PATCH:
+        if not isinstance(patch, list):
+            raise errors.BadRequest("a JSON patch must be a JSON array of operations")
+        try:
+            result = jsonpatch.JsonPatch(patch).apply(document)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise errors.Invalid(f"the JSON patch test failed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, KeyError, IndexError,
+                TypeError) as exc:
+            raise errors.Invalid(f"the JSON patch cannot be applied: {exc}") from None
+    else:
+        raise errors.UnsupportedMediaType(
+            "this virtual workspace transforms objects, so it applies patches itself; accepted media types "
+            f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH} (without lists or directives)")
+    if not isinstance(result, dict) or not isinstance(result.get("metadata", {}), dict):
+        raise errors.BadRequest("the patched object is not a valid JSON object")
+    return result

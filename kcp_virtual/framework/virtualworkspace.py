@@ -1,0 +1,159 @@
+"""What a virtual workspace is: a name, a root path resolver, an authorizer, a readiness check and a handler.
+
+A virtual workspace is a proxy-like API server under ``/services/<name>/...`` that serves a computed
+view of real workspaces (DESIGN.md section 4). The dispatcher (``dispatcher.py``) asks each one's
+resolver whether it serves a path; the winner's authorizer decides, then its handler answers the
+request with the resolver's prefix stripped. Plain functions are enough::
+
+    VirtualWorkspace(
+        name="demo",
+        resolve=cluster_path_resolver("demo"),
+        authorize=lambda user, attributes, context: (True, ""),
+        ready=lambda: True,
+        handler=lambda request: Response("hello"))
+
+The resource kind (``resource.py``) and the proxy kind (``proxy.py``) build the handler for you.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NamedTuple
+
+from werkzeug.wrappers import Request as HTTPRequest, Response
+
+from kcp_virtual.framework.authorization import Attributes, Decision
+from kcp_virtual.framework.requestinfo import RequestInfo
+
+__all__ = ["Context", "Resolution", "NOT_ACCEPTED", "Request", "VirtualWorkspace", "cluster_path_resolver",
+           "always_ready", "SERVICES_PREFIX", "WILDCARD", "is_cluster_name"]
+
+SERVICES_PREFIX = "/services"
+WILDCARD = "*"
+_CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@lru_cache(maxsize=4096)
+def is_cluster_name(value: str) -> bool:
+    """A logical cluster path such as ``root`` or ``root:org:team`` (not the wildcard)."""
+    return _CLUSTER_NAME.fullmatch(value) is not None
+
+
+class Context(NamedTuple):
+    """What a resolver parsed from the URL: the logical cluster (or ``*``) and the API-domain key.
+
+    The API-domain key says which API surface the request sees, e.g. ``<export-cluster>/<export-name>``
+    for the apiexport virtual workspace; ``values`` carries anything else a resolver wants its handler
+    to know (the workspaces virtual workspace's org and scope, for instance). Immutable (one is made
+    per request, so a tuple rather than a frozen dataclass).
+    """
+
+    cluster: str = ""
+    api_domain_key: str = ""
+    values: Mapping[str, Any] = MappingProxyType({})
+
+    @property
+    def wildcard(self) -> bool:
+        return self.cluster == WILDCARD
+
+
+class Resolution(NamedTuple):
+    """A resolver's answer; a plain ``(accepted, prefix_to_strip, context)`` tuple works as well."""
+
+    accepted: bool
+    prefix: str = ""
+    context: Context | None = None
+
+
+NOT_ACCEPTED = Resolution(False)
+
+
+@dataclass(slots=True)
+class Request:
+    """What a handler gets: the HTTP request, who sent it, what the resolver parsed, and the stripped path.
+
+    ``info`` is computed once from ``path`` (the Kubernetes-like path after ``prefix``) and is what
+    the authorizer saw. ``prefix`` is the part of the URL the client thinks of as its server
+    (needed wherever a response names URLs, e.g. OpenAPI's ``serverRelativeURL``). Treat it as read-only.
+    """
+
+    http: HTTPRequest
+    user: Any                # the authenticated caller (name, uid, groups, extra)
+    context: Context
+    path: str
+    prefix: str
+    info: RequestInfo
+
+
+Resolver = Callable[[str], "Resolution | tuple[bool, str, Context | None]"]
+Authorize = Callable[[Any, Attributes, Context], "Decision | tuple[bool, str]"]
+Handler = Callable[[Request], Response]
+
+
+def always_ready() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class VirtualWorkspace:
+    """A virtual workspace: plain callables, so a small one needs no class of its own.
+
+    * ``resolve(path) -> (accepted, prefix_to_strip, context)``, called with the decoded request path
+      (``/services/<name>/...``) in registration order until one accepts;
+    * ``authorize(user, attributes, context) -> (allowed, reason)``, called for every request except
+      those of ``system:masters`` and the health paths; ``attributes`` come from the stripped path;
+    * ``ready() -> bool``, the virtual workspace's ``/readyz`` check;
+    * ``handler(request) -> Response``, given the request with the prefix stripped.
+    """
+
+    name: str
+    resolve: Resolver
+    authorize: Authorize
+    handler: Handler
+    ready: Callable[[], bool] = always_ready
+
+
+def _dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment (cheap for the common case of no dot after a slash)."""
+    if "/." not in path and not path.startswith("."):
+        return False
+    return any(s in (".", "..") for s in path.split("/"))
+
+
+def cluster_path_resolver(name: str, segments: int = 0, *,
+                          api_domain_key: Callable[[list[str]], str] | None = None,
+                          keep_cluster_in_path: bool = False) -> Resolver:
+    """The resolver of the common URL shape ``/services/<name>/<segments...>/clusters/<cluster|*>/...``.
+
+    ``segments`` is how many virtual-workspace-specific segments come before ``/clusters/``; they
+    become the API-domain key (joined with ``/``, as kcp does) unless ``api_domain_key`` maps them
+    otherwise. Rejected: a missing or empty segment, ``.`` or ``..`` anywhere in the path, and a
+    cluster that is neither ``*`` nor a logical cluster path. The prefix stripped ends after the
+    cluster, so the handler sees ``/api/...`` or ``/apis/...``; with ``keep_cluster_in_path`` it
+    ends before ``/clusters/`` (a proxy that forwards ``/clusters/<name>/...`` as it came).
+    """
+    base = f"{SERVICES_PREFIX}/{name}/"
+    start = len(base)
+
+    def resolve(path: str) -> Resolution:
+        if not path.startswith(base) or _dot_segment(path):
+            return NOT_ACCEPTED
+        parts = path[start:].split("/", segments + 2)
+        # parts: <segments...>, "clusters", <cluster>[, <rest>]
+        if len(parts) < segments + 2 or parts[segments] != "clusters":
+            return NOT_ACCEPTED
+        own, cluster = parts[:segments], parts[segments + 1]
+        if not all(own) or (cluster != WILDCARD and not is_cluster_name(cluster)):
+            return NOT_ACCEPTED
+        key = api_domain_key(own) if api_domain_key is not None else "/".join(own)
+        own_end = start + sum(len(s) + 1 for s in own)   # just after "<segments>/"
+        if keep_cluster_in_path:
+            prefix = path[:own_end - 1]
+        else:
+            prefix = path[:own_end + len("clusters/") + len(cluster)]
+        return Resolution(True, prefix, Context(cluster, key))
+
+    return resolve

@@ -1,0 +1,126 @@
+"""The external virtual-workspace server (``kcp virtual-workspaces``): the virtual workspaces of ``kcp start``,
+in their own process, reaching the shard through the remote ShardClient (DESIGN.md section 5).
+
+``VirtualWorkspacesApp`` is the WSGI application: health and ``/version`` without credentials, then
+delegated authentication (``delegated.py``), impersonation for ``system:masters``, then the same
+``/services/`` dispatcher the shard embeds -- so each virtual workspace's own authorizer decides, its
+SubjectAccessReviews going to the shard. TLS serving and request logging are the host's: the ``kcp``
+command wires ``server.serving`` and ``server.logs`` around this app, since this package never
+imports ``server``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+import orjson
+import structlog
+from werkzeug.wrappers import Request, Response
+
+from kcp_virtual.delegated import DEFAULT_ALLOWED_NAMES, DelegatedAuthenticator, impersonate, load_certificates
+from kcp_virtual.framework import errors
+from kcp_virtual.framework.dispatcher import Dispatcher
+from kcp_virtual.framework.shardclient import ShardClient
+from kcp_virtual.framework.virtualworkspace import VirtualWorkspace
+from kcp_virtual.remote import RemoteShardClient
+
+__all__ = ["VirtualWorkspacesApp", "load_factory", "build_app", "VirtualWorkspaceFactory"]
+
+log = structlog.get_logger("kcp.virtual")
+
+VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+
+
+def load_factory(spec: str) -> VirtualWorkspaceFactory:
+    """``package.module:factory`` (a callable taking a ShardClient and returning a VirtualWorkspace)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{spec!r}: expected module:factory")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{spec!r} is not callable")
+    return target
+
+
+def _safe(probe: Callable[[], bool]) -> bool:
+    try:
+        return bool(probe())
+    except Exception:  # noqa: BLE001 - a failing probe is "not ready", not a failed health endpoint
+        log.exception("readiness check failed")
+        return False
+
+
+class VirtualWorkspacesApp:
+    """WSGI app of the external process; ``readiness`` has ``ping``, ``shard`` and one check per virtual workspace."""
+
+    def __init__(self, dispatcher: Dispatcher, authenticator: DelegatedAuthenticator, shard: RemoteShardClient, *,
+                 metrics: Any = None):
+        self.dispatcher = dispatcher
+        self.authenticator = authenticator
+        self.shard = shard
+        self.metrics = metrics
+        self.readiness: dict[str, Callable[[], bool]] = {"ping": lambda: True, "shard": shard.ready,
+                                                         **dispatcher.readiness()}
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except errors.StatusError as exc:
+            response = exc.get_response()
+        except Exception as exc:  # a bug must still answer a Status, and be logged with its traceback
+            log.exception("unhandled error", path=request.path)
+            response = errors.InternalError(f"{type(exc).__name__}: {exc}").get_response()
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        path = request.path
+        if path in HEALTH_PATHS or path.startswith(tuple(p + "/" for p in HEALTH_PATHS)):
+            return self._health(request, path)
+        if path in ("/version", "/version/"):
+            return Response(orjson.dumps(self.shard.version()), content_type="application/json")
+        environ = request.environ
+        user = self.authenticator.authenticate(environ)
+        if user is None:
+            raise errors.Unauthorized()
+        user = impersonate(environ, user)
+        structlog.contextvars.bind_contextvars(user=user.name)
+        environ["kcp.user"] = user
+        if path == "/metrics" and self.metrics is not None:
+            return self.metrics.wsgi_response(environ)
+        if path.startswith("/services/"):
+            return self.dispatcher(request, user)
+        raise errors.NotFound.path()
+
+    def _health(self, request: Request, path: str) -> Response:
+        base, _, check = path.lstrip("/").partition("/")
+        checks = self.readiness if base == "readyz" else {"ping": lambda: True}
+        if check:
+            probe = checks.get(check)
+            if probe is None:
+                raise errors.NotFound.path()
+            ok = _safe(probe)
+            return Response("ok" if ok else f"{check} failed", status=200 if ok else 500, content_type="text/plain")
+        results = {name: _safe(probe) for name, probe in checks.items()}
+        healthy = all(results.values())
+        if "verbose" in request.args or not healthy:
+            lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}" for name, ok in results.items()]
+            lines.append(f"{base} check {'passed' if healthy else 'failed'}")
+            return Response("\n".join(lines) + "\n", status=200 if healthy else 500, content_type="text/plain")
+        return Response("ok", content_type="text/plain")
+
+
+def build_app(kubeconfig: str, *, factories: Iterable[VirtualWorkspaceFactory], client_ca_file: str,
+              requestheader_ca_file: str, allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES,
+              context: str | None = None, metrics: Any = None) -> VirtualWorkspacesApp:
+    """The app serving ``factories``' virtual workspaces (in order) against the shard of ``kubeconfig``."""
+    shard = RemoteShardClient.from_kubeconfig(kubeconfig, context)
+    dispatcher = Dispatcher(factory(shard) for factory in factories)
+    authenticator = DelegatedAuthenticator(shard, client_cas=load_certificates(client_ca_file),
+                                           requestheader_cas=load_certificates(requestheader_ca_file),
+                                           allowed_names=allowed_names)
+    return VirtualWorkspacesApp(dispatcher, authenticator, shard, metrics=metrics)
