@@ -223,22 +223,24 @@ def compare_wrk(ctx: Context, group: str, targets: list[tuple[str, Callable[[], 
                 ) -> Iterator[Row]:
     """wrk -t1 -c50 against each target URL, interleaved ``ctx.runs`` times; medians per target.
 
-    ``targets``: (label, url_factory); a factory raising ShardUnavailable yields an error row.
+    ``targets``: (label, url_factory[, headers]); a factory raising ShardUnavailable yields an error row;
+    per-target headers replace ``headers`` for that target.
     ``ratios``: (numerator label, denominator label, minimum ratio or None) on req/s.
     """
-    urls, results = {}, {}
-    for label, fn in targets:
+    urls, results, target_headers = {}, {}, {}
+    for label, fn, *extra in targets:
+        target_headers[label] = extra[0] if extra else headers
         try:
             urls[label] = fn()
         except ShardUnavailable as e:
             yield Row(group, label, {}, note=f"not measured: shard unavailable ({e})")
     for label, url in urls.items():  # warm up each target (connections, caches, JIT-less Python)
-        util.run_wrk(ctx.cores, url, duration=1, headers=headers)
+        util.run_wrk(ctx.cores, url, duration=1, headers=target_headers[label])
     for run in range(ctx.runs):
         for label, url in urls.items():
             ctx.log(f"wrk {label} (run {run + 1}/{ctx.runs}) {url}")
             results.setdefault(label, []).append(
-                util.run_wrk(ctx.cores, url, duration=ctx.duration, headers=headers))
+                util.run_wrk(ctx.cores, url, duration=ctx.duration, headers=target_headers[label]))
     agg = {}
     for label, runs in results.items():
         m = {k: median([r[k] for r in runs if r.get(k) is not None])
@@ -272,6 +274,37 @@ def scen_get(ctx: Context) -> Iterator[Row]:
         [("ours", "trivial", 0.35), ("ours", "nginx", None), ("trivial", "nginx", None)],
         headers=auth)
     ctx.stop_service("nginx")
+
+
+RBAC_BINDINGS = 1000
+
+
+@scenario("rbac", f"authorization cost: GET as a user authorized by RBAC among {RBAC_BINDINGS:,} RoleBindings "
+                  "vs system:masters (wrk -c50)")
+def scen_rbac(ctx: Context) -> Iterator[Row]:
+    shard = ctx.shard
+    ctx.body  # the object under test exists
+    ctx.log(f"creating {RBAC_BINDINGS} RoleBindings in root/default")
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "bench-reader", "namespace": "default"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}
+    shard.request("POST", "/clusters/root/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+                  json.dumps(role).encode())
+    for i in range(RBAC_BINDINGS):
+        subject = "bench-user" if i == RBAC_BINDINGS - 1 else f"someone-{i}"
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": f"bench-{i}", "namespace": "default"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bench-reader"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": subject}]}
+        r = shard.request("POST", "/clusters/root/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+                          json.dumps(binding).encode())
+        if r.status not in (201, 409):
+            raise RuntimeError(f"create rolebinding: {r.status} {r.data[:300]!r}")
+    yield from compare_wrk(
+        ctx, f"GET configmap: RBAC ({RBAC_BINDINGS:,} RoleBindings) vs system:masters (wrk -t1 -c50)",
+        [("masters", lambda: shard.url + GET_PATH, shard.auth),
+         ("rbac user", lambda: shard.url + GET_PATH, shard.user_auth)],
+        [("rbac user", "masters", 1 / 1.3)])
 
 
 LIST_NS = "bench-list"

@@ -95,6 +95,7 @@ class Shard(Service):
         self.cores = cores
         self.extra_args = extra_args or []
         self.token = "bench-" + secrets.token_hex(16)
+        self.user_token = "bench-user-" + secrets.token_hex(16)  # a plain user (no groups): RBAC decides
         self.log_path = os.path.join(workdir, f"{name}.log")
 
     @property
@@ -109,11 +110,16 @@ class Shard(Service):
     def auth(self) -> dict:
         return {"Authorization": f"Bearer {self.token}"}
 
+    @property
+    def user_auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.user_token}"}
+
     def start(self):
         os.makedirs(self.root, exist_ok=True)
         tokens = os.path.join(self.workdir, f"{self.name}-tokens.csv")
         with open(tokens, "w") as f:
             f.write(f'{self.token},bench,bench-uid,"system:masters"\n')
+            f.write(f'{self.user_token},bench-user,bench-user-uid\n')
         self.port = free_port()
         kcp = os.path.join(VENV_BIN, "kcp")
         cmd = [kcp, "start", "--root-directory", self.root, "--secure-port", str(self.port),
