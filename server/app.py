@@ -125,6 +125,9 @@ class ShardApp:
     def serve_cluster(self, request: Request, user: UserInfo, cluster: str, path: str, prefix: str = "") -> Response:
         info = parse_request_info(request.method, path, request.args)
         structlog.contextvars.bind_contextvars(verb=info.verb, resource=info.resource)
+        resource = info.resource
+        if ":" in resource:  # <resource>:<identity>, an APIExport's copy (server.apis.bound): RBAC names <resource>
+            info.resource = resource.partition(":")[0]
         self._authorize(user, cluster, info)  # every path of a workspace, /version and /openapi included
         if path in ("/version", "/version/"):
             return json_response(VERSION_INFO)
@@ -136,7 +139,7 @@ class ShardApp:
             if request.method not in ("GET", "HEAD"):
                 raise errors.MethodNotAllowed(f"{request.method} is not supported on {path}")
             return self._discovery(request, cluster, info)
-        rt = self.catalog.lookup(cluster, info.group, info.version, info.resource)
+        rt = self.catalog.lookup(cluster, info.group, info.version, resource)
         if rt is None:
             raise errors.NotFound.path()
         if rt.namespaced is False and info.namespace and info.resource != "namespaces":

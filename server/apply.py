@@ -140,7 +140,8 @@ _ATOMIC_MAPS = frozenset({(_CORE + "PodSpec", "nodeSelector")})
 #: What a built-in kind's zero value already holds (Go's non-pointer structs): an Update that creates an
 #: object owns what it adds to this, so ``f:spec`` of a Deployment is no member but of a custom resource is.
 _ZEROS = {
-    ("apps", "Deployment"): {"spec": {"template": {"metadata": {}, "spec": {}}, "strategy": {}}, "status": {}},
+    ("apps", "Deployment"): {"spec": {"template": {"metadata": {}, "spec": {"containers": None}}, "strategy": {}},
+                             "status": {}},
     ("", "Namespace"): {"spec": {}, "status": {}},
     ("coordination.k8s.io", "Lease"): {"spec": {}},
     ("apiextensions.k8s.io", "CustomResourceDefinition"): {"spec": {"names": {}}, "status": {"acceptedNames": {}}},

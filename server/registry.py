@@ -17,7 +17,7 @@ from typing import Iterator
 
 import orjson
 
-from server import errors, patch as patches, validation
+from server import errors, managedfields, patch as patches, strategicpatch, validation
 from server.resources import Catalog, ResourceType
 from server.schema import builtins as builtin_schemas, structural
 from server.schema.fieldvalidation import FieldValidation
@@ -30,6 +30,8 @@ LOGICAL_CLUSTERS = "core.kcp.dev/logicalclusters"
 WILDCARD = "*"
 _GENERATE_NAME_ATTEMPTS = 8
 _PATCH_ATTEMPTS = 16
+#: The field manager of writes that name none (in-process callers: controllers, virtual workspaces).
+DEFAULT_FIELD_MANAGER = "kcp"
 
 
 def now_rfc3339() -> str:
@@ -270,7 +272,8 @@ class Registry:
     # ------------------------------------------------------------------ writes
 
     def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False,
-               field_validation: FieldValidation | None = None) -> dict:
+               field_validation: FieldValidation | None = None, field_manager: str | None = None,
+               _applied: bool = False) -> dict:
         obj = self._check_body(rt, body)
         self._conform(rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
@@ -291,6 +294,9 @@ class Registry:
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, meta.get("name") or meta.get("generateName", ""),
                                             causes)
+        if not _applied:  # server-side apply computed them already
+            _set_managed_fields(obj, managedfields.after_update(
+                rt, None, obj, field_manager or DEFAULT_FIELD_MANAGER, hidden=(CLUSTER_ANNOTATION,)))
         if rt.namespaced:
             self._require_namespace(cluster, namespace)
         for attempt in range(_GENERATE_NAME_ATTEMPTS if generate else 1):
@@ -314,7 +320,8 @@ class Registry:
 
     def update(self, rt: ResourceType, cluster: str, namespace: str, name: str, body: dict, *,
                subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None,
-               field_validation: FieldValidation | None = None) -> dict:
+               field_validation: FieldValidation | None = None, field_manager: str | None = None,
+               _applied: bool = False) -> dict:
         obj = self._check_body(rt, body)
         self._conform(rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
@@ -343,9 +350,16 @@ class Registry:
         causes += _finalizer_causes(old, new)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, name, causes)
+        if _applied and subresource:
+            _set_managed_fields(new, obj["metadata"].get("managedFields"))
+        if not _applied:  # server-side apply computed them already
+            _set_managed_fields(new, managedfields.after_update(
+                rt, old, new, field_manager or DEFAULT_FIELD_MANAGER, subresource=subresource,
+                hidden=(CLUSTER_ANNOTATION,)))
         if _same(old, new):
             return old
-        if dry_run:
+        if dry_run:  # as stored, but not: the version stays
+            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return new
         try:
             if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -385,8 +399,12 @@ class Registry:
         return new
 
     def patch(self, rt: ResourceType, cluster: str, namespace: str, name: str, patch_type: str, patch_body, *,
-              subresource: str = "", dry_run: bool = False, field_validation: FieldValidation | None = None) -> dict:
+              subresource: str = "", dry_run: bool = False, field_validation: FieldValidation | None = None,
+              field_manager: str | None = None, force: bool = False) -> dict:
         """Apply a patch to the current object, retrying on concurrent writes unless the patch pins a version."""
+        if patch_type == patches.APPLY_PATCH:
+            return self.apply(rt, cluster, namespace, name, patch_body, field_manager=field_manager, force=force,
+                              subresource=subresource, dry_run=dry_run, field_validation=field_validation)[0]
         for _ in range(_PATCH_ATTEMPTS):
             old = self.get(rt, cluster, namespace, name)
             current = rt.convert(old) if rt.convert is not None else old  # the patch is against this version
@@ -399,9 +417,50 @@ class Registry:
                 raise errors.Conflict.modified(rt.plural, rt.group, name)
             try:
                 return self.update(rt, cluster, namespace, name, patched, subresource=subresource, dry_run=dry_run,
-                                   field_validation=field_validation)
+                                   field_validation=field_validation, field_manager=field_manager)
             except errors.Conflict:
                 continue  # a concurrent write landed between our read and write: patch the new state
+        raise errors.Conflict.modified(rt.plural, rt.group, name)
+
+    def apply(self, rt: ResourceType, cluster: str, namespace: str, name: str, config, *, field_manager: str | None,
+              force: bool = False, subresource: str = "", dry_run: bool = False,
+              field_validation: FieldValidation | None = None) -> tuple[dict, bool]:
+        """Server-side apply (``server.managedfields``): ``(object, created)``; creates a missing object."""
+        managedfields.check_field_manager(field_manager or "", "PatchOptions", required=True)
+        if not isinstance(config, dict):
+            raise errors.BadRequest("error decoding YAML: the apply configuration must be an object")
+        config = _deep_copy(config)
+        schema = rt.structural_schema()
+        if schema is not None:  # unknown fields are reported (Strict: refused) and never owned
+            unknown = structural.prune(schema, config, object_meta=builtin_schemas.object_meta())
+            if field_validation is not None:
+                field_validation.report(unknown)
+        meta = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+        if meta.get("name") not in (None, name):
+            raise errors.BadRequest(f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                    f"({name})")
+        pinned = bool(meta.get("resourceVersion"))
+        hidden = (CLUSTER_ANNOTATION,)
+        for _ in range(_PATCH_ATTEMPTS):
+            old = self.store.get(self.key(rt, cluster, namespace, name))
+            if old is None:
+                if subresource:
+                    raise errors.NotFound.for_resource(rt.plural, rt.group, name)
+                obj = managedfields.applied_object(rt, None, config, field_manager, force=force, hidden=hidden)
+                obj.setdefault("metadata", {})["name"] = name
+                try:
+                    return self.create(rt, cluster, namespace, obj, dry_run=dry_run, _applied=True), True
+                except errors.AlreadyExists:
+                    continue
+            current = rt.convert(old) if rt.convert is not None else old
+            obj = managedfields.applied_object(rt, current, config, field_manager, force=force,
+                                               subresource=subresource, hidden=hidden)
+            try:
+                return self.update(rt, cluster, namespace, name, obj, subresource=subresource, dry_run=dry_run,
+                                   _applied=True), False
+            except errors.Conflict:
+                if pinned:
+                    raise
         raise errors.Conflict.modified(rt.plural, rt.group, name)
 
     @staticmethod
@@ -411,11 +470,7 @@ class Registry:
         if patch_type == patches.JSON_PATCH:
             return patches.json_patch(current, patch_body)
         if patch_type == patches.STRATEGIC_MERGE_PATCH:
-            if _has_list_or_directive(patch_body):
-                raise errors.UnsupportedMediaType(
-                    "strategic merge patches with lists or $-directives are not supported yet; use "
-                    "application/merge-patch+json or application/json-patch+json")
-            return patches.merge_patch(current, patch_body)
+            return strategicpatch.patch_object(rt, current, patch_body)
         raise errors.UnsupportedMediaType(
             "the body of the request was in an unknown format - accepted media types include: "
             "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
@@ -620,12 +675,11 @@ def _finalizer_causes(old: dict, new: dict) -> list[dict]:
                         f"finalizers {orjson.dumps(added).decode()}"}]
 
 
-def _has_list_or_directive(value) -> bool:
-    if isinstance(value, list):
-        return True
-    if isinstance(value, dict):
-        return any(k.startswith("$") or _has_list_or_directive(v) for k, v in value.items())
-    return False
+def _set_managed_fields(obj: dict, entries: list | None) -> None:
+    if entries:
+        obj["metadata"]["managedFields"] = entries
+    else:
+        obj["metadata"].pop("managedFields", None)
 
 
 def _translate(event, options: ListOptions) -> tuple[str, dict] | None:

@@ -71,6 +71,9 @@ class ResourceType:
     patch_kinds: tuple = PATCH_KINDS       # PATCH content kinds accepted (custom resources: no strategic merge)
     table: tuple = ()                      # the whole Table column list when set (CRD printer columns)
     convert: Callable[[dict], dict] | None = None  # stored object -> this version (CRDs served in several)
+    # Bound resources (server.apis.bound) set this: the APIExport identity hash their objects are stored under,
+    # so that two exports of the same group/resource never share storage.
+    identity: str = ""
 
     def subresource_verbs(self, subresource: str) -> list[str]:
         """Verbs of a subresource in discovery: its custom handlers' verbs, else get/patch/update (status)."""
@@ -91,8 +94,10 @@ class ResourceType:
 
     @property
     def storage_key(self) -> str:
-        """Storage is keyed by group/resource (not version), like etcd's /registry/<group>/<resource>."""
-        return f"{self.group or 'core'}/{self.plural}"
+        """Storage is keyed by group/resource (not version), like etcd's /registry/<group>/<resource>; a bound
+        resource's key adds its export's identity: ``<group>/<plural>:<identity>``."""
+        key = f"{self.group or 'core'}/{self.plural}"
+        return f"{key}:{self.identity}" if self.identity else key
 
     @property
     def has_status(self) -> bool:
@@ -265,8 +270,9 @@ class ClusterTypes(Protocol):
 class Catalog:
     """The resource types a logical cluster serves: built-ins everywhere, plus what its sources add there.
 
-    Built-ins win over anything a source offers under the same group/version/resource; the wildcard
-    cluster ``*`` serves only built-ins.
+    Built-ins win over anything a source offers under the same group/version/resource, and an earlier
+    source over a later one. The wildcard cluster ``*`` serves built-ins, plus identity-qualified resources
+    (``widgets:<identity>``: an APIExport's objects in every cluster, see ``server.apis.bound``).
     """
 
     def __init__(self, builtins: Iterable[ResourceType] = BUILTINS):
@@ -296,7 +302,7 @@ class Catalog:
 
     def lookup(self, cluster: str, group: str, version: str, plural: str) -> ResourceType | None:
         rt = self._builtins.get((group, version, plural))
-        if rt is not None or cluster == "*":
+        if rt is not None or (cluster == "*" and ":" not in plural):
             return rt
         for source in self._sources:
             rt = source.lookup(cluster, group, version, plural)
@@ -312,6 +318,11 @@ class Catalog:
         extra = [rt for source in self._sources for rt in source.types(cluster)]
         if not extra:
             return list(builtins)
+        if len(self._sources) > 1:  # a name an earlier source serves is not served by a later one
+            first: dict[tuple[str, str, str], ResourceType] = {}
+            for rt in extra:
+                first.setdefault((rt.group, rt.version, rt.plural), rt)
+            extra = list(first.values())
         return sorted([*builtins, *extra], key=_discovery_order)  # stable: a group's versions keep their order
 
     def by_kind(self, cluster: str, group: str, kind: str) -> ResourceType | None:

@@ -15,7 +15,7 @@ import yaml
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_gone_check, table_lines
-from server import errors, negotiation, patch as patches, protobuf, table
+from server import errors, managedfields, negotiation, patch as patches, protobuf, table
 from server.registry import ListOptions, Registry, WatchEvent, parse_resource_version
 from server.requestinfo import RequestInfo
 from server.resources import RequestContext, ResourceType
@@ -185,14 +185,16 @@ class ResourceAPI:
         body = decode_body(request)
         fields = FieldValidation.from_query(request.args.get("fieldValidation"))
         obj = self.registry.create(rt, cluster, info.namespace, body, dry_run=self._dry_run(request),
-                                   field_validation=fields)
+                                   field_validation=fields,
+                                   field_manager=self._field_manager(request, "CreateOptions"))
         return self._object_response(request, rt, obj, status=201, warnings=fields)
 
     def _update(self, request, cluster, info, rt) -> Response:
         body = decode_body(request)
         fields = FieldValidation.from_query(request.args.get("fieldValidation"))
         obj = self.registry.update(rt, cluster, info.namespace, info.name, body, subresource=info.subresource,
-                                   dry_run=self._dry_run(request), field_validation=fields)
+                                   dry_run=self._dry_run(request), field_validation=fields,
+                                   field_manager=self._field_manager(request, "UpdateOptions"))
         return self._object_response(request, rt, obj, warnings=fields)
 
     def _patch(self, request, cluster, info, rt) -> Response:
@@ -203,13 +205,23 @@ class ResourceAPI:
                 "the body of the request was in an unknown format - accepted media types include: "
                 "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
         if patch_type == patches.APPLY_PATCH:
-            raise errors.UnsupportedMediaType("server-side apply (application/apply-patch+yaml) is not supported "
-                                              "yet; use kubectl apply without --server-side")
+            manager = request.args.get("fieldManager", "")
+            managedfields.check_field_manager(manager, "PatchOptions", required=True)
+            body = _decode(read_body(request), kind)
+            fields = FieldValidation.from_query(request.args.get("fieldValidation"))
+            obj, created = self.registry.apply(rt, cluster, info.namespace, info.name, body, field_manager=manager,
+                                               force=_flag(request.args, "force"), subresource=info.subresource,
+                                               dry_run=self._dry_run(request), field_validation=fields)
+            return self._object_response(request, rt, obj, status=201 if created else 200, warnings=fields)
+        if "force" in request.args:
+            raise errors.Invalid.for_fields("PatchOptions", "meta.k8s.io", "", [{
+                "type": "FieldValueForbidden", "field": "force",
+                "message": "Forbidden: may not be specified for non-apply patch"}])
         body = _decode(read_body(request), kind)
         fields = FieldValidation.from_query(request.args.get("fieldValidation"))
         obj = self.registry.patch(rt, cluster, info.namespace, info.name, patch_type, body,
                                   subresource=info.subresource, dry_run=self._dry_run(request),
-                                  field_validation=fields)
+                                  field_validation=fields, field_manager=self._field_manager(request, "PatchOptions"))
         return self._object_response(request, rt, obj, warnings=fields)
 
     def _delete(self, request, cluster, info, rt) -> Response:
@@ -243,6 +255,13 @@ class ResourceAPI:
                 request.args.get("includeObject")), version=version)
             return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
         return json_response(obj, status=status)
+
+    @staticmethod
+    def _field_manager(request, options_kind: str) -> str:
+        """``?fieldManager=``, else what kube derives from the User-Agent (``kubectl``, ``OpenAPI-Generator``)."""
+        value = request.args.get("fieldManager", "")
+        managedfields.check_field_manager(value, options_kind)
+        return value or managedfields.manager_from_user_agent(request.headers.get("User-Agent"))
 
     @staticmethod
     def _dry_run(request) -> bool:

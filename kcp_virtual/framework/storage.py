@@ -70,7 +70,10 @@ def _rv(obj: dict) -> str:
 
 
 def _with_rv(obj: dict, rv: str) -> dict:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    """``obj`` pinned to ``rv``; a malformed one is left for the shard to refuse (400)."""
+    meta = obj.get("metadata", {})
+    if not isinstance(meta, dict):
+        return obj
     return {**obj, "metadata": {**meta, "resourceVersion": rv}}
 
 
@@ -204,7 +207,7 @@ class ForwardingStorage:
             obj = body if subresource else self._admit(body)  # a status write leaves labels alone
             if self.transform is not None:
                 obj = self.transform.from_view(obj, current, request.context)
-            if not pinned and isinstance(obj, dict):
+            if not pinned:
                 obj = _with_rv(obj, _rv(current))
             try:
                 updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=subresource,
@@ -333,7 +336,8 @@ def _apply_patch(document: dict, patch_type: str, patch: Any) -> dict:
             raise errors.Invalid(f"the JSON patch test failed: {exc}") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, KeyError, IndexError,
                 TypeError) as exc:
-            raise errors.Invalid(f"the JSON patch cannot be applied: {exc}") from None
+            reason = str(exc).split(" in {", 1)[0]  # jsonpointer appends the whole document
+            raise errors.Invalid(f"the JSON patch cannot be applied: {reason}") from None
     else:
         raise errors.UnsupportedMediaType(
             "this virtual workspace transforms objects, so it applies patches itself; accepted media types "

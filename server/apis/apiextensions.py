@@ -273,8 +273,9 @@ def _set_path(obj: dict, steps: list[str], value) -> None:
     obj[steps[-1]] = value
 
 
-def custom_resource_types(crd: dict, *, terminating: bool = False) -> list[ResourceType]:
-    """The served versions of a CRD as resource types, in kube's version priority (the first is preferred)."""
+def custom_resource_types(crd: dict, *, terminating: bool = False, identity: str = "") -> list[ResourceType]:
+    """The served versions of a CRD as resource types, in kube's version priority (the first is preferred).
+    ``identity``: stored under an APIExport's identity (a bound resource, ``server.apis.bound``)."""
     spec = crd["spec"]
     names = _names(crd)
     group = spec["group"]
@@ -314,7 +315,7 @@ def custom_resource_types(crd: dict, *, terminating: bool = False) -> list[Resou
             prepare=prepare, validate=validate, allow_unconditional_update=False, handlers=handlers,
             schema=schema, patch_kinds=CR_PATCH_KINDS,
             table=tuple(table.crd_columns(version.get("additionalPrinterColumns"))),
-            convert=convert if several else None)
+            convert=convert if several else None, identity=identity)
         rt_holder.append(rt)
         out.append(rt)
     return out

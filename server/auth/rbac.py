@@ -203,8 +203,8 @@ class ClusterPolicy:
         for subject in subjects:
             key = _subject_key(subject, namespace)
             if key is not None:
-                grant = Grant((namespace, name), role_kind, role_name, described + _describe_subject(subject, namespace))
-                index.setdefault(key, []).append(grant)
+                source = described + _describe_subject(subject, namespace)
+                index.setdefault(key, []).append(Grant((namespace, name), role_kind, role_name, source))
 
     # -- evaluation
 

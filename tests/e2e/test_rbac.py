@@ -92,7 +92,8 @@ def matrix(shard):
         metadata=client.V1ObjectMeta(name="edit-cm1"), subjects=[subject("Group", "ops")],
         role_ref=client.V1RoleRef(api_group=GROUP, kind="Role", name="cm1-editor")))
     # bob may read deployments/status everywhere, and nothing else
-    grant_cluster_role(shard, "deploy-status", [rule(["get"], ["apps"], ["deployments/status"])], subject("User", "bob"))
+    grant_cluster_role(shard, "deploy-status", [rule(["get"], ["apps"], ["deployments/status"])],
+                       subject("User", "bob"))
     return shard
 
 
@@ -174,7 +175,8 @@ def test_role_ref_is_immutable_over_the_api(matrix):
                                                      rules=[client.V1PolicyRule(verbs=[], api_groups=[""],
                                                                                 resources=["pods"])]))
     assert exc.value.status == 422
-    assert "rules[0].verbs: Required value: verbs must contain at least one value" in json.loads(exc.value.body)["message"]
+    message = json.loads(exc.value.body)["message"]
+    assert "rules[0].verbs: Required value: verbs must contain at least one value" in message
 
 
 def user_kubeconfig(shard, who: str, cluster: str = "root") -> str:
@@ -213,7 +215,8 @@ def test_kubectl_output(matrix):
 CHILD_PATHS = [("GET", "/api"), ("GET", "/apis"), ("GET", "/apis/rbac.authorization.k8s.io/v1"),
                ("GET", "/version"), ("GET", "/openapi/v3"), ("GET", "/healthz"),
                ("GET", "/api/v1/namespaces"), ("GET", "/api/v1/namespaces/default/configmaps"),
-               ("POST", "/api/v1/namespaces/default/configmaps"), ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
+               ("POST", "/api/v1/namespaces/default/configmaps"),
+               ("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
                ("DELETE", "/api/v1/namespaces/default")]
 
 

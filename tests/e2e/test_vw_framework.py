@@ -14,10 +14,11 @@ import uuid
 import orjson
 import pytest
 
-from kcp_virtual.framework import VirtualWorkspace, cluster_path_resolver
+from kcp_virtual.framework import (APIDefinition, ForwardingStorage, VirtualWorkspace, as_caller,
+                                   cluster_path_resolver, resource_virtual_workspace)
 from server.shard import ShardConfig
 from server.testing import running_shard
-from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES, PROXY_GROUP
+from tests.vw_demo import CONFIGMAPS, DEMO_VIRTUAL_WORKSPACES, PROXY_GROUP
 
 TOKENS = {"proxy-user": "tok-proxy", "plain-user": "tok-plain"}
 READY = {"flaky": False}
@@ -27,6 +28,15 @@ def flaky(shard) -> VirtualWorkspace:
     """Ready only when the test says so."""
     return VirtualWorkspace("flaky", cluster_path_resolver("flaky"), lambda *_: (True, ""),
                             lambda request: None, ready=lambda: READY["flaky"])
+
+
+def as_the_caller(shard) -> VirtualWorkspace:
+    """Lets everyone in, but reads and writes the shard as the caller: the shard's own RBAC then decides."""
+    storage = ForwardingStorage(shard, CONFIGMAPS, act_as=as_caller)
+    definitions = (APIDefinition("", "v1", "ConfigMap", "configmaps", "configmap", True, storage),)
+    return resource_virtual_workspace("as-caller", resolve=cluster_path_resolver("as-caller"),
+                                      apis=lambda context: definitions, authorize=lambda *_: (True, ""),
+                                      version=shard.version)
 
 
 class Caller:
@@ -59,7 +69,8 @@ def shard(tmp_path_factory):
     token_file = tmp_path_factory.mktemp("tokens") / "tokens.csv"
     token_file.write_text(f'{TOKENS["proxy-user"]},proxy-user,u1,"{PROXY_GROUP}"\n'
                           f'{TOKENS["plain-user"]},plain-user,u2,\n')
-    config = ShardConfig(virtual_workspaces=(*DEMO_VIRTUAL_WORKSPACES, flaky), token_auth_file=str(token_file))
+    config = ShardConfig(virtual_workspaces=(*DEMO_VIRTUAL_WORKSPACES, flaky, as_the_caller),
+                         token_auth_file=str(token_file))
     with running_shard(config) as running:
         yield running
 
@@ -225,6 +236,18 @@ def test_health_paths_of_a_virtual_workspace_need_no_permission(shard):
     assert status == 200 and body == b"ok"
 
 
+def test_a_storage_acting_as_the_caller_gets_the_shards_own_answer(shard, admin):
+    name = unique("mine")
+    new_configmap(admin, name)
+    path = f"/services/as-caller/clusters/root/api/v1/namespaces/default/configmaps/{name}"
+    status, body = Caller(shard, token=TOKENS["plain-user"])("GET", path)
+    assert status == 403, body
+    assert body["message"].startswith(f'configmaps "{name}" is forbidden: User "plain-user" cannot get resource '
+                                      '"configmaps" in API group "" in the namespace "default" in workspace "root"')
+    status, body = admin("GET", path)
+    assert status == 200 and body["metadata"]["name"] == name
+
+
 # ---------------------------------------------------------------------- readiness
 
 def test_readyz_has_one_check_per_virtual_workspace(admin):
@@ -271,6 +294,26 @@ def test_the_view_transforms_reads_writes_and_watch_events(admin):
     status, lines = admin("GET", f"{base}?watch=true&timeoutSeconds=1&fieldSelector=metadata.name%3D{name}")
     events = [orjson.loads(line) for line in lines.splitlines()]
     assert [(e["type"], e["object"]["data"]) for e in events] == [("ADDED", {"greeting": "BYE"})]
+
+
+@pytest.mark.parametrize("method, vw, body, content_type, code", [
+    ("PUT", "demo", {"metadata": "not an object"}, "application/json", 400),
+    ("PUT", "demo", ["not", "an", "object"], "application/json", 400),
+    ("PATCH", "demo", [1], "application/merge-patch+json", 400),
+    ("PATCH", "demo", {}, "text/plain", 415),
+    ("PATCH", "demo-view", [{"op": "replace", "path": "/nope/x", "value": 1}], "application/json-patch+json", 422),
+    ("PATCH", "demo-view", [{"op": "test", "path": "/data/k", "value": "v"}], "application/json-patch+json", 422),
+    ("PATCH", "demo-view", "text", "application/merge-patch+json", 400),
+    ("PATCH", "demo-view", {"metadata": {"resourceVersion": "1"}}, "application/merge-patch+json", 409),
+])
+def test_bad_writes_are_refused_and_change_nothing(admin, method, vw, body, content_type, code):
+    name = unique("bad")
+    before = new_configmap(admin, name, {"demo": "true"})
+    path = f"/services/{vw}/clusters/root/api/v1/namespaces/default/configmaps/{name}"
+    status, answer = admin(method, path, body, headers={"Content-Type": content_type})
+    assert status == code, answer
+    assert answer["kind"] == "Status" and "{" not in answer["message"]
+    assert admin("GET", f"/clusters/root/api/v1/namespaces/default/configmaps/{name}")[1] == before
 
 
 def test_table_output_of_the_wildcard_view_names_the_workspace(admin):
