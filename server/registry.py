@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 
@@ -62,6 +62,9 @@ class ListOptions:
 class WatchEvent:
     type: str      # ADDED, MODIFIED, DELETED, BOOKMARK
     object: dict
+    # The stream line of an event passed through unchanged, serialized once for every watcher
+    # (``storage.Event.line``); None when the type or object differs from the stored event.
+    encoded: "Callable[[], bytes] | None" = None
 
 
 class Registry:
@@ -252,7 +255,7 @@ class Registry:
                     last_rv = event.rv
                     out = _translate(event, options)
                     if out is not None:
-                        yield WatchEvent(*out)
+                        yield WatchEvent(*out, event.line if out[0] == event.type else None)
                 if not events and idle_check is not None and idle_check():
                     return
                 if time.monotonic() >= next_bookmark:

@@ -17,10 +17,15 @@ __all__ = ["json_lines", "table_lines", "peer_gone_check", "WatchResponse"]
 
 
 def json_lines(events):
-    """One JSON line per event; the generator's close() (client gone) closes the storage watcher."""
+    """One JSON line per event; the generator's close() (client gone) closes the storage watcher.
+
+    An event that carries its pre-serialized line (``encoded``: the same bytes for every watcher of a
+    write) is not serialized again: fan-out to N watchers then costs one serialization, not N.
+    """
     try:
         for event in events:
-            yield orjson.dumps({"type": event.type, "object": event.object}) + b"\n"
+            encoded = getattr(event, "encoded", None)
+            yield encoded() if encoded is not None else orjson.dumps({"type": event.type, "object": event.object}) + b"\n"
     finally:
         events.close()
 
