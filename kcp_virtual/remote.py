@@ -27,7 +27,7 @@ from werkzeug.wrappers import Request as HTTPRequest, Response
 from kcp_virtual import httpclient
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision, is_master
-from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, User, WatchEvent
+from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, Rules, User, WatchEvent
 
 __all__ = ["RemoteShardClient", "RemoteWatch", "status_error", "impersonation_headers"]
 
@@ -39,6 +39,8 @@ REQUEST_TIMEOUT = 60.0
 #: How often an idle watch asks whether its client left (each ask is one non-blocking poll).
 IDLE_INTERVAL = 2.0
 _CLUSTER_SUFFIX = re.compile(r"/clusters/[^/]+/?$")
+#: Not a DNS label, so no namespace (and no RoleBinding) has it: a rules review "in" it lists cluster-wide rules.
+_NO_NAMESPACE = "*"
 
 _BY_CODE: dict[int, type[errors.StatusError]] = {
     400: errors.BadRequest, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
@@ -295,9 +297,12 @@ class RemoteShardClient:
                           query=self._dry_run(dry_run), body=body, user=user)
 
     def patch(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, patch_type: str, patch: Any,
-              *, subresource: str = "", dry_run: bool = False, user: Any = None) -> dict:
+              *, subresource: str = "", dry_run: bool = False, user: Any = None, field_manager: str = "",
+              force: bool = False) -> dict:
+        query = {**(self._dry_run(dry_run) or {}), **({"fieldManager": field_manager} if field_manager else {}),
+                 **({"force": "true"} if force else {})}
         return self._call("PATCH", self._path(gvr, cluster, namespace, name, subresource),
-                          query=self._dry_run(dry_run), body=patch, content_type=patch_type, user=user)
+                          query=query or None, body=patch, content_type=patch_type, user=user)
 
     def delete(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
                options: dict | None = None, user: Any = None) -> dict:
@@ -333,6 +338,19 @@ class RemoteShardClient:
             return Decision(False, f'workspace "{cluster}" not found')
         status = review.get("status") or {}
         return Decision(bool(status.get("allowed")), status.get("reason") or status.get("evaluationError") or "")
+
+    def rules_for(self, user: Any, cluster: str, namespace: str = "") -> Rules:
+        """A SelfSubjectRulesReview in ``cluster``, POSTed as ``user`` (impersonation), so the shard applies the
+        same gate as to the user's own review (403 where it may not enter). A review needs a namespace; for the
+        cluster-wide rules alone it names one no object can live in, so no RoleBinding contributes."""
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                "spec": {"namespace": namespace or _NO_NAMESPACE}}
+        review = self._call("POST", f"{self.prefix}/clusters/{cluster}/apis/authorization.k8s.io/v1/"
+                                    "selfsubjectrulesreviews", body=body, user=user)
+        status = review.get("status") or {}
+        return Rules(tuple(r for r in status.get("resourceRules") or () if isinstance(r, dict)),
+                     tuple(r for r in status.get("nonResourceRules") or () if isinstance(r, dict)),
+                     bool(status.get("incomplete")))
 
     def token_review(self, token: str, cluster: str) -> tuple[User | None, str]:
         """``(user, "")`` when the shard accepts ``token`` in logical cluster ``cluster``, else ``(None, why)``."""

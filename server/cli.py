@@ -1,4 +1,4 @@
-"""The ``kcp`` command: ``kcp start`` runs a shard, ``kcp virtual-workspaces`` its virtual workspaces as their own process."""
+"""The ``kcp`` command: ``kcp start`` runs a shard; ``kcp virtual-workspaces`` serves its virtual workspaces apart."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def _start_parser(sub) -> None:
     start.add_argument("--shard-virtual-workspace-url", default=None,
                        help="base URL of this shard's virtual workspaces, published in status "
                             "(default: the shard's own URL)")
+    start.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
+                       help="also serve this virtual workspace in-process (a callable taking a ShardClient), "
+                            "as `kcp virtual-workspaces --virtual-workspace` does; repeatable")
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                        help="log verbosity (0 = info, 1+ = debug)")
@@ -48,21 +51,31 @@ def run_start(args) -> int:
     import gevent
     import structlog
 
+    from kcp_virtual.process import load_factory
     from server import logs
-    from server.shard import Shard, ShardConfig
+    from server.shard import STOCK_VIRTUAL_WORKSPACES, Shard, ShardConfig
 
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
+    try:
+        extra_virtual_workspaces = tuple(load_factory(spec) for spec in args.virtual_workspace)
+    except (ImportError, AttributeError, ValueError) as exc:
+        print(f"error: --virtual-workspace: {exc}", file=sys.stderr)
+        return 2
     config = ShardConfig(root_directory=Path(args.root_directory), bind_address=args.bind_address,
                          secure_port=args.secure_port, storage=args.storage, token_auth_file=args.token_auth_file,
                          requestheader_client_ca_file=args.requestheader_client_ca_file,
                          requestheader_allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",")
                                                       if n.strip()],
                          run_virtual_workspaces=args.run_virtual_workspaces,
-                         shard_virtual_workspace_url=args.shard_virtual_workspace_url)
+                         shard_virtual_workspace_url=args.shard_virtual_workspace_url,
+                         virtual_workspaces=(*STOCK_VIRTUAL_WORKSPACES, *extra_virtual_workspaces))
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
         print("error: --run-virtual-workspaces=false needs --shard-virtual-workspace-url (where "
               "`kcp virtual-workspaces` listens)", file=sys.stderr)
+        return 2
+    if args.shard_virtual_workspace_url and not args.shard_virtual_workspace_url.startswith("https://"):
+        print("error: --shard-virtual-workspace-url must be an https:// URL", file=sys.stderr)
         return 2
     try:
         shard = Shard(config).start()
@@ -110,7 +123,8 @@ def _virtual_workspaces_parser(sub) -> None:
                     help="CA of the proxy allowed to assert X-Remote-* identities "
                          "(default <root-directory>/requestheader-ca.crt)")
     vw.add_argument("--requestheader-allowed-names", default="kcp-shard-proxy",
-                    help="comma-separated CNs of that proxy; empty = any certificate of the CA (default kcp-shard-proxy)")
+                    help="comma-separated CNs of that proxy; empty = any certificate of the CA "
+                         "(default kcp-shard-proxy)")
     vw.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
                     help="also serve this virtual workspace (a callable taking a ShardClient); repeatable")
     vw.add_argument("--log-format", choices=("text", "json"), default="text")

@@ -26,7 +26,10 @@ from server.metrics import Metrics
 from server.registry import Registry
 from server.apis import builtin_types
 from server.apis.apiextensions import CRDController, CustomResourceIndex
+from server.apis.bound import BoundResourceIndex
 from server.controllers import Controller
+from server.controllers.apibinding import APIBindingController
+from server.controllers.apiexport import APIExportController
 from server.controllers.workspaces import WorkspaceController
 from server.forwarding import ServicesForwarder
 from server.resources import Catalog
@@ -88,6 +91,8 @@ class Shard:
                            history_max_events=self.config.watch_history_events)
         self.catalog = Catalog(builtin_types())
         self.crds = CustomResourceIndex(self.store, self.catalog.builtin_types)
+        self.bound = BoundResourceIndex(self.store)
+        self.catalog.add_source(self.bound)  # first: a bound resource keeps its name against a later CRD
         self.catalog.add_source(self.crds)
         self.registry = Registry(self.store, self.catalog)
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
@@ -128,6 +133,8 @@ class Shard:
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
         self.controllers.append(CRDController(self.registry, self.crds))
+        self.controllers.append(APIExportController(self.registry))
+        self.controllers.append(APIBindingController(self.registry, self.bound))
         self.controllers.append(WorkspaceController(
             self.registry, base_url=self.url,
             virtual_workspace_url=self.config.shard_virtual_workspace_url or self.url))

@@ -3,6 +3,7 @@
 * Shard    -- ``kcp start`` (ours), with a static bearer token for user ``bench``
 * Trivial  -- the floor: benchlib.trivial (gevent.pywsgi + werkzeug, same TLS cert)
 * Nginx    -- the ceiling: one nginx worker serving the same bytes over TLS, same cert
+* ExternalVW -- ``kcp virtual-workspaces`` serving a shard's virtual workspaces as its own process
 
 Each has ``.url`` (https://127.0.0.1:port), ``.pid`` (for RSS) and ``.stop()``.
 """
@@ -62,6 +63,13 @@ class Service:
             last = t.strip().splitlines()[-1] if t.strip() else "no output"
             raise Fatal(f"{self.name} exited with {self.proc.returncode}: {last} "
                         f"(log {self.log_path})\n{t}")
+
+
+def repo_env() -> dict:
+    """The environment of our server processes: the repository root importable, so that
+    ``--virtual-workspace tests.vw_demo:demo`` (a test-only virtual workspace) loads."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT,
+                                                                       os.environ.get("PYTHONPATH")]))}
 
 
 def _http(ca: str | None = None) -> urllib3.PoolManager:
@@ -128,7 +136,7 @@ class Shard(Service):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.workdir)
+                                         cwd=self.workdir, env=repo_env())
         t0 = time.monotonic()
 
         def ready():
@@ -199,6 +207,52 @@ class Shard(Service):
                 if pub == want:
                     return cpath, kpath
         return None
+
+
+# ------------------------------------------------------------------------- external VW
+
+class ExternalVW(Service):
+    """``kcp virtual-workspaces`` for ``shard`` (its kubeconfig and root directory), pinned to the
+    server core like the shard itself; ``factories`` are ``module:factory`` specs.
+
+    The port is chosen up front so that the shard it serves can be started first with
+    ``--shard-virtual-workspace-url`` (``ExternalVW.url_for(port)``) for the forwarded topology."""
+
+    name = "virtual-workspaces"
+    ready_timeout = 60
+
+    def __init__(self, workdir: str, cores: Cores, shard: Shard, factories: list[str], port: int):
+        super().__init__()
+        self.cores, self.shard, self.factories, self.port = cores, shard, factories, port
+        self.log_path = os.path.join(workdir, f"{shard.name}-virtual-workspaces.log")
+
+    @staticmethod
+    def url_for(port: int) -> str:
+        return f"https://127.0.0.1:{port}"
+
+    def start(self):
+        kcp = os.path.join(VENV_BIN, "kcp")
+        cmd = [kcp, "virtual-workspaces", "--kubeconfig", self.shard.kubeconfig,
+               "--root-directory", self.shard.root, "--secure-port", str(self.port)]
+        for spec in self.factories:
+            cmd += ["--virtual-workspace", spec]
+        self.cmdline = " ".join(cmd)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.shard.workdir, env=repo_env())
+        http = _http(self.shard.ca)
+
+        def ready():
+            self._check_alive()
+            return http.request("GET", self.url + "/readyz", timeout=2).status == 200
+
+        try:
+            wait_until(ready, self.ready_timeout, 0.1, f"{self.url}/readyz")
+        except Exception:
+            self.stop()
+            raise
+        return self
 
 
 # ------------------------------------------------------------------------ generated cert
@@ -284,6 +338,7 @@ http {{
     keepalive_timeout 300s;
     client_body_temp_path {dir}/tmp-body;
     proxy_temp_path {dir}/tmp-proxy;
+{http_extra}
     fastcgi_temp_path {dir}/tmp-fastcgi;
     uwsgi_temp_path {dir}/tmp-uwsgi;
     scgi_temp_path {dir}/tmp-scgi;
@@ -302,16 +357,19 @@ class Nginx(Service):
     """The ceiling: one nginx worker, TLS with the same cert, ``access_log off``.
 
     ``files`` maps URL paths to bytes served statically; ``extra`` is appended inside the server
-    block (e.g. a proxy_pass location for a later "nginx in front" row).
+    block (e.g. a proxy_pass location for a later "nginx in front" row), ``http_extra`` inside the
+    http block (e.g. an ``upstream`` with keep-alive connections for that location).
     """
 
     name = "nginx"
 
     def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str],
-                 files: dict[str, bytes], extra: str = "", nofile: int = 20000):
+                 files: dict[str, bytes], extra: str = "", nofile: int = 20000,
+                 http_extra: str = ""):
         super().__init__()
         self.dir = os.path.join(workdir, f"nginx-{secrets.token_hex(3)}")
         self.cores, self.cert, self.files, self.extra = cores, cert, files, extra
+        self.http_extra = http_extra
         self.nofile = nofile
         self.log_path = os.path.join(self.dir, "error.log")
 
@@ -337,6 +395,7 @@ class Nginx(Service):
             f.write(NGINX_CONF.format(
                 dir=self.dir, port=self.port, cert=self.cert[0], key=self.cert[1],
                 nofile=self.nofile, conns=max(1024, self.nofile - 100), extra=self.extra,
+                http_extra=self.http_extra,
                 user="user root;" if os.geteuid() == 0 else ""))
         cmd = [binary, "-p", self.dir, "-e", self.log_path, "-c", conf]
         self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdin=subprocess.DEVNULL,

@@ -13,6 +13,9 @@ implementation is a thin mapping onto HTTP:
   makes the shard authorize the call as that user (in-process: its authorizer; remote:
   impersonation headers);
 * ``subject_access_review``: may this user do that, in that logical cluster;
+* ``rules_for``: everything a user may do in a logical cluster, as its SelfSubjectRulesReview
+  reports it -- one evaluation that a view checks many objects against (the workspaces view
+  matches thousands of names with it instead of asking one review per name);
 * ``forward``: hand a whole HTTP request to a logical cluster, as a given user (the proxy kind);
 * ``version``: the shard's ``/version``.
 
@@ -31,7 +34,8 @@ from werkzeug.wrappers import Request as HTTPRequest, Response
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision
 
-__all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "ShardClient", "CLUSTER_ANNOTATION"]
+__all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient",
+           "CLUSTER_ANNOTATION"]
 
 #: Every object the shard returns names its logical cluster in this annotation (DESIGN.md section 4).
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
@@ -173,6 +177,16 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+class Rules(NamedTuple):
+    """A user's rules in one logical cluster (and namespace), as ``SelfSubjectRulesReview.status`` has them:
+    PolicyRule-shaped dicts (``verbs``, ``apiGroups``, ``resources``, ``resourceNames``; ``verbs``,
+    ``nonResourceURLs``). ``incomplete`` says the authorizer could not list everything."""
+
+    resource_rules: tuple[dict, ...] = ()
+    non_resource_rules: tuple[dict, ...] = ()
+    incomplete: bool = False
+
+
 class ShardClient(Protocol):
     """See the module docstring. ``cluster`` is a logical cluster path or ``*``; ``namespace`` is ``""`` for
     cluster-scoped resources and for all namespaces. Returned objects are shared and read-only: copy
@@ -195,8 +209,10 @@ class ShardClient(Protocol):
                subresource: str = "", dry_run: bool = False, user: Any = None) -> dict: ...
 
     def patch(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, patch_type: str,
-              patch: Any, *, subresource: str = "", dry_run: bool = False, user: Any = None) -> dict:
-        """``patch_type`` is the media type (``negotiation.MERGE_PATCH``...); ``patch`` the decoded body."""
+              patch: Any, *, subresource: str = "", dry_run: bool = False, user: Any = None,
+              field_manager: str = "", force: bool = False) -> dict:
+        """``patch_type`` is the media type (``negotiation.MERGE_PATCH``...); ``patch`` the decoded body.
+        ``field_manager`` (required for ``APPLY_PATCH``) and ``force`` are the PatchOptions of server-side apply."""
 
     def delete(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
                options: dict | None = None, user: Any = None) -> dict:
@@ -204,6 +220,11 @@ class ShardClient(Protocol):
 
     def subject_access_review(self, user: Any, attributes: Attributes) -> Decision:
         """Whether ``user`` may do ``attributes`` in logical cluster ``attributes.cluster``."""
+
+    def rules_for(self, user: Any, cluster: str, namespace: str = "") -> Rules:
+        """``user``'s rules in ``cluster`` (``namespace`` "": the cluster-scoped ones), evaluated now, as the
+        SelfSubjectRulesReview that user would POST there: Forbidden when the user may not use ``cluster`` at
+        all, NotFound when it does not exist."""
 
     def forward(self, request: HTTPRequest, user: Any, cluster: str, path: str, prefix: str) -> Response:
         """Serve ``request`` as if it had been sent to ``/clusters/<cluster><path>`` by ``user``.

@@ -235,7 +235,8 @@ class ForwardingStorage:
                 raise self._not_found(name)
             if self.transform is None:
                 patched = self.shard.patch(self.gvr, cluster, namespace, name, patch_type, patch,
-                                           subresource=subresource, dry_run=True, user=user)
+                                           subresource=subresource, dry_run=True, user=user,
+                                           **_apply_options(request, patch_type))
             else:
                 patched = _apply_patch(self.transform.to_view(current, request.context), patch_type, patch)
                 if _rv(patched) != _rv(current):  # the patch pinned another version: optimistic locking
@@ -257,7 +258,8 @@ class ForwardingStorage:
         """Server-side apply of an object that does not exist creates it: the shard computes it (a dry run),
         and it is created through the view like any other."""
         cluster, user = request.context.cluster, self.act_as(request)
-        obj = self.shard.patch(self.gvr, cluster, namespace, name, APPLY_PATCH, patch, dry_run=True, user=user)
+        obj = self.shard.patch(self.gvr, cluster, namespace, name, APPLY_PATCH, patch, dry_run=True, user=user,
+                               **_apply_options(request, APPLY_PATCH))
         created = self.shard.create(self.gvr, cluster, namespace, self._admit(obj), dry_run=dry_run, user=user)
         return self._out(created, request)
 
@@ -297,6 +299,14 @@ class ForwardingStorage:
             deleted.append(self._out(obj if result.get("kind") == "Status" else result, request))
         return {"kind": listed["kind"], "apiVersion": listed["apiVersion"],
                 "metadata": {"resourceVersion": listed["metadata"].get("resourceVersion", "")}, "items": deleted}
+
+
+def _apply_options(request: Request, patch_type: str) -> dict:
+    """The caller's server-side apply options (``fieldManager``, ``force``) for the shard's apply."""
+    if patch_type != APPLY_PATCH:
+        return {}
+    args = request.http.args
+    return {"field_manager": args.get("fieldManager", ""), "force": args.get("force", "").lower() == "true"}
 
 
 # ---------------------------------------------------------------------- patches of transformed objects

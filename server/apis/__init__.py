@@ -7,6 +7,7 @@ add a module's tuple here to serve it.
 from __future__ import annotations
 
 from server.apis.apiextensions import TYPES as APIEXTENSIONS_TYPES
+from server.apis.apis_kcp import TYPES as APIS_TYPES
 from server.apis.rbac import RBAC_TYPES
 from server.apis.reviews import TYPES as REVIEW_TYPES
 from server.apis.tenancy import TYPES as TENANCY_TYPES
@@ -15,4 +16,5 @@ from server.resources import BUILTINS as CORE_TYPES, ResourceType
 
 
 def builtin_types() -> list[ResourceType]:
-    return [*with_token_subresource(CORE_TYPES), *RBAC_TYPES, *REVIEW_TYPES, *TENANCY_TYPES, *APIEXTENSIONS_TYPES]
+    return [*with_token_subresource(CORE_TYPES), *RBAC_TYPES, *REVIEW_TYPES, *TENANCY_TYPES, *APIEXTENSIONS_TYPES,
+            *APIS_TYPES]

@@ -11,6 +11,7 @@ must ignore requestheaders from anybody but the shard's proxy certificate.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import ssl
 import threading
@@ -105,6 +106,30 @@ def test_impersonation(topology):
     assert response.status_code == 403
     assert (f'users "kcp-admin" is forbidden: User "{name}" cannot impersonate resource "users" in API group "" '
             "at the cluster scope") in response.json()["message"]
+
+
+def test_the_proxy_kind_serves_a_whole_workspace(topology):
+    """The proxy kind (``ShardClient.forward``): discovery, OpenAPI (whose URLs must name the virtual
+    workspace, not the shard), writes and a watch, as the proxy's own identity."""
+    vw, shard, _ = topology
+    proxy = "demo-proxy/clusters/root"
+    name = unique("proxied")
+    assert f"configmap/{name} created" in vw.kubectl(proxy, "create", "configmap", name, "--from-literal=k=v").stdout
+    explained = vw.kubectl(proxy, "explain", "configmaps.data").stdout
+    assert "FIELD: data <map[string]string>" in explained
+    openapi = call(vw.base_url, shard, f"/services/{proxy}/openapi/v3", cert=admin(shard)).json()
+    assert openapi["paths"]["api/v1"]["serverRelativeURL"].startswith(f"/services/{proxy}/openapi/v3/api/v1?hash=")
+    response = call(vw.base_url, shard, f"/services/{proxy}/api/v1/namespaces/default/configmaps"
+                                        f"?watch=true&fieldSelector=metadata.name={name}&timeoutSeconds=1",
+                    cert=admin(shard))
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, response.text.splitlines())] == [
+        ("ADDED", name)]
+    member = unique("member")
+    denied = call(vw.base_url, shard, f"/services/{proxy}/api/v1/namespaces", cert=issue_cert(shard, member))
+    assert denied.status_code == 403 and "only members of demo:proxy" in denied.json()["message"]
+    allowed = call(vw.base_url, shard, f"/services/{proxy}/api/v1/namespaces",
+                   cert=issue_cert(shard, member, ("demo:proxy",)))
+    assert "default" in {item["metadata"]["name"] for item in allowed.json()["items"]}
 
 
 # ---------------------------------------------------------------------- the external process and forwarding

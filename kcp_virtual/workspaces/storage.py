@@ -1,0 +1,212 @@
+"""The storage of ``workspaces``: ClusterWorkspaces of ``<org>`` narrowed, per request, to what the caller sees.
+
+Every request computes the caller's view from the live state -- a list of the org's ClusterWorkspaces
+and one rules review of the caller in the org (``visibility``) -- so nothing it answers can be
+staler than the request itself. Who may do what:
+
+* list, watch and get need the caller to be able to enter ``<org>`` at all (the shard's tenancy rule;
+  ``root`` has no parent, so every authenticated user may): otherwise 403. That is the same gate the
+  rules review itself passes, so it costs nothing extra. ``personal`` narrows the view to workspaces
+  whose owner annotation names the caller.
+* get and delete of a workspace outside the view are a 404, whether or not it exists.
+* create needs ``create`` on ``clusterworkspaces`` in ``<org>`` (a SubjectAccessReview); the
+  ClusterWorkspace is created with the caller as owner, so the owner grants follow.
+* delete needs ``delete`` on that ClusterWorkspace (owners have it).
+
+The shard is called with the virtual workspace's own identity once the caller has been checked
+here (so the shard's answers are about the objects, never about the caller's rights).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import orjson
+
+from kcp_virtual.framework import errors
+from kcp_virtual.framework.authorization import Attributes, forbidden, is_master
+from kcp_virtual.framework.shardclient import ListQuery, ShardClient
+from kcp_virtual.framework.virtualworkspace import Request
+from kcp_virtual.workspaces import projection
+from kcp_virtual.workspaces.projection import CLUSTER_WORKSPACES, GROUP, KIND, PLURAL, VERSION
+from kcp_virtual.workspaces.visibility import EVERYTHING, NOTHING, Visibility, visibility
+
+__all__ = ["WorkspaceStorage", "View", "PERSONAL", "ALL"]
+
+ALL, PERSONAL = "all", "personal"
+LIST_KIND = f"{KIND}List"
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one caller sees of one org: the names it may enter, and, for ``personal``, only what it owns."""
+
+    user: Any
+    org: str
+    personal: bool
+    names: Visibility
+
+    def shows(self, cluster_workspace: dict) -> bool:
+        meta = cluster_workspace.get("metadata") or {}
+        if meta.get("name") not in self.names:
+            return False
+        return not self.personal or projection.owner_name(cluster_workspace) == self.user.name
+
+    def with_names(self, names: Visibility) -> "View":
+        return replace(self, names=names)
+
+
+def _encode_continue(rv: str, name: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"rv": rv, "start": name})).decode().rstrip("=")
+
+
+def _decode_continue(token: str) -> tuple[str, str]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return str(data["rv"]), str(data["start"])
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise errors.BadRequest("continue key is not valid: malformed continue token") from None
+
+
+class WorkspaceStorage:
+    """See the module docstring; the watch lives in ``watch.py``."""
+
+    verbs = frozenset({"get", "list", "watch", "create", "delete"})
+    subresources: dict = {}
+
+    def __init__(self, shard: ShardClient, *, watch: Callable | None = None):
+        self.shard = shard
+        self._watch = watch
+
+    # ------------------------------------------------------------------ the view
+
+    def names(self, user: Any, org: str) -> Visibility:
+        """The names ``user`` may enter in ``org`` now: one rules review. Forbidden if it may not enter ``org``."""
+        if is_master(user):
+            return EVERYTHING
+        return visibility(self.shard.rules_for(user, org).resource_rules)
+
+    def view(self, request: Request) -> View:
+        """The caller's view, or the 403 of a caller that may not see workspaces of ``<org>`` at all."""
+        org = request.context.cluster
+        try:
+            names = self.names(request.user, org)
+        except errors.Forbidden:
+            raise forbidden(request.user, Attributes.from_request_info(request.info, org),
+                            f'it may not enter workspace "{org}"') from None
+        return View(request.user, org, request.context.api_domain_key == PERSONAL, names)
+
+    def current_names(self, view: View) -> Visibility:
+        """``view``'s names now; NOTHING once the caller may no longer enter the org (or it is gone)."""
+        try:
+            return self.names(view.user, view.org)
+        except (errors.Forbidden, errors.NotFound):
+            return NOTHING
+
+    def list_org(self, request: Request, query: ListQuery) -> dict:
+        """All ClusterWorkspaces of ``<org>`` matching the caller's selectors. A missing org is a 404 only for
+        those who could enter it if it existed (the shard's order: authorize, then look the cluster up)."""
+        upstream = ListQuery(label_selector=query.label_selector, field_selector=query.field_selector,
+                             resource_version=query.resource_version,
+                             resource_version_match=query.resource_version_match)
+        try:
+            return self.shard.list(CLUSTER_WORKSPACES, request.context.cluster, "", upstream)
+        except errors.NotFound:
+            self.view(request)
+            raise
+
+    def _not_found(self, name: str) -> errors.NotFound:
+        return errors.NotFound.for_resource(PLURAL, GROUP, name)
+
+    def _visible(self, request: Request, view: View, name: str) -> dict:
+        """The ClusterWorkspace ``name`` if the caller sees it; otherwise a 404, as if it did not exist."""
+        if name not in view.names:
+            raise self._not_found(name)
+        try:
+            obj = self.shard.get(CLUSTER_WORKSPACES, view.org, "", name)
+        except errors.NotFound:
+            raise self._not_found(name) from None
+        if not view.shows(obj):
+            raise self._not_found(name)
+        return obj
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, request: Request, namespace: str, name: str) -> dict:
+        return projection.to_workspace(self._visible(request, self.view(request), name))
+
+    def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
+        """The caller's workspaces. The org is listed before the rules are read, so a watch from the returned
+        resourceVersion replays every RBAC change the rules may not include. ``limit``/``continue`` page
+        the filtered result; a continued list shows the current state, as the shard's does."""
+        start = ""
+        if query.continue_token:
+            token_rv, start = _decode_continue(query.continue_token)
+            query = replace(query, resource_version="", resource_version_match="")
+        listed = self.list_org(request, query)
+        view = self.view(request)
+        rv = token_rv if query.continue_token else listed["metadata"].get("resourceVersion", "")
+        items = [obj for obj in listed["items"] if view.shows(obj) and obj["metadata"]["name"] > start]
+        metadata: dict = {"resourceVersion": rv}
+        if query.limit and len(items) > query.limit:
+            metadata["continue"] = _encode_continue(rv, items[query.limit - 1]["metadata"]["name"])
+            metadata["remainingItemCount"] = len(items) - query.limit
+            items = items[:query.limit]
+        return {"kind": LIST_KIND, "apiVersion": projection.API_VERSION, "metadata": metadata,
+                "items": [projection.to_workspace(obj) for obj in items]}
+
+    def watch(self, request: Request, namespace: str, query: ListQuery,
+              client_gone: Callable[[], bool] | None = None):
+        from kcp_virtual.workspaces.watch import WorkspaceWatch
+
+        return WorkspaceWatch.start(self, request, query, client_gone)
+
+    # ------------------------------------------------------------------ writes
+
+    def _authorize(self, request: Request, verb: str, name: str = "") -> None:
+        """A SubjectAccessReview of ``verb`` on clusterworkspaces in ``<org>``; the 403 names the workspace."""
+        user, org = request.user, request.context.cluster
+        if is_master(user):
+            return
+        decision = self.shard.subject_access_review(user, Attributes(
+            verb=verb, cluster=org, is_resource=True, api_group=GROUP, api_version=CLUSTER_WORKSPACES.version,
+            resource=CLUSTER_WORKSPACES.resource, name=name))
+        if not decision.allowed:
+            raise forbidden(user, Attributes(verb=verb, cluster=org, is_resource=True, api_group=GROUP,
+                                             api_version=VERSION, resource=PLURAL, name=name), decision.reason)
+
+    def create(self, request: Request, namespace: str, body: dict, *, dry_run: bool = False) -> dict:
+        user = request.user
+        given = ((body.get("metadata") or {}).get("annotations") or {}) if isinstance(body, dict) else {}
+        owner = projection.owner_annotation(user)
+        if is_master(user) and isinstance(given, dict) and isinstance(given.get(projection.OWNER_ANNOTATION), str):
+            owner = given[projection.OWNER_ANNOTATION]  # a privileged client creating on someone's behalf
+        obj = projection.to_cluster_workspace(body, owner)
+        self._authorize(request, "create")
+        try:
+            created = self.shard.create(CLUSTER_WORKSPACES, request.context.cluster, "", obj, dry_run=dry_run)
+        except errors.Invalid as exc:
+            details = exc.details or {}
+            raise errors.Invalid.for_fields(KIND, GROUP, details.get("name") or "",
+                                            details.get("causes") or []) if details.get("causes") else exc
+        except errors.AlreadyExists:
+            raise errors.AlreadyExists.for_resource(PLURAL, GROUP, obj["metadata"].get("name", "")) from None
+        return projection.to_workspace(created)
+
+    def delete(self, request: Request, namespace: str, name: str, options: dict | None = None) -> dict:
+        current = self._visible(request, self.view(request), name)
+        self._authorize(request, "delete", name)
+        options = dict(options or {})
+        options["preconditions"] = {"uid": current["metadata"].get("uid"), **(options.get("preconditions") or {})}
+        try:
+            result = self.shard.delete(CLUSTER_WORKSPACES, request.context.cluster, "", name, options=options)
+        except errors.NotFound:
+            raise self._not_found(name) from None
+        if result.get("kind") == "Status":
+            details = result.get("details")
+            if isinstance(details, dict):
+                result = {**result, "details": {**details, "group": GROUP, "kind": PLURAL}}
+            return result
+        return projection.to_workspace(result)
