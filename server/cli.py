@@ -150,7 +150,8 @@ def run_virtual_workspaces(args) -> int:
     client_ca = args.client_ca_file or str(root / "ca.crt")
     requestheader_ca = args.requestheader_client_ca_file or str(root / "requestheader-ca.crt")
     try:
-        factories = [*STOCK_VIRTUAL_WORKSPACES, *(load_factory(spec) for spec in args.virtual_workspace)]
+        extra = [load_factory(spec) for spec in args.virtual_workspace]
+        factories = [*STOCK_VIRTUAL_WORKSPACES, *(f for f in extra if f not in STOCK_VIRTUAL_WORKSPACES)]
         metrics = Metrics()
         app = build_app(args.kubeconfig, factories=factories, client_ca_file=client_ca,
                         requestheader_ca_file=requestheader_ca, context=args.context, metrics=metrics,

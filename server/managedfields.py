@@ -493,7 +493,9 @@ def _cap(entries: list[Entry]) -> list[Entry]:
     if excess <= 0:
         return entries
     oldest = updaters[:excess + 1]
-    bucket = Entry(ANCIENT_CHANGES, "Update", oldest[-1].api_version, oldest[-1].time, "",
+    version = oldest[-1].api_version
+    oldest += [e for e in updaters[excess + 1:] if e.identity == (ANCIENT_CHANGES, "Update", "", version)]
+    bucket = Entry(ANCIENT_CHANGES, "Update", version, max(e.time or "" for e in oldest) or None, "",
                    frozenset().union(*(e.fields for e in oldest)))
     dropped = {id(e) for e in oldest}
     return [e for e in entries if id(e) not in dropped] + [bucket]

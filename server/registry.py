@@ -287,7 +287,10 @@ class Registry:
         meta["creationTimestamp"] = now_rfc3339()
         meta["uid"] = str(uuid.uuid4())
         meta["annotations"] = {**(meta.get("annotations") or {}), CLUSTER_ANNOTATION: cluster}
-        meta["generation"] = 1
+        if rt.tracks_generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         if rt.has_status and rt.plural != "namespaces":
             obj.pop("status", None)
         causes = rt.prepare(obj, None)
@@ -397,7 +400,7 @@ class Registry:
                 new["status"] = _deep_copy(old["status"])
             else:
                 new.pop("status", None)
-        if _spec_changed(old, new):
+        if rt.tracks_generation and _spec_changed(old, new):
             meta["generation"] = old_meta.get("generation", 1) + 1
         return new
 

@@ -104,6 +104,12 @@ class ResourceType:
         return "status" in self.subresources
 
     @property
+    def tracks_generation(self) -> bool:
+        """Kube keeps ``metadata.generation`` for spec/status types (Deployments...) and every custom
+        resource; ConfigMaps, Secrets, RBAC objects and Namespaces have none."""
+        return (self.has_status and self.plural != "namespaces") or not self.allow_unconditional_update
+
+    @property
     def qualified(self) -> str:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 

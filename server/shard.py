@@ -14,6 +14,7 @@ import structlog
 
 from kcp_virtual.framework import ShardClient, VirtualWorkspace
 from kcp_virtual.framework.dispatcher import Dispatcher
+from kcp_virtual.workspaces import workspaces as workspaces_virtual_workspace
 from server import pki
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
@@ -42,7 +43,7 @@ log = structlog.get_logger("kcp.shard")
 #: A virtual workspace is built once the shard's app exists, from the ShardClient it talks to the shard with.
 VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
 #: What ``kcp start`` serves under /services/ (DESIGN.md section 4); each stock one is added here as it lands.
-STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = ()
+STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = (workspaces_virtual_workspace,)
 
 
 @dataclass

@@ -481,3 +481,7 @@ def scen_watch_floor(ctx: Context) -> Iterator[Row]:
         yield _fanout_row(ctx, fan_group, "trivial", c, t.pid, write, None)
     finally:
         ctx.close_client(c)
+
+
+# The virtual workspace rows (issue 5) register themselves on import; last, as they use the above.
+from . import scenarios_vw  # noqa: E402,F401

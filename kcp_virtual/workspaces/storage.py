@@ -37,6 +37,7 @@ __all__ = ["WorkspaceStorage", "View", "PERSONAL", "ALL"]
 
 ALL, PERSONAL = "all", "personal"
 LIST_KIND = f"{KIND}List"
+_DELETE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +200,18 @@ class WorkspaceStorage:
         current = self._visible(request, self.view(request), name)
         self._authorize(request, "delete", name)
         options = dict(options or {})
-        options["preconditions"] = {"uid": current["metadata"].get("uid"), **(options.get("preconditions") or {})}
-        try:
-            result = self.shard.delete(CLUSTER_WORKSPACES, request.context.cluster, "", name, options=options)
-        except errors.NotFound:
-            raise self._not_found(name) from None
+        given = dict(options.get("preconditions") or {})
+        options["preconditions"] = {"uid": current["metadata"].get("uid"), **given}
+        for attempt in range(_DELETE_ATTEMPTS):
+            try:
+                result = self.shard.delete(CLUSTER_WORKSPACES, request.context.cluster, "", name, options=options)
+                break
+            except errors.NotFound:
+                raise self._not_found(name) from None
+            except errors.Conflict:
+                # the controller wrote it meanwhile; without a version of the client's own, try again
+                if given.get("resourceVersion") or attempt == _DELETE_ATTEMPTS - 1:
+                    raise
         if result.get("kind") == "Status":
             details = result.get("details")
             if isinstance(details, dict):

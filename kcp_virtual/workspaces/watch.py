@@ -257,7 +257,7 @@ class WorkspaceWatch:
                 return
             self.progress[tag] = max(self.progress.get(tag, 0), rv)
             if event.type == "BOOKMARK":
-                bookmarked = True
+                bookmarked = bookmarked or tag[0] == _WORKSPACES  # one bookmark per bookmark of the workspaces
                 continue
             if event.type not in _OBJECT_EVENTS:
                 continue
@@ -281,10 +281,8 @@ class WorkspaceWatch:
             yield None
             return
         if bookmarked and self.query.allow_bookmarks:
-            safe = min(self.progress.values())
-            if safe > self.last_rv:
-                self.last_rv = safe
-                yield WatchEvent("BOOKMARK", projection.bookmark(safe))
+            self.last_rv = max(self.last_rv, min(self.progress.values()))
+            yield WatchEvent("BOOKMARK", projection.bookmark(self.last_rv))
 
     def _concerns_caller(self, kind: str, cluster: str, event) -> bool:
         bound = self.bound.get(cluster)
@@ -323,28 +321,33 @@ class WorkspaceWatch:
             return
         selective = bool(self.query.label_selector or self.query.field_selector)
         if changed is not None and len(changed) <= NAMED_LOOKUPS and not selective:
-            current = {}
             for name in sorted(changed):
-                if name in names and name not in self.shown:
-                    try:
-                        current[name] = self.shard.get(CLUSTER_WORKSPACES, self.org, "", name)
-                    except errors.NotFound:
-                        pass
-            candidates = sorted(changed)
-        else:
-            try:
-                listed = self.shard.list(CLUSTER_WORKSPACES, self.org, "", self._selectors())["items"]
-            except errors.NotFound:
-                listed = []
-            current = {_name(obj): obj for obj in listed}
-            candidates = sorted(set(current) | set(self.shown))
-        for name in candidates:
-            had = name in self.shown
+                if name not in names:
+                    gone = self.shown.pop(name, None)
+                    if gone is not None:
+                        yield WatchEvent("DELETED", projection.to_workspace(gone, self._label(rv)))
+                    continue
+                if name in self.shown:
+                    continue
+                try:
+                    obj = self.shard.get(CLUSTER_WORKSPACES, self.org, "", name)
+                except errors.NotFound:
+                    continue
+                if self.view.shows(obj):
+                    self.shown[name] = obj
+                    yield WatchEvent("ADDED", projection.to_workspace(obj, self._label(rv)))
+            return
+        try:
+            listed = self.shard.list(CLUSTER_WORKSPACES, self.org, "", self._selectors())["items"]
+        except errors.NotFound:
+            listed = []
+        current = {_name(obj): obj for obj in listed}
+        for name in sorted(set(current) | set(self.shown)):
             obj = current.get(name)
             now = obj is not None and self.view.shows(obj)
-            if now and not had:
+            if now and name not in self.shown:
                 self.shown[name] = obj
                 yield WatchEvent("ADDED", projection.to_workspace(obj, self._label(rv)))
-            elif had and not now and (obj is not None or changed is None or name in changed):
+            elif not now and name in self.shown:
                 gone = self.shown.pop(name)
                 yield WatchEvent("DELETED", projection.to_workspace(gone, self._label(rv)))

@@ -297,3 +297,13 @@ def test_bookmarks_and_watch_list(fast_bookmark_shard):
     marker = [i for i, line in enumerate(lines)
               if line["object"]["metadata"].get("annotations", {}).get("k8s.io/initial-events-end") == "true"]
     assert marker and all(line["type"] == "ADDED" for line in lines[:marker[0]])
+
+
+def test_configmaps_have_no_generation(core):
+    """As on kube: only spec/status types and custom resources carry metadata.generation."""
+    name = unique("gen")
+    cm = core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name),
+                                                                        data={"a": "1"}))
+    assert cm.metadata.generation is None
+    cm = core.patch_namespaced_config_map(name, "default", {"data": {"a": "2"}})
+    assert cm.metadata.generation is None

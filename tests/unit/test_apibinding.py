@@ -272,7 +272,8 @@ def test_bind_needs_the_bind_verb(world):
     world.registry.create(roles, "root:p1", "", {"metadata": {"name": "bind-widgets"}, "rules": [
         {"apiGroups": ["apis.kcp.dev"], "resources": ["apiexports"], "verbs": ["bind"], "resourceNames": ["widgets"]}]})
     world.registry.create(role_bindings, "root:p1", "", {
-        "metadata": {"name": "bind-widgets"}, "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "bind-widgets"},
+        "metadata": {"name": "bind-widgets"},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "bind-widgets"},
         "subjects": [{"kind": "User", "apiGroup": rbac, "name": "bob"}]})
     services = SimpleNamespace(registry=world.registry, authorizer=RBACAuthorizer(world.registry))
 

@@ -185,13 +185,15 @@ def test_sent_managed_fields_replace_the_stored_ones_and_a_single_empty_entry_re
 
 def test_update_managers_are_capped_into_ancient_changes():
     obj = configmap({})
-    for i in range(MAX_UPDATE_MANAGERS + 2):
+    for i in range(MAX_UPDATE_MANAGERS + 3):
         new = json.loads(json.dumps(obj))
         new["data"][f"k{i}"] = "v"
         new["metadata"]["managedFields"] = after_update(CONFIGMAP, obj, new, f"m{i:02d}")
         obj = new
     managers = [e["manager"] for e in obj["metadata"]["managedFields"]]
-    assert len(managers) == MAX_UPDATE_MANAGERS and "ancient-changes" in managers and "m00" not in managers
+    assert len(managers) == MAX_UPDATE_MANAGERS and managers.count("ancient-changes") == 1 and "m00" not in managers
+    ancient = fields_of(obj, "ancient-changes")["f:data"]
+    assert {"f:k0", "f:k1", "f:k2"} <= set(ancient)
 
 
 # ---------------------------------------------------------------------------------------------- apply
