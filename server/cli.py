@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from kcp_virtual.cli import workspace as workspace_cli
+
 
 def _start_parser(sub) -> None:
     start = sub.add_parser("start", help="run a kcp shard (embedded SQLite storage by default)")
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _start_parser(sub)
     _virtual_workspaces_parser(sub)
+    workspace_cli.add_parser(sub)
     return parser
 
 

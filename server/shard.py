@@ -12,6 +12,7 @@ from typing import Callable
 
 import structlog
 
+from kcp_virtual.apiexport import apiexport as apiexport_virtual_workspace
 from kcp_virtual.framework import ShardClient, VirtualWorkspace
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.workspaces import workspaces as workspaces_virtual_workspace
@@ -43,7 +44,8 @@ log = structlog.get_logger("kcp.shard")
 #: A virtual workspace is built once the shard's app exists, from the ShardClient it talks to the shard with.
 VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
 #: What ``kcp start`` serves under /services/ (DESIGN.md section 4); each stock one is added here as it lands.
-STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = (workspaces_virtual_workspace,)
+STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = (workspaces_virtual_workspace,
+                                                                  apiexport_virtual_workspace)
 
 
 @dataclass

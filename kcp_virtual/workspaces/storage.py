@@ -11,7 +11,8 @@ staler than the request itself. Who may do what:
 * get and delete of a workspace outside the view are a 404, whether or not it exists.
 * create needs ``create`` on ``clusterworkspaces`` in ``<org>`` (a SubjectAccessReview); the
   ClusterWorkspace is created with the caller as owner, so the owner grants follow.
-* delete needs ``delete`` on that ClusterWorkspace (owners have it).
+* delete needs ``delete`` on that ClusterWorkspace (owners have it); patch (labels and annotations
+  only, ``patching.py``) needs ``patch`` on it.
 
 The shard is called with the virtual workspace's own identity once the caller has been checked
 here (so the shard's answers are about the objects, never about the caller's rights).
@@ -29,7 +30,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, forbidden, is_master
 from kcp_virtual.framework.shardclient import ListQuery, ShardClient
 from kcp_virtual.framework.virtualworkspace import Request
-from kcp_virtual.workspaces import projection
+from kcp_virtual.workspaces import patching, projection
 from kcp_virtual.workspaces.projection import CLUSTER_WORKSPACES, GROUP, KIND, PLURAL, VERSION
 from kcp_virtual.workspaces.visibility import EVERYTHING, NOTHING, Visibility, visibility
 
@@ -37,7 +38,15 @@ __all__ = ["WorkspaceStorage", "View", "PERSONAL", "ALL"]
 
 ALL, PERSONAL = "all", "personal"
 LIST_KIND = f"{KIND}List"
-_DELETE_ATTEMPTS = 8
+_WRITE_ATTEMPTS = _DELETE_ATTEMPTS = 8
+
+
+def _as_workspace_invalid(exc: errors.Invalid) -> errors.Invalid:
+    """The shard's 422 about the ClusterWorkspace, told about the Workspace the caller wrote."""
+    details = exc.details or {}
+    if not details.get("causes"):
+        return exc
+    return errors.Invalid.for_fields(KIND, GROUP, details.get("name") or "", details["causes"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +83,7 @@ def _decode_continue(token: str) -> tuple[str, str]:
 class WorkspaceStorage:
     """See the module docstring; the watch lives in ``watch.py``."""
 
-    verbs = frozenset({"get", "list", "watch", "create", "delete"})
+    verbs = frozenset({"get", "list", "watch", "create", "delete", "patch"})
     subresources: dict = {}
 
     def __init__(self, shard: ShardClient, *, watch: Callable | None = None):
@@ -189,12 +198,34 @@ class WorkspaceStorage:
         try:
             created = self.shard.create(CLUSTER_WORKSPACES, request.context.cluster, "", obj, dry_run=dry_run)
         except errors.Invalid as exc:
-            details = exc.details or {}
-            raise errors.Invalid.for_fields(KIND, GROUP, details.get("name") or "",
-                                            details.get("causes") or []) if details.get("causes") else exc
+            raise _as_workspace_invalid(exc) from None
         except errors.AlreadyExists:
             raise errors.AlreadyExists.for_resource(PLURAL, GROUP, obj["metadata"].get("name", "")) from None
         return projection.to_workspace(created)
+
+    def patch(self, request: Request, namespace: str, name: str, patch_type: str, patch: Any, *,
+              subresource: str = "", dry_run: bool = False) -> dict:
+        """Labels and annotations only (``patching.py``); needs ``patch`` on that ClusterWorkspace."""
+        view = self.view(request)
+        for attempt in range(_WRITE_ATTEMPTS):
+            current = self._visible(request, view, name)
+            if not attempt:
+                self._authorize(request, "patch", name)
+            labels, annotations, pinned = patching.patched_metadata(projection.to_workspace(current), patch_type,
+                                                                    patch)
+            body = {**current, "metadata": {**current["metadata"], "labels": labels, "annotations": annotations}}
+            try:
+                updated = self.shard.update(CLUSTER_WORKSPACES, view.org, "", name, body, dry_run=dry_run)
+            except errors.Conflict:
+                if pinned:
+                    raise errors.Conflict.modified(PLURAL, GROUP, name) from None
+                continue  # the controller wrote it meanwhile: patch the new version
+            except errors.NotFound:
+                raise self._not_found(name) from None
+            except errors.Invalid as exc:
+                raise _as_workspace_invalid(exc) from None
+            return projection.to_workspace(updated)
+        raise errors.Conflict.modified(PLURAL, GROUP, name)
 
     def delete(self, request: Request, namespace: str, name: str, options: dict | None = None) -> dict:
         current = self._visible(request, self.view(request), name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -210,6 +211,10 @@ class EventStream:
         return found
 
     def close(self):
+        try:
+            self.response.shutdown()  # unblocks the reading thread
+        except (RuntimeError, ValueError):
+            pass  # the watch ended already
         self.response.close()
         self.http.clear()
 
@@ -399,6 +404,7 @@ def test_resume_across_a_permission_change_is_410(env):
     """A client resuming from before its permissions changed cannot be told what changed: 410, so it relists."""
     org = env.new_org()
     env.create_cluster_workspace(org, "w")
+    wait_for(lambda: env.phase(org, "w") == "Ready", "the workspace to be Ready")
     status, listed = env.call("GET", "bob", env.path(org))
     assert status == 200 and listed["items"] == []
     env.grant(org, "bob-w", [("User", "bob")], names=["w"])
@@ -514,7 +520,7 @@ def test_discovery_and_openapi(env):
     assert status == 200
     (resource,) = body["resources"]
     assert resource["name"] == "workspaces" and resource["kind"] == "Workspace" and not resource["namespaced"]
-    assert set(resource["verbs"]) == {"get", "list", "watch", "create", "delete"}
+    assert set(resource["verbs"]) == {"get", "list", "watch", "create", "delete", "patch"}
     status, root = env.call("GET", "bob", f"workspaces/{org}/all/openapi/v3")
     assert status == 200
     (path,) = [p for p in root["paths"] if p.endswith(f"apis/{GROUP}/{VERSION}")]
@@ -529,9 +535,14 @@ def test_kubectl(env):
     kubeconfig = env.user_kubeconfig("alice", org)
     manifest = yaml.safe_dump(workspace("from-kubectl"))
 
+    home = env.vw.workdir / "kubectl-home"
+
+    def command(*args):
+        return ["kubectl", f"--cache-dir={home / 'cache'}", f"--kubeconfig={kubeconfig}", *args]
+
     def kubectl(*args, check=True, input=None):
-        return env.vw.kubectl(f"workspaces/{org}/all", f"--kubeconfig={kubeconfig}", *args, check=check,
-                              input=input)
+        return subprocess.run(command(*args), env=env.vw.kubectl_env(), input=input, capture_output=True, text=True,
+                              check=check, timeout=60)
 
     assert "created" in kubectl("create", "-f", "-", input=manifest).stdout
     wait_for(lambda: "from-kubectl" in kubectl("get", "workspaces").stdout, "the owner grant")
@@ -542,12 +553,15 @@ def test_kubectl(env):
     shown = yaml.safe_load(kubectl("get", "workspace", "from-kubectl", "-o", "yaml").stdout)
     assert shown["kind"] == "Workspace" and shown["metadata"]["name"] == "from-kubectl"
     assert "NotFound" in kubectl("get", "workspace", "hidden", check=False).stderr
+    # labels: a patch, which needs patch on the ClusterWorkspace (owners have get and delete)
+    assert "Forbidden" in kubectl("label", "workspace", "from-kubectl", "tier=gold", check=False).stderr
+    env.grant(org, "alice-patches", [("User", "alice")], names=None, verbs=("patch",), resource="clusterworkspaces")
+    assert "labeled" in kubectl("label", "workspace", "from-kubectl", "tier=gold").stdout
+    assert "tier=gold" in kubectl("get", "workspace", "from-kubectl", "--show-labels").stdout
+    assert "may not be changed" in kubectl("patch", "workspace", "from-kubectl", "--type=merge", "-p",
+                                           '{"spec":{"type":{"name":"other"}}}', check=False).stderr
     # kubectl get -w: lines as workspaces come and go
-    process = env.vw.kubectl_command(f"workspaces/{org}/all", f"--kubeconfig={kubeconfig}", "get", "workspaces",
-                                     "-w", "--output-watch-events")
-    import subprocess
-
-    watcher = subprocess.Popen(process, env=env.vw.kubectl_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    watcher = subprocess.Popen(command("get", "workspaces", "-w", "--output-watch-events"), env=env.vw.kubectl_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     lines_seen: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines_seen.put(line) for line in watcher.stdout], daemon=True).start()

@@ -1,0 +1,5 @@
+"""An example controller of an exported API, written against the apiexport virtual workspace (see README.md)."""
+
+from examples.widget_controller.controller import VirtualWorkspaceWatcher, WidgetController
+
+__all__ = ["VirtualWorkspaceWatcher", "WidgetController"]
