@@ -34,7 +34,8 @@ from kcp_virtual.framework.authorization import Attributes
 from kcp_virtual.framework.shardclient import User
 from kcp_virtual.framework.virtualworkspace import is_cluster_name
 
-__all__ = ["DelegatedAuthenticator", "impersonate", "AUTHENTICATED", "DEFAULT_ALLOWED_NAMES", "load_certificates"]
+__all__ = ["DelegatedAuthenticator", "impersonate", "AUTHENTICATED", "DEFAULT_ALLOWED_NAMES", "load_certificates",
+           "CertificateIssuers", "header_values", "extra_key"]
 
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
@@ -56,18 +57,23 @@ def load_certificates(path: str | Path) -> list[x509.Certificate]:
     return certs
 
 
-def _values(value: str | None) -> list[str]:
-    """A header's values; WSGI servers join repeated headers with commas."""
+def header_values(value: str | None) -> list[str]:
+    """Values of a header that may have been repeated; WSGI servers join repeats with commas."""
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def extra_key(environ_suffix: str) -> str:
+    """The extra key from the environ name's tail: WSGI upper-cases and maps ``-`` to ``_`` (headers with
+    a real ``_`` are dropped by the server), kube lower-cases and percent-decodes it."""
+    return unquote(environ_suffix.lower().replace("_", "-"))
+
+
 def _extra(environ: dict, prefix: str, *, remove: bool) -> dict[str, tuple[str, ...]]:
-    """``<prefix><KEY>`` environ entries as extra: WSGI upper-cases names and turns ``-`` into ``_`` (real
-    underscores never arrive), kube lower-cases and percent-decodes the key."""
+    """``<prefix><KEY>`` environ entries as extra (keys as ``extra_key`` reads them)."""
     extra = {}
     for name in [n for n in environ if n.startswith(prefix) and len(n) > len(prefix)]:
         value = environ.pop(name) if remove else environ[name]
-        extra[unquote(name[len(prefix):].lower().replace("_", "-"))] = tuple(_values(value))
+        extra[extra_key(name[len(prefix):])] = tuple(header_values(value))
     return extra
 
 
@@ -77,11 +83,13 @@ def _with_authenticated(user: User) -> User:
     return User(user.name, user.uid, (*user.groups, AUTHENTICATED), user.extra)
 
 
-class _Issuers:
-    """Which of our CAs issued a verified certificate (by signature, once per certificate)."""
+class CertificateIssuers:
+    """Whether one of our CAs issued a verified certificate: by signature, since an issuer CN is only a name;
+    checked once per certificate (at most ``cache_size`` remembered)."""
 
-    def __init__(self, cas: Iterable[x509.Certificate]):
+    def __init__(self, cas: Iterable[x509.Certificate], *, cache_size: int = _CACHE_SIZE):
         self.cas = list(cas)
+        self.cache_size = cache_size
         self._known: dict[bytes, bool] = {}
 
     def issued(self, der: bytes | None) -> bool:
@@ -90,7 +98,7 @@ class _Issuers:
         known = self._known.get(der)
         if known is None:
             known = self._verify(der)
-            if len(self._known) >= _CACHE_SIZE:
+            if len(self._known) >= self.cache_size:
                 self._known.clear()
             self._known[der] = known
         return known
@@ -137,8 +145,8 @@ class DelegatedAuthenticator:
                  requestheader_cas: Iterable[x509.Certificate], allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES,
                  token_ttl: float = TOKEN_TTL):
         self.shard = shard
-        self.client_issuers = _Issuers(client_cas)
-        self.requestheader_issuers = _Issuers(requestheader_cas)
+        self.client_issuers = CertificateIssuers(client_cas)
+        self.requestheader_issuers = CertificateIssuers(requestheader_cas)
         self.allowed_names = frozenset(allowed_names)
         self.token_ttl = token_ttl
         self._tokens: dict[bytes, tuple[float, User]] = {}
@@ -172,7 +180,7 @@ class DelegatedAuthenticator:
         extra = _extra(environ, _EXTRA, remove=True)
         if name is None or not name.strip() or not self.trusted_proxy(peer):
             return None
-        return _with_authenticated(User(name.strip(), (uid or "").strip(), tuple(_values(groups)), extra))
+        return _with_authenticated(User(name.strip(), (uid or "").strip(), tuple(header_values(groups)), extra))
 
     # ------------------------------------------------------------------ tokens
 
@@ -210,7 +218,7 @@ def impersonate(environ: dict, user: User) -> User:
     if not any(key.startswith(_IMPERSONATE) for key in environ):
         return user
     name = (environ.pop("HTTP_IMPERSONATE_USER", None) or "").strip()
-    groups = _values(environ.pop("HTTP_IMPERSONATE_GROUP", None))
+    groups = header_values(environ.pop("HTTP_IMPERSONATE_GROUP", None))
     uid = (environ.pop("HTTP_IMPERSONATE_UID", None) or "").strip()
     extra = _extra(environ, "HTTP_IMPERSONATE_EXTRA_", remove=True)
     for key in [k for k in environ if k.startswith(_IMPERSONATE)]:

@@ -32,6 +32,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.negotiation import MAX_BODY_BYTES, read_limited_body  # MAX_BODY_BYTES: re-exported
 from kcp_virtual.framework.watchstream import WatchResponse
 
 __all__ = ["client_context", "https_pool", "proxy_request_headers", "relay", "interrupt", "unavailable",
@@ -39,8 +40,6 @@ __all__ = ["client_context", "https_pool", "proxy_request_headers", "relay", "in
 
 log = structlog.get_logger("kcp.forwarding")
 
-#: Request bodies a proxy accepts (kube-apiserver's limit for a single object).
-MAX_BODY_BYTES = 3 * 1024 * 1024
 CONNECT_TIMEOUT = 5.0
 #: Responses up to this size with a Content-Length are read whole and answered in one write.
 BUFFERED_RESPONSE_BYTES = 1024 * 1024
@@ -144,12 +143,7 @@ def request_target(request) -> str:
 
 def read_body(stream, content_length: int | None) -> bytes | None:
     """The request body (None when there is none), at most ``MAX_BODY_BYTES`` or a 413."""
-    if content_length is not None and content_length > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    data = stream.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    return data or None
+    return read_limited_body(stream, content_length) or None
 
 
 def interrupt(response: urllib3.BaseHTTPResponse) -> None:

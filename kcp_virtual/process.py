@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 from kcp_virtual.delegated import DEFAULT_ALLOWED_NAMES, DelegatedAuthenticator, impersonate, load_certificates
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.dispatcher import Dispatcher
+from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.shardclient import ShardClient
 from kcp_virtual.framework.virtualworkspace import VirtualWorkspace
 from kcp_virtual.remote import RemoteShardClient
@@ -30,7 +31,6 @@ __all__ = ["VirtualWorkspacesApp", "load_factory", "build_app", "VirtualWorkspac
 log = structlog.get_logger("kcp.virtual")
 
 VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
-HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 
 
 def load_factory(spec: str) -> VirtualWorkspaceFactory:
@@ -46,14 +46,6 @@ def load_factory(spec: str) -> VirtualWorkspaceFactory:
     return target
 
 
-def _safe(probe: Callable[[], bool]) -> bool:
-    try:
-        return bool(probe())
-    except Exception:  # noqa: BLE001 - a failing probe is "not ready", not a failed health endpoint
-        log.exception("readiness check failed")
-        return False
-
-
 class VirtualWorkspacesApp:
     """WSGI app of the external process; ``readiness`` has ``ping``, ``shard`` and one check per virtual workspace."""
 
@@ -67,20 +59,13 @@ class VirtualWorkspacesApp:
                                                          **dispatcher.readiness()}
 
     def __call__(self, environ, start_response):
-        request = Request(environ)
-        try:
-            response = self.dispatch(request)
-        except errors.StatusError as exc:
-            response = exc.get_response()
-        except Exception as exc:  # a bug must still answer a Status, and be logged with its traceback
-            log.exception("unhandled error", path=request.path)
-            response = errors.InternalError(f"{type(exc).__name__}: {exc}").get_response()
+        response = errors.respond(self.dispatch, Request(environ), log)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
-        if path in HEALTH_PATHS or path.startswith(tuple(p + "/" for p in HEALTH_PATHS)):
-            return self._health(request, path)
+        if is_health_path(path):
+            return health_response(request, path, self.readiness, log=log)
         if path in ("/version", "/version/"):
             return Response(orjson.dumps(self.shard.version()), content_type="application/json")
         environ = request.environ
@@ -95,23 +80,6 @@ class VirtualWorkspacesApp:
         if path.startswith("/services/"):
             return self.dispatcher(request, user)
         raise errors.NotFound.path()
-
-    def _health(self, request: Request, path: str) -> Response:
-        base, _, check = path.lstrip("/").partition("/")
-        checks = self.readiness if base == "readyz" else {"ping": lambda: True}
-        if check:
-            probe = checks.get(check)
-            if probe is None:
-                raise errors.NotFound.path()
-            ok = _safe(probe)
-            return Response("ok" if ok else f"{check} failed", status=200 if ok else 500, content_type="text/plain")
-        results = {name: _safe(probe) for name, probe in checks.items()}
-        healthy = all(results.values())
-        if "verbose" in request.args or not healthy:
-            lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}" for name, ok in results.items()]
-            lines.append(f"{base} check {'passed' if healthy else 'failed'}")
-            return Response("\n".join(lines) + "\n", status=200 if healthy else 500, content_type="text/plain")
-        return Response("ok", content_type="text/plain")
 
 
 def build_app(kubeconfig: str, *, factories: Iterable[VirtualWorkspaceFactory], client_ca_file: str,

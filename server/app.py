@@ -14,6 +14,7 @@ from typing import Callable
 import structlog
 from werkzeug.wrappers import Request, Response
 
+from kcp_virtual.framework.health import health_response, is_health_path
 from server import discovery, errors, negotiation
 from server.openapi import OpenAPIIndex
 from server.auth import impersonation
@@ -30,7 +31,6 @@ log = structlog.get_logger("kcp.shard")
 VERSION_INFO = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+kcp-virtual", "gitCommit": "kcp-virtual",
                 "gitTreeState": "clean", "buildDate": "2026-11-25T00:00:00Z", "goVersion": "python3.11",
                 "compiler": "cpython", "platform": "linux/amd64"}
-HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 _CLUSTER_NAME = re.compile(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$")
 DEFAULT_CLUSTER = "root"
 
@@ -73,20 +73,13 @@ class ShardApp:
     # ------------------------------------------------------------------ WSGI
 
     def __call__(self, environ, start_response):
-        request = Request(environ)
-        try:
-            response = self.dispatch(request)
-        except errors.StatusError as exc:
-            response = exc.get_response()
-        except Exception as exc:  # a bug must still answer a Status, and be logged with its traceback
-            log.exception("unhandled error", path=request.path)
-            response = errors.InternalError(f"{type(exc).__name__}: {exc}").get_response()
+        response = errors.respond(self.dispatch, Request(environ), log)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
-        if path in HEALTH_PATHS or path.startswith(tuple(p + "/" for p in HEALTH_PATHS)):
-            return self._health(request, path)
+        if is_health_path(path):
+            return health_response(request, path, self.readiness)
         if path == "/version" or path == "/version/":
             return json_response(VERSION_INFO)
         cluster, rest, prefix = DEFAULT_CLUSTER, path, ""
@@ -199,27 +192,3 @@ class ShardApp:
 
     def _storage_ready(self) -> bool:
         return self.registry.store is not None
-
-    def _health(self, request: Request, path: str) -> Response:
-        base, _, check = path.lstrip("/").partition("/")
-        checks = {"ping": lambda: True} if base != "readyz" else self.readiness
-        if check:
-            probe = checks.get(check)
-            if probe is None:
-                raise errors.NotFound.path()
-            ok = _safe(probe)
-            return Response("ok" if ok else f"{check} failed", status=200 if ok else 500, content_type="text/plain")
-        results = {name: _safe(probe) for name, probe in checks.items()}
-        healthy = all(results.values())
-        if "verbose" in request.args or not healthy:
-            lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}" for name, ok in results.items()]
-            lines.append(f"{base} check {'passed' if healthy else 'failed'}")
-            return Response("\n".join(lines) + "\n", status=200 if healthy else 500, content_type="text/plain")
-        return Response("ok", content_type="text/plain")
-
-
-def _safe(probe: Callable[[], bool]) -> bool:
-    try:
-        return bool(probe())
-    except Exception:  # a failing probe is "not ready", not a 500 from the health endpoint itself
-        return False

@@ -50,7 +50,6 @@ def _boolean(value: str) -> bool:
 
 
 def run_start(args) -> int:
-    import gevent
     import structlog
 
     from kcp_virtual.process import load_factory
@@ -90,6 +89,13 @@ def run_start(args) -> int:
     if not args.run_virtual_workspaces:
         print(f"virtual workspaces: {shard.url}/services/* is forwarded to {args.shard_virtual_workspace_url}",
               flush=True)
+    return _serve_until_signalled(shard, log)
+
+
+def _serve_until_signalled(server, log) -> int:
+    """Block until SIGINT or SIGTERM, then stop ``server`` (the shard, or the virtual-workspace server)."""
+    import gevent
+    import gevent.event
 
     stopping = gevent.event.Event()
 
@@ -101,7 +107,7 @@ def run_start(args) -> int:
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
     gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     stopping.wait()
-    shard.stop()
+    server.stop()
     log.info("stopped")
     return 0
 
@@ -137,7 +143,6 @@ def _virtual_workspaces_parser(sub) -> None:
 
 def run_virtual_workspaces(args) -> int:
     """``kcp virtual-workspaces``: kcp_virtual.process's app behind this project's TLS server and request log."""
-    import gevent
     import structlog
 
     from kcp_virtual.process import build_app, load_factory
@@ -172,20 +177,7 @@ def run_virtual_workspaces(args) -> int:
     names = ", ".join(vw.name for vw in app.dispatcher.workspaces) or "none"
     print(f"kcp virtual workspaces are serving on https://{host}:{server.port}/services/ ({names}); "
           f"shard: {app.shard.url}", flush=True)
-
-    stopping = gevent.event.Event()
-
-    def stop(signum=None):
-        if not stopping.is_set():
-            log.info("shutting down", signal=signal.Signals(signum).name if signum else None)
-            stopping.set()
-
-    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
-    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
-    stopping.wait()
-    server.stop()
-    log.info("stopped")
-    return 0
+    return _serve_until_signalled(server, log)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 
-import orjson
-import yaml
 from werkzeug.wrappers import Request, Response
 
+from kcp_virtual.framework.negotiation import json_response
+from kcp_virtual.framework.shardclient import list_limit, resource_version_match
 from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_gone_check, table_lines
 from server import errors, managedfields, negotiation, patch as patches, protobuf, table
 from server.registry import ListOptions, Registry, WatchEvent, parse_resource_version
@@ -22,7 +22,6 @@ from server.resources import RequestContext, ResourceType
 from server.schema.fieldvalidation import FieldValidation
 from server.selectors import FieldSelector, LabelSelector
 
-MAX_BODY_BYTES = 3 * 1024 * 1024
 JSON = "application/json"
 JSON_ONLY = (JSON,)  # responses are JSON; YAML and protobuf are never produced
 TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
@@ -36,19 +35,9 @@ _PATCH_CONTENT_TYPES = {
 }
 
 
-def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type=content_type, headers=headers)
-
-
 def read_body(request: Request) -> bytes:
     """The request body, refusing more than 3 MiB (kube's limit for JSON bodies) with a 413 Status."""
-    length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    data = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    return data
+    return negotiation.read_limited_body(request.stream, request.content_length)
 
 
 def decode_body(request: Request, *, allow_empty: bool = False):
@@ -72,15 +61,7 @@ def _decode(data: bytes, kind: str):
             raise errors.UnsupportedMediaType(
                 f'protobuf request bodies of kind "{exc.kind}" (apiVersion "{exc.api_version}") are not supported; '
                 "send this object as application/json") from None
-    if kind in ("yaml", "apply-patch"):
-        try:
-            return yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise errors.BadRequest(f"error converting YAML to JSON: {exc}") from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise errors.BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
+    return negotiation.parse_body(data, kind)
 
 
 def _flag(query, name: str) -> bool:
@@ -167,7 +148,7 @@ class ResourceAPI:
                                      idle_check=peer_gone_check(request.environ),
                                      idle_interval=self.idle_interval)
         if rt.convert is not None:
-            events = _converted(events, rt.convert)
+            events = converted_events(events, rt.convert)
         if table_version:
             stream = table_lines(events, rt.table_columns(), negotiation.include_object(query.get("includeObject")),
                                   table_version)
@@ -288,19 +269,10 @@ class ResourceAPI:
     @staticmethod
     def _list_options(request, rt: ResourceType) -> ListOptions:
         query = request.args
-        limit = query.get("limit", "")
-        try:
-            limit_value = int(limit) if limit else 0
-            if limit_value < 0:
-                raise ValueError
-        except ValueError:
-            raise errors.BadRequest(f'limit: Invalid value: "{limit}": must be a non-negative integer') from None
+        limit_value = list_limit(query)
         label = query.get("labelSelector", "")
         field = query.get("fieldSelector", "")
-        match = query.get("resourceVersionMatch", "")
-        if match not in ("", "NotOlderThan", "Exact"):
-            raise errors.BadRequest(f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
-                                    '"Exact", "NotOlderThan"')
+        match = resource_version_match(query)
         return ListOptions(
             label_selector=LabelSelector.parse(label) if label.strip() else None,
             field_selector=FieldSelector.parse(field, rt.field_selectors) if field.strip() else None,
@@ -308,7 +280,7 @@ class ResourceAPI:
             resource_version=query.get("resourceVersion", ""), resource_version_match=match)
 
 
-def _converted(events, convert):
+def converted_events(events, convert):
     """Watch events with their objects shown in the watched version; closing it closes ``events``."""
     try:
         for event in events:
@@ -319,4 +291,4 @@ def _converted(events, convert):
         events.close()
 
 
-__all__ = ["ResourceAPI", "json_response", "decode_body", "read_body", "WatchEvent"]
+__all__ = ["ResourceAPI", "json_response", "decode_body", "read_body", "converted_events", "WatchEvent"]

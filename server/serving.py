@@ -408,6 +408,15 @@ def _shutdown_read(sock) -> None:
         dup.close()
 
 
+def _open_fd(sock) -> int | None:
+    """The descriptor of ``sock``, or None once it is closed."""
+    try:
+        fd = sock.fileno()
+    except (OSError, ValueError):
+        return None
+    return fd if fd >= 0 else None
+
+
 def wait_for_socket_eof(sock, check_interval: float = 30.0) -> bool:
     """Block the calling greenlet until the peer of ``sock`` has gone; return whether it has.
 
@@ -431,11 +440,8 @@ def wait_for_socket_eof(sock, check_interval: float = 30.0) -> bool:
     long a wait on an fd that was closed elsewhere can hang.
     """
     while True:
-        try:
-            fd = sock.fileno()
-        except (OSError, ValueError):
-            return True
-        if fd < 0:
+        fd = _open_fd(sock)
+        if fd is None:
             return True
         try:
             wait_read(fd, timeout=check_interval)
@@ -443,11 +449,7 @@ def wait_for_socket_eof(sock, check_interval: float = 30.0) -> bool:
             continue  # re-check that the socket is still ours and open
         except OSError:
             return True
-        try:
-            fd = sock.fileno()
-        except (OSError, ValueError):
-            return True
-        if fd < 0:
+        if _open_fd(sock) is None:
             return True
         if hasattr(sock, "_sslobj"):
             sslobj = sock._sslobj

@@ -25,9 +25,9 @@ from server import errors
 from server.app import VERSION_INFO, ShardApp
 from server.auth.authz import Attributes, forbidden_message
 from server.auth.user import UserInfo
-from server.registry import ListOptions, WILDCARD, WatchEvent, parse_resource_version
+from server.registry import ListOptions, WILDCARD, parse_resource_version
 from server.resources import RequestContext, ResourceType
-from server.rest import MIN_WATCH_TIMEOUT
+from server.rest import MIN_WATCH_TIMEOUT, converted_events
 from server.selectors import FieldSelector, LabelSelector
 
 __all__ = ["InProcessShardClient", "PRIVILEGED"]
@@ -118,7 +118,7 @@ class InProcessShardClient:
                                      allow_bookmarks=query.allow_bookmarks, bookmark_interval=api.bookmark_interval,
                                      deadline=time.monotonic() + max(seconds, 0), idle_check=client_gone,
                                      idle_interval=api.idle_interval)
-        return events if rt.convert is None else _converted(events, rt.convert)
+        return events if rt.convert is None else converted_events(events, rt.convert)
 
     # ------------------------------------------------------------------ writes
 
@@ -191,14 +191,3 @@ class InProcessShardClient:
 
     def version(self) -> dict:
         return VERSION_INFO
-
-
-def _converted(events, convert):
-    """Watch events with their objects in the watched version; closing it closes ``events``."""
-    try:
-        for event in events:
-            if event.type in ("ADDED", "MODIFIED", "DELETED"):
-                event = WatchEvent(event.type, convert(event.object))
-            yield event
-    finally:
-        events.close()

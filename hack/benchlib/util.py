@@ -69,45 +69,53 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_kib(pid: int, tree: bool = True) -> int:
-    """VmRSS of pid (plus its descendants when tree) in KiB."""
-    total, todo, seen = 0, [pid], set()
+def _sum_over_tree(pid: int, tree: bool, measure, total):
+    """``total`` plus ``measure(p)`` of pid (and its descendants when tree); a process ``measure`` cannot
+    read (None: gone meanwhile) counts nothing and its children are not visited."""
+    todo, seen = [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
+        value = measure(p)
+        if value is None:
             continue
+        total += value
         if tree:
             todo.extend(_children(p))
     return total
+
+
+def _rss(p: int) -> int | None:
+    try:
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return 0
+
+
+def rss_kib(pid: int, tree: bool = True) -> int:
+    """VmRSS of pid (plus its descendants when tree) in KiB."""
+    return _sum_over_tree(pid, tree, _rss, 0)
 
 
 def cpu_seconds(pid: int, tree: bool = True) -> float:
     """user+system CPU seconds of pid (plus its live descendants when tree)."""
     tck = os.sysconf("SC_CLK_TCK")
-    total, todo, seen = 0.0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+
+    def cpu(p: int) -> float | None:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tck
+            return (int(fields[11]) + int(fields[12])) / tck
         except (OSError, IndexError, ValueError):
-            continue
-        if tree:
-            todo.extend(_children(p))
-    return total
+            return None
+
+    return _sum_over_tree(pid, tree, cpu, 0.0)
 
 
 def background_busy(seconds: float = 1.0) -> float:

@@ -8,14 +8,16 @@ import ``server``) raise and catch the very same exceptions; ``server.errors`` r
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import orjson
 from werkzeug.exceptions import HTTPException
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 __all__ = ["STATUS_CONTENT_TYPE", "StatusError", "qualified", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
            "MethodNotAllowed", "NotAcceptable", "AlreadyExists", "Conflict", "Gone", "RequestEntityTooLarge",
            "UnsupportedMediaType", "Invalid", "TooManyRequests", "InternalError", "ServiceUnavailable", "Timeout",
-           "expired", "status_success"]
+           "expired", "status_success", "respond"]
 
 STATUS_CONTENT_TYPE = "application/json"
 
@@ -189,3 +191,15 @@ def status_success(name: str, group: str, kind: str, uid: str | None = None) -> 
     """The body of a successful delete of an object removed at once."""
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": _details(name, group, kind, uid=uid)}
+
+
+def respond(dispatch: Callable[[Request], Response], request: Request, log: Any) -> Response:
+    """``dispatch(request)`` with any error answered as a Status: a bug still answers one (a 500, its traceback
+    logged to ``log``), never a dropped connection. The WSGI entry of the shard and of the external process."""
+    try:
+        return dispatch(request)
+    except StatusError as exc:
+        return exc.get_response()
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.exception("unhandled error", path=request.path)
+        return InternalError(f"{type(exc).__name__}: {exc}").get_response()

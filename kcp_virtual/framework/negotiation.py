@@ -16,14 +16,19 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Iterable, Mapping, NamedTuple
 
-from kcp_virtual.framework.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+import orjson
+import yaml
+from werkzeug.wrappers import Response
+
+from kcp_virtual.framework.errors import BadRequest, NotAcceptable, RequestEntityTooLarge, UnsupportedMediaType
 
 __all__ = ["JSON", "YAML", "PROTOBUF", "JSON_PATCH", "MERGE_PATCH", "STRATEGIC_MERGE_PATCH", "APPLY_PATCH",
            "SERVED_MEDIA_TYPES", "META_GROUP", "TABLE_VERSIONS", "DISCOVERY_GROUP", "DISCOVERY_VERSIONS",
            "DISCOVERY_KIND", "CONTENT_KINDS", "BODY_KINDS", "CR_BODY_KINDS", "PATCH_KINDS", "CR_PATCH_KINDS",
            "INCLUDE_OBJECT_VALUES", "MediaType", "Negotiated", "parse_accept", "negotiate", "wants_table",
            "negotiate_discovery", "wants_aggregated_discovery", "table_content_type", "discovery_content_type",
-           "include_object", "request_content_kind"]
+           "include_object", "request_content_kind", "MAX_BODY_BYTES", "read_limited_body", "parse_body",
+           "json_response"]
 
 JSON = "application/json"
 YAML = "application/yaml"
@@ -59,6 +64,9 @@ PATCH_KINDS = ("json-patch", "merge-patch", "strategic-merge-patch", "apply-patc
 CR_PATCH_KINDS = ("json-patch", "merge-patch", "apply-patch")
 
 INCLUDE_OBJECT_VALUES = ("Metadata", "None", "Object")
+
+#: Request bodies accepted (kube-apiserver's limit for a single JSON object).
+MAX_BODY_BYTES = 3 * 1024 * 1024
 
 
 class MediaType(NamedTuple):
@@ -278,3 +286,30 @@ def request_content_kind(content_type: str | None, accepted: Iterable[str] | Non
         raise UnsupportedMediaType("the body of the request was in an unknown format - accepted media types "
                                    f"include: {media}")
     return kind
+
+
+def read_limited_body(stream, content_length: int | None) -> bytes:
+    """The request body, refusing more than ``MAX_BODY_BYTES`` with a 413 Status (shard and virtual workspaces)."""
+    if content_length is not None and content_length > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
+    data = stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
+    return data
+
+
+def parse_body(data: bytes, kind: str):
+    """A JSON or YAML body (``kind`` from ``request_content_kind``); malformed input is a 400 in kube's words."""
+    if kind in ("yaml", "apply-patch"):
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise BadRequest(f"error converting YAML to JSON: {exc}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
+
+
+def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type=content_type, headers=headers)

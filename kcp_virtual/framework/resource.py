@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Callable, Sequence
 
-import orjson
-import yaml
 from werkzeug.wrappers import Response
 
 from kcp_virtual.framework import discovery, errors, negotiation, table
 from kcp_virtual.framework.authorization import Decision
+from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.openapi import OpenAPIIndex, group_version_path
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
@@ -34,7 +33,6 @@ from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_go
 
 __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WILDCARD_VERBS", "WORKSPACE_COLUMN"]
 
-MAX_BODY_BYTES = 3 * 1024 * 1024
 JSON = "application/json"
 JSON_ONLY = (JSON,)
 TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
@@ -106,41 +104,15 @@ class APIDefinition:
 APIs = Callable[[Context], Sequence[APIDefinition]]
 
 
-def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type=content_type, headers=headers)
-
-
-def _read_body(request: Request) -> bytes:
-    http = request.http
-    if http.content_length is not None and http.content_length > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    data = http.stream.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise errors.RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
-    return data
-
-
-def _decode(data: bytes, kind: str):
-    if kind in ("yaml", "apply-patch"):
-        try:
-            return yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise errors.BadRequest(f"error converting YAML to JSON: {exc}") from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise errors.BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
-
-
 def _decode_body(request: Request, accepted: Sequence[str], *, allow_empty: bool = False):
     """The JSON or YAML body (protobuf bodies are a 415 here: send JSON to a virtual workspace)."""
     kind = negotiation.request_content_kind(request.http.headers.get("Content-Type", JSON), accepted)
-    data = _read_body(request)
+    data = negotiation.read_limited_body(request.http.stream, request.http.content_length)
     if not data.strip():
         if allow_empty:
             return None
         raise errors.BadRequest("the request body is empty; expected a JSON object")
-    return kind, _decode(data, kind)
+    return kind, negotiation.parse_body(data, kind)
 
 
 def _dry_run(request: Request) -> bool:

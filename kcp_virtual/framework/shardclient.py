@@ -35,7 +35,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision
 
 __all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient",
-           "CLUSTER_ANNOTATION"]
+           "CLUSTER_ANNOTATION", "list_limit", "resource_version_match"]
 
 #: Every object the shard returns names its logical cluster in this annotation (DESIGN.md section 4).
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
@@ -76,6 +76,27 @@ def _flag(args: Mapping[str, str], name: str) -> bool:
     return args.get(name, "").lower() in ("true", "1")
 
 
+def list_limit(args: Mapping[str, str]) -> int:
+    """The ``limit`` query parameter (0 when absent); anything but a non-negative integer is a 400."""
+    limit = args.get("limit", "")
+    try:
+        limit_value = int(limit) if limit else 0
+        if limit_value < 0:
+            raise ValueError
+    except ValueError:
+        raise errors.BadRequest(f'limit: Invalid value: "{limit}": must be a non-negative integer') from None
+    return limit_value
+
+
+def resource_version_match(args: Mapping[str, str]) -> str:
+    """The ``resourceVersionMatch`` query parameter ("" when absent); an unknown value is a 400."""
+    match = args.get("resourceVersionMatch", "")
+    if match not in ("", "NotOlderThan", "Exact"):
+        raise errors.BadRequest(f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
+                                '"Exact", "NotOlderThan"')
+    return match
+
+
 @dataclass(frozen=True, slots=True)
 class ListQuery:
     """The query of a list or watch, validated as the apiserver validates it (``from_args``).
@@ -97,17 +118,8 @@ class ListQuery:
 
     @classmethod
     def from_args(cls, args: Mapping[str, str] | MultiDict, *, watch: bool = False) -> "ListQuery":
-        limit = args.get("limit", "")
-        try:
-            limit_value = int(limit) if limit else 0
-            if limit_value < 0:
-                raise ValueError
-        except ValueError:
-            raise errors.BadRequest(f'limit: Invalid value: "{limit}": must be a non-negative integer') from None
-        match = args.get("resourceVersionMatch", "")
-        if match not in ("", "NotOlderThan", "Exact"):
-            raise errors.BadRequest(f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
-                                    '"Exact", "NotOlderThan"')
+        limit_value = list_limit(args)
+        match = resource_version_match(args)
         query = cls(label_selector=args.get("labelSelector", "").strip(),
                     field_selector=args.get("fieldSelector", "").strip(), limit=limit_value,
                     continue_token=args.get("continue", ""), resource_version=args.get("resourceVersion", ""),

@@ -43,14 +43,19 @@ SCALE_API_VERSION = "autoscaling/v1"
 
 # ---------------------------------------------------------------------------------------------- the CRD type
 
+def default_names(spec: dict) -> None:
+    """``spec.names`` defaults from the kind (``singular``, ``listKind``); CRDs and APIResourceSchemas alike."""
+    names = spec.get("names")
+    if isinstance(names, dict) and isinstance(names.get("kind"), str):
+        names.setdefault("singular", names["kind"].lower())
+        names.setdefault("listKind", names["kind"] + "List")
+
+
 def _crd_prepare(obj: dict, old: dict | None) -> list[dict]:
     """Defaults of the CRD spec; on create, the cleanup finalizer (deleting a CRD deletes its objects)."""
     spec = obj.get("spec")
     if isinstance(spec, dict):
-        names = spec.get("names")
-        if isinstance(names, dict) and isinstance(names.get("kind"), str):
-            names.setdefault("singular", names["kind"].lower())
-            names.setdefault("listKind", names["kind"] + "List")
+        default_names(spec)
         spec.setdefault("conversion", {"strategy": "None"})
     if old is None:
         meta = obj["metadata"]
@@ -656,4 +661,4 @@ def _set_condition(conditions: list[dict], type_: str, status: str, reason: str,
 
 
 __all__ = ["CUSTOM_RESOURCE_DEFINITIONS", "TYPES", "CustomResourceIndex", "CRDController", "Acceptance",
-           "decide_names", "validate_crd", "custom_resource_types", "version_priority"]
+           "decide_names", "default_names", "validate_crd", "custom_resource_types", "version_priority"]

@@ -19,7 +19,7 @@ import hashlib
 import re
 
 from server import errors, table
-from server.apis.apiextensions import validate_crd
+from server.apis.apiextensions import default_names, validate_crd
 from server.auth.authz import Attributes, Decision
 from server.registry import cluster_of
 from server.resources import RequestContext, ResourceType
@@ -118,10 +118,7 @@ def storage_version(schema: dict) -> str:
 def _schema_prepare(obj: dict, old: dict | None) -> list[dict]:
     spec = obj.get("spec")
     if isinstance(spec, dict):
-        names = spec.get("names")
-        if isinstance(names, dict) and isinstance(names.get("kind"), str):
-            names.setdefault("singular", names["kind"].lower())
-            names.setdefault("listKind", names["kind"] + "List")
+        default_names(spec)
         versions = spec.get("versions")
         for version in versions if isinstance(versions, list) else ():
             if isinstance(version, dict):

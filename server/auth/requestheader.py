@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import unquote
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
+from kcp_virtual.delegated import CertificateIssuers, extra_key, header_values, load_certificates
 from server.auth.user import UserInfo
 
 DEFAULT_ALLOWED_NAMES = ("kcp-shard-proxy",)
@@ -27,27 +26,9 @@ _ASSERTED = "kcp.requestheader"
 _CACHE_SIZE = 1024
 
 
-def header_values(value: str | None) -> list[str]:
-    """Values of a header that may have been repeated; WSGI servers join repeats with commas."""
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def extra_key(environ_suffix: str) -> str:
-    """The extra key from the environ name's tail: WSGI upper-cases and maps ``-`` to ``_`` (headers with
-    a real ``_`` are dropped by the server), kube lower-cases and percent-decodes it."""
-    return unquote(environ_suffix.lower().replace("_", "-"))
-
-
 def extra_headers(environ: dict, prefix: str) -> dict[str, list[str]]:
     return {extra_key(name[len(prefix):]): header_values(value)
             for name, value in environ.items() if name.startswith(prefix) and len(name) > len(prefix)}
-
-
-def load_ca_certificates(path: Path | str) -> list[x509.Certificate]:
-    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
-    if not certs:
-        raise ValueError(f"{path}: no certificates")
-    return certs
 
 
 class RequestHeaderAuthenticator:
@@ -61,11 +42,11 @@ class RequestHeaderAuthenticator:
         self.issuer_names = {cn.value for ca in self.cas
                              for cn in ca.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
         self.allowed_names = frozenset(allowed_names)
-        self._trusted: dict[bytes, bool] = {}
+        self._issuers = CertificateIssuers(self.cas, cache_size=_CACHE_SIZE)
 
     @classmethod
     def from_file(cls, path: Path | str, allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES):
-        return cls(load_ca_certificates(path), allowed_names)
+        return cls(load_certificates(path), allowed_names)
 
     def trusted(self, peer: dict | None) -> bool:
         """Whether the verified client certificate ``peer`` (from the TLS layer) may assert identities."""
@@ -73,29 +54,7 @@ class RequestHeaderAuthenticator:
             return False
         if self.allowed_names and peer.get("user") not in self.allowed_names:
             return False
-        der = peer.get("der")
-        if not der:
-            return False
-        known = self._trusted.get(der)
-        if known is None:  # the issuer CN is only a name: check the signature, once per certificate
-            known = self._signed_by_ca(der)
-            if len(self._trusted) >= _CACHE_SIZE:
-                self._trusted.clear()
-            self._trusted[der] = known
-        return known
-
-    def _signed_by_ca(self, der: bytes) -> bool:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            return False
-        for ca in self.cas:
-            try:
-                cert.verify_directly_issued_by(ca)
-                return True
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-        return False
+        return self._issuers.issued(peer.get("der"))  # the issuer CN is only a name: check the signature
 
     def prepare(self, environ: dict) -> None:
         """Remove the headers from every request; keep what they assert only when the connection is trusted."""
