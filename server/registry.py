@@ -490,9 +490,22 @@ class Registry:
             raise errors.Invalid(f'DeleteOptions.propagationPolicy: Unsupported value: "{policy}": supported '
                                  'values: "Foreground", "Background", "Orphan"')
         key = self.key(rt, cluster, namespace, name)
-        old = self.store.get(key)
-        if old is None:
-            raise errors.NotFound.for_resource(rt.plural, rt.group, name)
+        # Like kube's GuaranteedUpdate: a concurrent write (a controller updating status) between our
+        # read and our write is retried against the new state; the preconditions are checked each time.
+        for _ in range(_PATCH_ATTEMPTS):
+            old = self.store.get(key)
+            if old is None:
+                raise errors.NotFound.for_resource(rt.plural, rt.group, name)
+            try:
+                return self._delete_once(rt, cluster, key, old, options, dry_run)
+            except ConflictError:
+                continue
+            except KeyNotFoundError:
+                raise errors.NotFound.for_resource(rt.plural, rt.group, name) from None
+        raise errors.Conflict.modified(rt.plural, rt.group, name)
+
+    def _delete_once(self, rt: ResourceType, cluster: str, key: Key, old: dict, options: dict, dry_run: bool) -> dict:
+        name = old["metadata"]["name"]
         preconditions = options.get("preconditions") or {}
         meta = old["metadata"]
         if preconditions.get("uid") and preconditions["uid"] != meta.get("uid"):
@@ -514,20 +527,12 @@ class Registry:
                 marked.setdefault("status", {})["phase"] = "Terminating"
             if dry_run:
                 return marked
-            try:
-                return self.store.update(key, marked, expected_rv=_rv(old))
-            except (ConflictError, KeyNotFoundError):
-                raise errors.Conflict.modified(rt.plural, rt.group, name) from None
+            return self.store.update(key, marked, expected_rv=_rv(old))
         if dry_run:
             return old if rt.returns_deleted_object else errors.status_success(name, rt.group, rt.plural, meta["uid"])
         if rt.plural == "namespaces":
             self._delete_namespace_content(cluster, name)
-        try:
-            deleted = self.store.delete(key, expected_rv=_rv(old))
-        except KeyNotFoundError:
-            raise errors.NotFound.for_resource(rt.plural, rt.group, name) from None
-        except ConflictError:
-            raise errors.Conflict.modified(rt.plural, rt.group, name) from None
+        deleted = self.store.delete(key, expected_rv=_rv(old))
         return deleted if rt.returns_deleted_object else errors.status_success(name, rt.group, rt.plural,
                                                                               meta["uid"])
 

@@ -486,3 +486,4 @@ def scen_watch_floor(ctx: Context) -> Iterator[Row]:
 # The virtual workspace rows (issue 5) register themselves on import; last, as they use the above.
 from . import scenarios_vw  # noqa: E402,F401
 from . import scenarios_apiexport  # noqa: E402,F401
+from . import scenarios_workspaces  # noqa: E402,F401

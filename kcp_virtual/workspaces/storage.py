@@ -24,6 +24,7 @@ import base64
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import gevent.pool
 import orjson
 
 from kcp_virtual.framework import errors
@@ -33,12 +34,15 @@ from kcp_virtual.framework.virtualworkspace import Request
 from kcp_virtual.workspaces import patching, projection
 from kcp_virtual.workspaces.projection import CLUSTER_WORKSPACES, GROUP, KIND, PLURAL, VERSION
 from kcp_virtual.workspaces.visibility import EVERYTHING, NOTHING, Visibility, visibility
+from kcp_virtual.workspaces.watch import WorkspaceWatch
 
 __all__ = ["WorkspaceStorage", "View", "PERSONAL", "ALL"]
 
 ALL, PERSONAL = "all", "personal"
 LIST_KIND = f"{KIND}List"
 _WRITE_ATTEMPTS = _DELETE_ATTEMPTS = 8
+NAMED_LIST_LIMIT = 500      # up to this many visible names, a list fetches them by name
+NAMED_CONCURRENCY = 16
 
 
 def _as_workspace_invalid(exc: errors.Invalid) -> errors.Invalid:
@@ -57,6 +61,18 @@ class View:
     org: str
     personal: bool
     names: Visibility
+
+    def filter(self, cluster_workspaces: list[dict]) -> list[dict]:
+        """Those of ``cluster_workspaces`` in the view (the list's hot loop: 10,000 names per request)."""
+        names = self.names
+        if names.everything:
+            shown = cluster_workspaces
+        else:
+            wanted = names.names
+            shown = [obj for obj in cluster_workspaces if obj["metadata"]["name"] in wanted]
+        if self.personal:
+            shown = [obj for obj in shown if projection.owner_name(obj) == self.user.name]
+        return shown
 
     def shows(self, cluster_workspace: dict) -> bool:
         meta = cluster_workspace.get("metadata") or {}
@@ -86,9 +102,8 @@ class WorkspaceStorage:
     verbs = frozenset({"get", "list", "watch", "create", "delete", "patch"})
     subresources: dict = {}
 
-    def __init__(self, shard: ShardClient, *, watch: Callable | None = None):
+    def __init__(self, shard: ShardClient):
         self.shard = shard
-        self._watch = watch
 
     # ------------------------------------------------------------------ the view
 
@@ -116,11 +131,12 @@ class WorkspaceStorage:
             return NOTHING
 
     def list_org(self, request: Request, query: ListQuery) -> dict:
-        """All ClusterWorkspaces of ``<org>`` matching the caller's selectors. A missing org is a 404 only for
+        """ClusterWorkspaces of ``<org>`` matching the caller's selectors (and ``limit``; never the caller's
+        ``continue``, which is this view's own). A missing org is a 404 only for
         those who could enter it if it existed (the shard's order: authorize, then look the cluster up)."""
         upstream = ListQuery(label_selector=query.label_selector, field_selector=query.field_selector,
                              resource_version=query.resource_version,
-                             resource_version_match=query.resource_version_match)
+                             resource_version_match=query.resource_version_match, limit=query.limit)
         try:
             return self.shard.list(CLUSTER_WORKSPACES, request.context.cluster, "", upstream)
         except errors.NotFound:
@@ -155,10 +171,11 @@ class WorkspaceStorage:
         if query.continue_token:
             token_rv, start = _decode_continue(query.continue_token)
             query = replace(query, resource_version="", resource_version_match="")
-        listed = self.list_org(request, query)
-        view = self.view(request)
-        rv = token_rv if query.continue_token else listed["metadata"].get("resourceVersion", "")
-        items = [obj for obj in listed["items"] if view.shows(obj) and obj["metadata"]["name"] > start]
+        rv, items = self._list_visible(request, query)
+        if query.continue_token:
+            rv = token_rv
+        if start:
+            items = [obj for obj in items if obj["metadata"]["name"] > start]
         metadata: dict = {"resourceVersion": rv}
         if query.limit and len(items) > query.limit:
             metadata["continue"] = _encode_continue(rv, items[query.limit - 1]["metadata"]["name"])
@@ -167,10 +184,41 @@ class WorkspaceStorage:
         return {"kind": LIST_KIND, "apiVersion": projection.API_VERSION, "metadata": metadata,
                 "items": [projection.to_workspace(obj) for obj in items]}
 
+    def _list_visible(self, request: Request, query: ListQuery) -> tuple[str, list[dict]]:
+        """``(resourceVersion, the visible ClusterWorkspaces by name)``.
+
+        When the caller may enter a few named workspaces (the usual case: grants name workspaces) and the
+        list has no selectors, those are fetched by name rather than matched against a list of the whole
+        org: a 10,000-workspace org then costs what its caller sees. The resourceVersion comes from a
+        one-item list made first, so a watch from it replays whatever changed while the names were fetched.
+        """
+        selective = query.label_selector or query.field_selector or query.resource_version_match
+        if selective:
+            listed = self.list_org(request, replace(query, limit=0))
+            return listed["metadata"].get("resourceVersion", ""), self.view(request).filter(listed["items"])
+        head = self.list_org(request, replace(query, limit=1))
+        rv = head["metadata"].get("resourceVersion", "")
+        view = self.view(request)
+        if view.names.everything or len(view.names.names) > NAMED_LIST_LIMIT:
+            listed = self.list_org(request, replace(query, limit=0, resource_version=""))
+            return rv, view.filter(listed["items"])
+        return rv, view.filter([obj for obj in self._get_all(view.org, sorted(view.names.names)) if obj is not None])
+
+    def _get_all(self, org: str, names: list[str]) -> list[dict | None]:
+        """The ClusterWorkspaces ``names`` (None for missing ones), fetched concurrently (a remote shard is
+        one round trip per name; in-process the greenlets never wait)."""
+        def get(name: str) -> dict | None:
+            try:
+                return self.shard.get(CLUSTER_WORKSPACES, org, "", name)
+            except errors.NotFound:
+                return None
+
+        if len(names) <= 1:
+            return [get(name) for name in names]
+        return list(gevent.pool.Pool(NAMED_CONCURRENCY).imap(get, names))
+
     def watch(self, request: Request, namespace: str, query: ListQuery,
               client_gone: Callable[[], bool] | None = None):
-        from kcp_virtual.workspaces.watch import WorkspaceWatch
-
         return WorkspaceWatch.start(self, request, query, client_gone)
 
     # ------------------------------------------------------------------ writes

@@ -15,7 +15,8 @@ ClusterRoles and ClusterRoleBindings of ``<org>`` (the caller's content rules) a
 
 Resource versions are the shard's: a workspace event carries the workspace's own version, an
 RBAC-caused event the version of the RBAC write that caused it, and all versions a client sees
-only grow. Bookmarks carry the version every merged watch has reached. A watch from a version
+only grow. A bookmark follows each bookmark of the workspaces watch, at the version every merged
+watch has reached (or the last one sent, if that is higher). A watch from a version
 resumes: the client's state then is assumed to be the view with today's rules, which holds unless
 a relevant RBAC write happened after that version -- then the watch ends with 410 Expired and the
 client relists (what the apiserver does when it cannot replay history either). Events from before
@@ -142,7 +143,7 @@ class WorkspaceWatch:
             self.view = storage.view(request)
             self._load_bindings()
             start = _rv(listed)
-            self.shown = {_name(obj): obj for obj in listed["items"] if self.view.shows(obj)}
+            self.shown = {_name(obj): obj for obj in self.view.filter(listed["items"])}
             self.initial = list(self.shown.values())
         else:
             try:
@@ -157,7 +158,7 @@ class WorkspaceWatch:
             self.rbac_window_until = self._load_bindings()
             listed = storage.list_org(request, self._selectors())
             self.uncertain_until = _rv(listed)
-            self.shown = {_name(obj): obj for obj in listed["items"] if self.view.shows(obj)}
+            self.shown = {_name(obj): obj for obj in self.view.filter(listed["items"])}
         self.start_rv = self.last_rv = start
         self._open(start)
 

@@ -188,3 +188,33 @@ def test_server_survives_a_client_dropping_a_watch(kcp_shard_module, raw):
         sock.recv(100)
         sock.close()
     assert raw.request("GET", "/readyz")[0] == 200
+
+
+def test_delete_retries_past_concurrent_writes(raw):
+    """A controller writing the object while it is deleted must not turn the delete into a 409."""
+    name = f"busy-{uuid.uuid4().hex[:6]}"
+    assert raw.request("POST", CM, {"metadata": {"name": name, "finalizers": ["example.com/hold"]}})[0] == 201
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            raw.request("PATCH", f"{CM}/{name}", {"data": {"i": str(i)}},
+                        headers={"Content-Type": "application/merge-patch+json"})
+            i += 1
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        statuses = [raw.request("DELETE", f"{CM}/{name}")[0] for _ in range(5)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses == [200] * 5
+    _, body, _ = raw.request("GET", f"{CM}/{name}")
+    assert body["metadata"]["deletionTimestamp"]
+    raw.request("PATCH", f"{CM}/{name}", {"metadata": {"finalizers": None}},
+                headers={"Content-Type": "application/merge-patch+json"})
+    assert raw.request("GET", f"{CM}/{name}")[0] == 404
