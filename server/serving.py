@@ -161,6 +161,11 @@ class _Handler(pywsgi.WSGIHandler):
             self._cancel_head_timer()  # paths that return before read_request (EOF, 414)
         if result is True and self.server.kcp_stopping.is_set():
             return None  # draining: finish this response, then close instead of keep-alive
+        # Fairness: a keep-alive client on loopback has its next request in the socket buffer before
+        # we are done logging this one, so reading it never blocks and this greenlet would serve the
+        # same connection again and again while the others wait (p50 0.4 ms, p99 ~1 s at 50 clients).
+        # Yield once per request so every ready connection gets its turn.
+        gevent.sleep(0)
         return result
 
     def get_environ(self):
