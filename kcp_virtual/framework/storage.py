@@ -238,7 +238,7 @@ class ForwardingStorage:
                                            subresource=subresource, dry_run=True, user=user,
                                            **_apply_options(request, patch_type))
             else:
-                patched = _apply_patch(self.transform.to_view(current, request.context), patch_type, patch)
+                patched = apply_patch(self.transform.to_view(current, request.context), patch_type, patch)
                 if _rv(patched) != _rv(current):  # the patch pinned another version: optimistic locking
                     raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
             if not subresource:
@@ -332,8 +332,16 @@ def _has_list_or_directive(value: Any) -> bool:
     return False
 
 
-def _apply_patch(document: dict, patch_type: str, patch: Any) -> dict:
-    if patch_type == MERGE_PATCH or (patch_type == STRATEGIC_MERGE_PATCH and not _has_list_or_directive(patch)):
+def apply_patch(document: dict, patch_type: str, patch: Any, *, strategic_as_merge: bool = False,
+                who: str = "this virtual workspace transforms objects, so it") -> dict:
+    """Apply a merge or JSON patch to ``document`` (a view's object) without the shard.
+
+    Strategic merge patches are accepted as merge patches when they hold no lists or ``$`` directives
+    (the same document then), or always with ``strategic_as_merge`` (views whose mutable fields have
+    no lists). Anything else is a 415 naming ``who`` applies patches itself.
+    """
+    if patch_type == MERGE_PATCH or (patch_type == STRATEGIC_MERGE_PATCH and (
+            strategic_as_merge or not _has_list_or_directive(patch))):
         if not isinstance(patch, dict):
             raise errors.BadRequest("a merge patch must be a JSON object")
         result = _merge_patch(document, patch)
@@ -349,9 +357,9 @@ def _apply_patch(document: dict, patch_type: str, patch: Any) -> dict:
             reason = str(exc).split(" in {", 1)[0]  # jsonpointer appends the whole document
             raise errors.Invalid(f"the JSON patch cannot be applied: {reason}") from None
     else:
+        allowed = STRATEGIC_MERGE_PATCH if strategic_as_merge else f"{STRATEGIC_MERGE_PATCH} (without lists or directives)"
         raise errors.UnsupportedMediaType(
-            "this virtual workspace transforms objects, so it applies patches itself; accepted media types "
-            f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH} (without lists or directives)")
+            f"{who} applies patches itself; accepted media types include: {JSON_PATCH}, {MERGE_PATCH}, {allowed}")
     if not isinstance(result, dict) or not isinstance(result.get("metadata", {}), dict):
         raise errors.BadRequest("the patched object is not a valid JSON object")
     return result

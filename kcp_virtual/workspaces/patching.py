@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonpatch
-import jsonpointer
-
 from kcp_virtual.framework import errors
-from kcp_virtual.framework.negotiation import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
+from kcp_virtual.framework.storage import apply_patch
 from kcp_virtual.workspaces.projection import GROUP, KIND, OWNER_ANNOTATION
 
 __all__ = ["patched_metadata", "PROTECTED_ANNOTATIONS"]
@@ -25,38 +22,10 @@ PROTECTED_ANNOTATIONS = (OWNER_ANNOTATION, "kcp.dev/cluster")
 _MUTABLE_METADATA = ("labels", "annotations", "resourceVersion", "managedFields")
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch; returns a new document."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result
-
-
 def _apply(document: dict, patch_type: str, patch: Any) -> dict:
-    if patch_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):  # no lists to merge by key in what may change
-        if not isinstance(patch, dict):
-            raise errors.BadRequest("a merge patch must be a JSON object")
-        result = _merge(document, patch)
-    elif patch_type == JSON_PATCH:
-        if not isinstance(patch, list):
-            raise errors.BadRequest("a JSON patch must be a JSON array of operations")
-        try:
-            result = jsonpatch.JsonPatch(patch).apply(document)
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise errors.Invalid(f"the JSON patch test failed: {exc}") from None
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, KeyError, IndexError,
-                TypeError) as exc:
-            raise errors.Invalid(f"the JSON patch cannot be applied: {str(exc).split(' in {', 1)[0]}") from None
-    else:
-        raise errors.UnsupportedMediaType(f"{patch_type} is not supported for workspaces; accepted media types "
-                                          f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH}")
-    if not isinstance(result, dict) or not isinstance(result.get("metadata"), dict):
+    # no lists to merge by key in what may change, so strategic merge is a merge patch here
+    result = apply_patch(document, patch_type, patch, strategic_as_merge=True, who="the workspaces view")
+    if not isinstance(result.get("metadata"), dict):
         raise errors.BadRequest("the patched object is not a valid JSON object")
     return result
 
