@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gevent
 import gevent.event
@@ -219,6 +219,52 @@ def _call(fn, *args):
         return False, exc
 
 
+class _Interner:
+    """Lets identical nested values of different stored objects share one Python object.
+
+    Every workspace gets the same bootstrap ClusterRoles (rules, managedFields), the same default
+    Namespace and so on; without sharing, each copy costs tens of KiB per workspace. Sharing is safe
+    because stored objects are immutable (callers copy before they change anything). Values are
+    keyed by their JSON encoding; the table is bounded and simply starts over when full.
+    """
+
+    MIN_BYTES = 64  # smaller values are not worth a table entry
+
+    def __init__(self, limit: int = 8192):
+        self._limit = limit
+        self._values: dict[bytes, Any] = {}
+
+    def value(self, value: Any) -> Any:
+        if not value or not isinstance(value, (dict, list)):
+            return value
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError:
+            return value
+        if len(encoded) < self.MIN_BYTES:
+            return value
+        shared = self._values.get(encoded)
+        if shared is not None:
+            return shared
+        if len(self._values) >= self._limit:
+            self._values.clear()
+        self._values[encoded] = value
+        return value
+
+    def object(self, obj: dict) -> None:
+        """Share ``obj``'s nested values in place (``obj`` is the store's own top-level copy)."""
+        for key, value in obj.items():
+            if key != "metadata" and key != "status":
+                obj[key] = self.value(value)
+        md = obj.get("metadata")
+        if isinstance(md, dict):
+            managed = md.get("managedFields")
+            if isinstance(managed, list) and managed:
+                md["managedFields"] = [
+                    {**entry, "fieldsV1": self.value(entry["fieldsV1"])}
+                    if isinstance(entry, dict) and "fieldsV1" in entry else entry for entry in managed]
+
+
 class Store:
     """All objects in memory, every write durable in ``backend`` first, watches from memory."""
 
@@ -241,6 +287,7 @@ class Store:
         self._counts: dict[str, int] = {}
         self._total = 0
         self._logs: dict[str, _Log] = {}
+        self._interner = _Interner()
         self._load()
         self._rv = self._start_rv = backend.current_rv()
 
@@ -255,6 +302,7 @@ class Store:
             if not isinstance(md, dict):
                 md = obj["metadata"] = {}
             md["resourceVersion"] = str(rv)
+            self._interner.object(obj)
             data.setdefault(resource, {}).setdefault(cluster, {})[(namespace, name)] = obj
             counts[resource] = counts.get(resource, 0) + 1
             self._total += 1
@@ -366,6 +414,8 @@ class Store:
 
             # Committed. From here to the end: no greenlet switch.
             md["resourceVersion"] = str(rv)
+            if kind is not DELETED:
+                self._interner.object(new)
             if kind is DELETED:
                 del bucket[(namespace, name)]
                 self._sorted.pop((resource, cluster), None)

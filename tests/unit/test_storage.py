@@ -538,3 +538,29 @@ def test_measurements(db):
     print(f"[storage] list 1000 objects over 10 clusters: cold {cold * 1e3:.2f} ms, warm {warm * 1e3:.2f} ms")
     print(f"[storage] idle Watcher object: {per_watcher:.0f} B; 10,000 watchers woken by one write in {wake * 1e3:.0f} ms")
     store.close()
+
+
+def test_identical_nested_values_are_shared_between_objects(store, db):
+    """Bootstrap objects repeat in every workspace; their nested values are stored once (objects are immutable)."""
+    rules = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "nonResourceURLs": []}] * 3
+    managed = [{"manager": "kcp", "operation": "Update", "time": "t",
+                "fieldsV1": {"f:rules": {"f:apiGroups": {}, "f:resources": {}, "f:verbs": {}}}}]
+    first = store.create(Key("rbac/clusterroles", "root:a", "", "admin"),
+                         {"metadata": {"name": "admin", "managedFields": managed}, "rules": rules,
+                          "status": {"x": ["y" * 80]}})
+    second = store.create(Key("rbac/clusterroles", "root:b", "", "admin"),
+                          {"metadata": {"name": "admin", "managedFields": managed}, "rules": list(rules),
+                           "status": {"x": ["y" * 80]}})
+    assert second["rules"] is first["rules"]
+    assert second["metadata"]["managedFields"][0]["fieldsV1"] is first["metadata"]["managedFields"][0]["fieldsV1"]
+    assert second["status"] is not first["status"]  # status changes often and is not shared
+    # an update replaces the value of one object only
+    store.update(Key("rbac/clusterroles", "root:b", "", "admin"),
+                 {"metadata": {"name": "admin"}, "rules": [{"verbs": ["get"]}]})
+    assert store.get(Key("rbac/clusterroles", "root:a", "", "admin"))["rules"] == rules
+    # and sharing survives a restart (objects loaded from the database are shared too)
+    store.close()
+    reopened = Store(SQLiteBackend(db))
+    a = reopened.get(Key("rbac/clusterroles", "root:a", "", "admin"))
+    assert a["rules"] == rules
+    reopened.close()
