@@ -104,10 +104,6 @@ class Registry:
         for hook in self.cluster_hooks:
             hook(self, cluster)
 
-    def logical_clusters(self) -> list[str]:
-        items, _ = self.store.list(LOGICAL_CLUSTERS, None, None)
-        return [item["metadata"]["annotations"][CLUSTER_ANNOTATION] for item in items]
-
     def delete_logical_cluster(self, cluster: str) -> None:
         """Remove every object of ``cluster``, then the cluster itself."""
         for rt in self.catalog.types(cluster):
@@ -353,7 +349,7 @@ class Registry:
         causes = [] if subresource else rt.prepare(new, old)
         causes += validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
         causes += rt.validate(new, old)
-        causes += _finalizer_causes(old, new)
+        causes += validation.validate_object_meta_update(new, old)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, name, causes)
         if _applied and subresource:
@@ -673,17 +669,6 @@ def _same(old: dict, new: dict) -> bool:
 def _spec_changed(old: dict, new: dict) -> bool:
     ignored = ("metadata", "status", "apiVersion", "kind")
     return ({k: v for k, v in old.items() if k not in ignored} != {k: v for k, v in new.items() if k not in ignored})
-
-
-def _finalizer_causes(old: dict, new: dict) -> list[dict]:
-    if not old["metadata"].get("deletionTimestamp"):
-        return []
-    added = [f for f in new["metadata"].get("finalizers") or [] if f not in (old["metadata"].get("finalizers") or [])]
-    if not added:
-        return []
-    return [{"type": "FieldValueForbidden", "field": "metadata.finalizers",
-             "message": f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
-                        f"finalizers {orjson.dumps(added).decode()}"}]
 
 
 def _set_managed_fields(obj: dict, entries: list | None) -> None:

@@ -218,3 +218,16 @@ def test_delete_retries_past_concurrent_writes(raw):
     raw.request("PATCH", f"{CM}/{name}", {"metadata": {"finalizers": None}},
                 headers={"Content-Type": "application/merge-patch+json"})
     assert raw.request("GET", f"{CM}/{name}")[0] == 404
+
+
+def test_no_new_finalizers_once_deleting(raw):
+    name = f"fin-{uuid.uuid4().hex[:6]}"
+    assert raw.request("POST", CM, {"metadata": {"name": name, "finalizers": ["example.com/a"]}})[0] == 201
+    assert raw.request("DELETE", f"{CM}/{name}")[0] == 200
+    status, body, _ = raw.request("PATCH", f"{CM}/{name}", {"metadata": {"finalizers": ["example.com/a", "example.com/b"]}},
+                                  headers={"Content-Type": "application/merge-patch+json"})
+    assert status == 422
+    assert ('metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, '
+            'found new finalizers []string{"example.com/b"}') in body["message"]
+    raw.request("PATCH", f"{CM}/{name}", {"metadata": {"finalizers": None}},
+                headers={"Content-Type": "application/merge-patch+json"})
