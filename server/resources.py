@@ -298,9 +298,6 @@ class Catalog:
     def add_source(self, source: ClusterTypes) -> None:
         self._sources.append(source)
 
-    def is_builtin(self, group: str, version: str, plural: str) -> bool:
-        return (group, version, plural) in self._builtins
-
     def builtin_types(self) -> list[ResourceType]:
         if self._sorted is None:
             self._sorted = sorted(self._builtins.values(), key=_discovery_order)
@@ -330,12 +327,6 @@ class Catalog:
                 first.setdefault((rt.group, rt.version, rt.plural), rt)
             extra = list(first.values())
         return sorted([*builtins, *extra], key=_discovery_order)  # stable: a group's versions keep their order
-
-    def by_kind(self, cluster: str, group: str, kind: str) -> ResourceType | None:
-        for rt in self.types(cluster):
-            if rt.group == group and rt.kind == kind:
-                return rt
-        return None
 
 
 _GROUP_RANK = {g: i for i, g in enumerate(GROUP_ORDER)}

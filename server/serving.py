@@ -4,7 +4,7 @@
   sends, and Nagle + delayed ACK otherwise stall keep-alive responses by ~40 ms.
 * The verified client certificate goes into the environ (pywsgi does not do that) as
   ``kcp.peer_certificate``; the socket as ``kcp.socket`` so a watch can notice a disconnect
-  without writing (:func:`wait_for_socket_eof`).
+  without writing (``kcp_virtual.framework.watchstream.peer_gone_check``).
 * Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
   without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
   and its error log goes to structlog.
@@ -27,7 +27,6 @@ import gevent.event
 import gevent.pool
 import gevent.ssl
 from gevent import pywsgi
-from gevent.socket import wait_read
 import structlog
 
 #: Errors that mean "the client went away" (or never completed TLS): not worth a traceback.
@@ -411,75 +410,3 @@ def _shutdown_read(sock) -> None:
         pass
     finally:
         dup.close()
-
-
-def _open_fd(sock) -> int | None:
-    """The descriptor of ``sock``, or None once it is closed."""
-    try:
-        fd = sock.fileno()
-    except (OSError, ValueError):
-        return None
-    return fd if fd >= 0 else None
-
-
-def wait_for_socket_eof(sock, check_interval: float = 30.0) -> bool:
-    """Block the calling greenlet until the peer of ``sock`` has gone; return whether it has.
-
-    For a watch that may not write for minutes: spawn this in a greenlet with
-    ``environ["kcp.socket"]`` and end the stream when it returns True. pywsgi itself only
-    notices a disconnect when a write fails. Kill the greenlet in the response generator's
-    ``finally`` (``gevent.kill(g)``), before pywsgi closes the socket.
-
-    It waits for the fd to become readable (a separate watcher, so it does not compete with
-    the handler's own reads/writes), then looks at what arrived:
-
-    * plain TCP: ``recv(1, MSG_PEEK)`` is ``b""`` (FIN) or raises ECONNRESET -> True;
-    * TLS: ``MSG_PEEK`` is impossible, so one byte is read through the SSL object without
-      blocking: ``b""``/``SSLZeroReturnError`` (close_notify), ``SSLEOFError`` or a reset ->
-      True; a record that is not application data (e.g. a TLS 1.3 KeyUpdate) leaves
-      ``SSLWantReadError`` -> keep waiting.
-    * Data readable (a pipelined next request) -> False: the client is alive, and on TLS the
-      byte read is lost, so the connection should be closed after the stream.
-
-    Also returns True if the socket is closed underneath it. ``check_interval`` bounds how
-    long a wait on an fd that was closed elsewhere can hang.
-    """
-    while True:
-        fd = _open_fd(sock)
-        if fd is None:
-            return True
-        try:
-            wait_read(fd, timeout=check_interval)
-        except TimeoutError:
-            continue  # re-check that the socket is still ours and open
-        except OSError:
-            return True
-        if _open_fd(sock) is None:
-            return True
-        if hasattr(sock, "_sslobj"):
-            sslobj = sock._sslobj
-            if sslobj is None:  # unwrapped or closed
-                return True
-            try:
-                data = sslobj.read(1)
-            except ssl.SSLWantReadError:
-                continue
-            except ssl.SSLWantWriteError:
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
-                return True
-            except (ssl.SSLError, OSError, ValueError):
-                return True
-            return not data
-        # gevent's recv() would park on the socket's own read watcher when nothing is there;
-        # its wrapped stdlib socket just says EAGAIN.
-        raw = getattr(sock, "_sock", sock)
-        try:
-            data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            continue
-        except InterruptedError:
-            continue
-        except OSError:
-            return True
-        return not data

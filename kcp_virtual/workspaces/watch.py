@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import gevent
 import gevent.queue

@@ -87,11 +87,6 @@ class BoundResourceIndex:
         self.sync()
         return set(self._referencing.get((export_cluster, export_name), ()))
 
-    def served_storage_keys(self, cluster: str) -> set[str]:
-        """The storage keys of the resources bound in ``cluster`` now."""
-        self.sync()
-        return {rt.storage_key for rt in self._ordered.get(cluster, ())}
-
     def types_for(self, export: ExportRef, schema_name: str, uid: str, identity: str) -> list[ResourceType]:
         """The served versions of one schema of ``export``, stored under ``identity`` ([] if it does not check out)."""
         self.sync()

@@ -11,7 +11,6 @@ import json
 import queue
 import socket
 import ssl
-import struct
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import urllib3
 
 from server import logs, pki
-from server.serving import Server, wait_for_socket_eof
+from server.serving import Server
 
 
 @pytest.fixture(scope="module")
@@ -233,47 +232,6 @@ def test_client_disconnect_mid_stream_runs_finally_quietly(shard_pki, log_stream
     out = log_stream.getvalue()
     assert '"path":"/watch"' in out  # the access line is written when the stream ends
     assert "Traceback" not in out + capfd.readouterr().err
-
-
-@pytest.mark.parametrize("tls", [True, False])
-@pytest.mark.parametrize("action,expected", [("close", True), ("reset", True), ("data", False)])
-def test_wait_for_socket_eof_without_writes(shard_pki, tls, action, expected, capfd):
-    finished, detected = threading.Event(), []
-
-    def app(environ, start_response):
-        sock = environ["kcp.socket"]
-
-        def gen():
-            waiter = gevent.spawn(wait_for_socket_eof, sock)
-            try:
-                yield b"started\n"
-                detected.append(waiter.get())  # an idle watch: no writes until the peer acts
-            finally:
-                waiter.kill()
-                finished.set()
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return gen()
-
-    with Running(app, shard_pki, tls=tls) as srv:
-        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-        s = tls_socket(shard_pki, srv.port, admin(shard_pki), raw=raw) if tls else raw
-        s.sendall(b"GET /watch HTTP/1.1\r\nHost: x\r\n\r\n")
-        recv_until(s, b"started")
-        time.sleep(0.1)
-        assert not finished.is_set()
-        t0 = time.monotonic()
-        if action == "close":
-            s.close()
-        elif action == "reset":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()
-        else:
-            s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # a pipelined request
-        assert finished.wait(2)
-        assert time.monotonic() - t0 < 1
-        s.close()
-    assert detected[0] is expected  # (a pipelined request may then be served and detect the close)
-    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_stop_ends_open_streams_and_idle_connections(shard_pki, log_stream):
