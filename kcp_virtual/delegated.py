@@ -4,7 +4,10 @@ The external process has no users of its own. In kube's order, a request is
 1. **requestheader** -- ``X-Remote-User``/``-Uid``/``-Group``/``-Extra-<key>`` -- believed only on a TLS
    connection whose client certificate was issued by the requestheader CA to an allowed name (the
    shard's proxy certificate, ``kcp-shard-proxy``). From anybody else the headers are removed before
-   anything reads them, so they can neither be spoofed nor leak further;
+   anything reads them, so they can neither be spoofed nor leak further. The same trust covers
+   ``X-Kcp-Shard-Resource-Version``, the shard's resourceVersion when it forwarded the request: it is
+   left in ``environ[FRESH_AS_OF]`` (an int) only for a request requestheader authenticated, since
+   believing a wrong one would let a cache serve stale reads;
 2. a **client certificate** issued by the shard's CA: CN is the user, each O a group;
 3. a **bearer token**, checked by a TokenReview against the shard. Service-account tokens are only valid
    in the logical cluster that issued them, so the review goes to the token's (unverified)
@@ -35,7 +38,7 @@ from kcp_virtual.framework.shardclient import User
 from kcp_virtual.framework.virtualworkspace import is_cluster_name
 
 __all__ = ["DelegatedAuthenticator", "impersonate", "AUTHENTICATED", "DEFAULT_ALLOWED_NAMES", "load_certificates",
-           "CertificateIssuers", "header_values", "extra_key"]
+           "CertificateIssuers", "header_values", "extra_key", "FRESH_AS_OF"]
 
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
@@ -48,6 +51,9 @@ _CACHE_SIZE = 4096
 
 _USER, _UID, _GROUP, _EXTRA = "HTTP_X_REMOTE_USER", "HTTP_X_REMOTE_UID", "HTTP_X_REMOTE_GROUP", "HTTP_X_REMOTE_EXTRA_"
 _IMPERSONATE = "HTTP_IMPERSONATE_"
+_SHARD_RV = "HTTP_X_KCP_SHARD_RESOURCE_VERSION"
+#: The environ key ``authenticate`` leaves the proxy's ``X-Kcp-Shard-Resource-Version`` under (an int).
+FRESH_AS_OF = "kcp.fresh_as_of"
 
 
 def load_certificates(path: str | Path) -> list[x509.Certificate]:
@@ -75,6 +81,12 @@ def _extra(environ: dict, prefix: str, *, remove: bool) -> dict[str, tuple[str, 
         value = environ.pop(name) if remove else environ[name]
         extra[extra_key(name[len(prefix):])] = tuple(header_values(value))
     return extra
+
+
+def _resource_version(value: str | None) -> int | None:
+    """A resourceVersion header's value; anything but one non-negative integer counts as none."""
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _with_authenticated(user: User) -> User:
@@ -173,13 +185,18 @@ class DelegatedAuthenticator:
         return self.requestheader_issuers.issued(peer.get("der"))
 
     def _requestheader(self, environ: dict, peer: dict | None) -> User | None:
-        """Strip the headers from every request; return what they assert only from the trusted proxy."""
+        """Strip the headers from every request; return what they assert (and keep the shard's resourceVersion)
+        only from the trusted proxy."""
         name = environ.pop(_USER, None)
         uid = environ.pop(_UID, None)
         groups = environ.pop(_GROUP, None)
         extra = _extra(environ, _EXTRA, remove=True)
+        shard_rv = _resource_version(environ.pop(_SHARD_RV, None))
+        environ.pop(FRESH_AS_OF, None)
         if name is None or not name.strip() or not self.trusted_proxy(peer):
             return None
+        if shard_rv is not None:
+            environ[FRESH_AS_OF] = shard_rv
         return _with_authenticated(User(name.strip(), (uid or "").strip(), tuple(header_values(groups)), extra))
 
     # ------------------------------------------------------------------ tokens

@@ -4,9 +4,11 @@ in their own process, reaching the shard through the remote ShardClient (DESIGN.
 ``VirtualWorkspacesApp`` is the WSGI application: health and ``/version`` without credentials, then
 delegated authentication (``delegated.py``), impersonation for ``system:masters``, then the same
 ``/services/`` dispatcher the shard embeds -- so each virtual workspace's own authorizer decides, its
-SubjectAccessReviews going to the shard. TLS serving and request logging are the host's: the ``kcp``
-command wires ``server.serving`` and ``server.logs`` around this app, since this package never
-imports ``server``.
+SubjectAccessReviews going to the shard. What the shard's proxy vouches for besides the caller -- its
+resourceVersion when it forwarded the request -- reaches them as ``Request.fresh_as_of``, so reads that
+must be most recent may come from the remote ShardClient's informers. TLS serving and request logging
+are the host's: the ``kcp`` command wires ``server.serving`` and ``server.logs`` around this app, since
+this package never imports ``server``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import orjson
 import structlog
 from werkzeug.wrappers import Request, Response
 
-from kcp_virtual.delegated import DEFAULT_ALLOWED_NAMES, DelegatedAuthenticator, impersonate, load_certificates
+from kcp_virtual.delegated import (DEFAULT_ALLOWED_NAMES, FRESH_AS_OF, DelegatedAuthenticator, impersonate,
+                                   load_certificates)
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.health import health_response, is_health_path
@@ -78,7 +81,7 @@ class VirtualWorkspacesApp:
         if path == "/metrics" and self.metrics is not None:
             return self.metrics.wsgi_response(environ)
         if path.startswith("/services/"):
-            return self.dispatcher(request, user)
+            return self.dispatcher(request, user, environ.get(FRESH_AS_OF))
         raise errors.NotFound.path()
 
 

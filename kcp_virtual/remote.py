@@ -21,10 +21,10 @@ from urllib.parse import quote, urlencode, urlsplit
 import gevent
 import orjson
 import structlog
-import urllib3
 from werkzeug.wrappers import Request as HTTPRequest, Response
 
-from kcp_virtual import httpclient
+from kcp_virtual import http1, httpclient
+from kcp_virtual.informer import Informer, Informers
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision, is_master
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, Rules, User, WatchEvent
@@ -72,24 +72,22 @@ def _extra_key(key: str) -> str:
     return quote(key, safe="").replace("_", "%5F")
 
 
-def impersonation_headers(user: Any) -> urllib3.HTTPHeaderDict:
+def impersonation_headers(user: Any) -> list[tuple[str, str]]:
     """``Impersonate-*`` headers acting as ``user`` (name, uid, every group, every extra value)."""
-    headers = urllib3.HTTPHeaderDict({"Impersonate-User": user.name})
+    headers = [("Impersonate-User", user.name)]
     if getattr(user, "uid", ""):
-        headers["Impersonate-Uid"] = user.uid
-    for group in getattr(user, "groups", ()) or ():
-        headers.add("Impersonate-Group", group)
+        headers.append(("Impersonate-Uid", user.uid))
+    headers.extend(("Impersonate-Group", group) for group in getattr(user, "groups", ()) or ())
     for key, values in (getattr(user, "extra", None) or {}).items():
-        for value in values:
-            headers.add(f"Impersonate-Extra-{_extra_key(key)}", value)
+        headers.extend((f"Impersonate-Extra-{_extra_key(key)}", value) for value in values)
     return headers
 
 
-def _add_request_id(headers: urllib3.HTTPHeaderDict) -> None:
+def _add_request_id(headers: list[tuple[str, str]]) -> None:
     """The request being served names the shard requests it causes, so both logs correlate."""
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
-        headers["X-Request-Id"] = request_id
+        headers.append(("X-Request-Id", request_id))
 
 
 def _user(info: dict) -> User:
@@ -104,7 +102,7 @@ class RemoteWatch:
     seconds -- a libev timer, not a greenlet -- and interrupts the upstream read when it says True.
     """
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, client_gone: Callable[[], bool] | None = None,
+    def __init__(self, response: http1.Response, client_gone: Callable[[], bool] | None = None,
                  interval: float = IDLE_INTERVAL):
         self._response = response
         self._finished = False
@@ -143,15 +141,12 @@ class RemoteWatch:
             self._timer.close()
         if not complete:
             self._response.close()  # half-read: never back into the pool
-        self._response.release_conn()
 
     def _read(self):
         complete = False
         pending = b""
         try:
-            chunks = self._response.read_chunked(decode_content=False) if self._response.chunked else \
-                iter(lambda: self._response.read1(65536, decode_content=False), b"")
-            for chunk in chunks:
+            for chunk in self._response.stream():
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
@@ -185,11 +180,12 @@ class RemoteShardClient:
         self.url = f"{parts.scheme}://{parts.netloc}"
         self.prefix = _CLUSTER_SUFFIX.sub("", parts.path).rstrip("/")
         self.pool = httpclient.https_pool(self.url, ssl_context, maxsize=maxsize)
-        self._auth = urllib3.HTTPHeaderDict({"Authorization": f"Bearer {token}"} if token else {})
+        self._auth = [("Authorization", f"Bearer {token}")] if token else []
         self.request_timeout = request_timeout
         self.idle_interval = idle_interval
         self._version: dict | None = None
         self._what = f"the shard at {self.url}"
+        self.informers = Informers(self)
 
     @classmethod
     def from_kubeconfig(cls, path: str, context: str | None = None, **options) -> "RemoteShardClient":
@@ -208,12 +204,11 @@ class RemoteShardClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _headers(self, user: Any = None, content_type: str | None = None) -> urllib3.HTTPHeaderDict:
-        headers = urllib3.HTTPHeaderDict({"Accept": JSON, "User-Agent": USER_AGENT})
-        headers.extend(self._auth)
+    def _headers(self, user: Any = None, content_type: str | None = None) -> list[tuple[str, str]]:
+        headers = [("Accept", JSON), ("User-Agent", USER_AGENT), *self._auth]
         _add_request_id(headers)
         if content_type:
-            headers["Content-Type"] = content_type
+            headers.append(("Content-Type", content_type))
         if user is not None:
             headers.extend(impersonation_headers(user))
         return headers
@@ -232,12 +227,17 @@ class RemoteShardClient:
         return path
 
     def _open(self, method: str, path: str, *, query: dict | None = None, body: bytes | None = None,
-              headers: urllib3.HTTPHeaderDict, stream: bool = False) -> urllib3.BaseHTTPResponse:
+              headers: list[tuple[str, str]], stream: bool = False) -> http1.Response:
+        """The response with its head read; its body is the caller's to read (``_call`` reads it whole)."""
         url = f"{path}?{urlencode(query)}" if query else path
-        timeout = urllib3.Timeout(connect=httpclient.CONNECT_TIMEOUT, read=None if stream else self.request_timeout)
         try:
-            return self.pool.urlopen(method, url, body=body, headers=headers, preload_content=not stream,
-                                     decode_content=False, redirect=False, assert_same_host=False, timeout=timeout)
+            return self.pool.request(method, url, headers, body, timeout=None if stream else self.request_timeout)
+        except httpclient.UPSTREAM_ERRORS as exc:
+            raise httpclient.unavailable(self._what, exc) from None
+
+    def _read(self, response: http1.Response) -> bytes:
+        try:
+            return response.read()
         except httpclient.UPSTREAM_ERRORS as exc:
             raise httpclient.unavailable(self._what, exc) from None
 
@@ -246,10 +246,11 @@ class RemoteShardClient:
         data = None if body is None else orjson.dumps(body)
         response = self._open(method, path, query=query, body=data,
                               headers=self._headers(user, content_type if data is not None else None))
+        payload = self._read(response)
         if response.status >= 400:
-            raise status_error(response.status, response.data, response.headers)
+            raise status_error(response.status, payload, response.headers)
         try:
-            return orjson.loads(response.data)
+            return orjson.loads(payload)
         except orjson.JSONDecodeError:
             raise errors.InternalError(f"the shard answered {method} {path} with a body that is not JSON") from None
 
@@ -274,14 +275,7 @@ class RemoteShardClient:
         response = self._open("GET", self._path(gvr, cluster, namespace), query=params, headers=self._headers(user),
                               stream=True)
         if response.status != 200:
-            try:
-                data = response.read()
-            except httpclient.UPSTREAM_ERRORS as exc:
-                response.close()
-                raise httpclient.unavailable(self._what, exc) from None
-            finally:
-                response.release_conn()
-            raise status_error(response.status, data, response.headers)
+            raise status_error(response.status, self._read(response), response.headers)
         return RemoteWatch(response, client_gone, self.idle_interval)
 
     # ------------------------------------------------------------------ writes
@@ -371,7 +365,7 @@ class RemoteShardClient:
         """The request to ``/clusters/<cluster><path>`` as ``user``, streamed back. OpenAPI's root names
         its documents by server-relative URLs: those are moved under ``prefix``."""
         headers = httpclient.proxy_request_headers(request.headers)
-        headers.extend(self._auth)
+        headers += self._auth
         headers.extend(impersonation_headers(user))
         _add_request_id(headers)
         body = httpclient.read_body(request.stream, request.content_length)
@@ -385,6 +379,11 @@ class RemoteShardClient:
             rewrite = lambda data: data.replace(ours, theirs)  # noqa: E731
         return httpclient.relay(upstream, request.environ, self._what, rewrite)
 
+    def informer(self, gvr: GroupVersionResource, label_selector: str = "") -> Informer | None:
+        """A watch-fed cache of ``gvr``'s objects matching ``label_selector`` in every logical cluster, started
+        on first use (``kcp_virtual.informer``); None beyond the informer limit (reads then stay live)."""
+        return self.informers.informer(gvr, label_selector)
+
     def version(self) -> dict:
         if self._version is None:
             self._version = self._call("GET", f"{self.prefix}/version")
@@ -393,9 +392,8 @@ class RemoteShardClient:
     def ready(self) -> bool:
         """Whether the shard answers its ``/readyz`` (the external process's own readiness check)."""
         try:
-            response = self.pool.urlopen("GET", f"{self.prefix}/readyz", headers=self._headers(), redirect=False,
-                                         assert_same_host=False,
-                                         timeout=urllib3.Timeout(connect=2.0, read=5.0))
+            response = self.pool.request("GET", f"{self.prefix}/readyz", self._headers(), timeout=5.0)
+            response.read()
         except httpclient.UPSTREAM_ERRORS:
             return False
         return response.status == 200

@@ -102,6 +102,26 @@ class ShardApp:
             return self.services(request, user)
         return self.serve_cluster(request, user, cluster, rest, prefix)
 
+    def intercept(self, environ: dict, exchange) -> bool:
+        """``/services/*`` straight to a raw-capable services handler (the forwarder), before WSGI, when the
+        caller authenticates as itself; everything else (no or bad credentials, impersonation) is left to
+        ``dispatch``, which answers it the usual way."""
+        forward_raw = getattr(self.services, "forward_raw", None)
+        if forward_raw is None or not environ.get("PATH_INFO", "").startswith("/services/"):
+            return False
+        if any(key.startswith("HTTP_IMPERSONATE_") for key in environ):
+            return False
+        environ["kcp.cluster"] = ""
+        try:
+            user = self.authenticator.authenticate(environ)
+        except errors.StatusError:
+            return False
+        if user is None:
+            return False
+        structlog.contextvars.bind_contextvars(user=user.name)
+        environ["kcp.user"] = user
+        return forward_raw(environ, exchange, user)
+
     def authenticate(self, request: Request) -> UserInfo:
         """The caller's identity (impersonated, if asked and allowed), or 401. ``environ["kcp.user"]`` carries it."""
         user = self.authenticator.authenticate(request.environ)

@@ -166,7 +166,7 @@ def run_virtual_workspaces(args) -> int:
         server = Server(logs.RequestLogMiddleware(app, metrics), host=args.bind_address, port=args.secure_port,
                         certfile=args.tls_cert_file or str(root / "virtual-workspaces.crt"),
                         keyfile=args.tls_private_key_file or str(root / "virtual-workspaces.key"),
-                        client_ca_files=[client_ca, requestheader_ca])
+                        client_ca_files=[client_ca, requestheader_ca], http2=True)  # the shard's watches
         server.start()
     except Exception as exc:  # noqa: BLE001 - any start-up failure is reported the same way
         log.error("cannot start", error=str(exc))

@@ -30,6 +30,8 @@ LOGICAL_CLUSTERS = "core.kcp.dev/logicalclusters"
 WILDCARD = "*"
 _GENERATE_NAME_ATTEMPTS = 8
 _PATCH_ATTEMPTS = 16
+#: How often a ``progress_notify`` watch reports progress (a BOOKMARK, only when it advanced).
+PROGRESS_NOTIFY_INTERVAL = 0.02
 #: The field manager of writes that name none (in-process callers: controllers, virtual workspaces).
 DEFAULT_FIELD_MANAGER = "kcp"
 
@@ -119,6 +121,11 @@ class Registry:
         except KeyNotFoundError:
             pass
 
+    def current_resource_version(self) -> int:
+        """The store's resourceVersion now: every write acknowledged so far has one at most this high (the
+        freshness the ``/services`` forwarder vouches for, ``X-Kcp-Shard-Resource-Version``)."""
+        return self.store.current_rv()
+
     def require_cluster(self, cluster: str) -> None:
         if cluster != WILDCARD and not self.cluster_exists(cluster):
             raise errors.NotFound(f'logical cluster "{cluster}" not found', details={"name": cluster})
@@ -201,12 +208,15 @@ class Registry:
 
     def watch(self, rt: ResourceType, cluster: str, namespace: str, options: ListOptions, *,
               send_initial_events: bool | None = None, bookmark_interval: float = 60.0,
-              allow_bookmarks: bool = False, deadline: float | None = None,
+              allow_bookmarks: bool = False, progress_notify: bool = False, deadline: float | None = None,
               idle_check=None, idle_interval: float = 5.0) -> Iterator[WatchEvent]:
         """Yield watch events until ``deadline`` (monotonic) or until ``idle_check()`` says the client left.
 
         Expired resource versions are reported as one ERROR event carrying a 410 Status, as the
-        apiserver's watch cache does, never as an exception.
+        apiserver's watch cache does, never as an exception. ``progress_notify`` (with
+        ``allow_bookmarks``) adds a BOOKMARK about every ``PROGRESS_NOTIFY_INTERVAL`` whenever the
+        watcher's progress went past what the client was last told -- also when only other resources
+        were written -- so a watch-fed cache can prove it has seen everything up to a resourceVersion.
         """
         store_cluster = None if cluster == WILDCARD else cluster
         store_namespace = namespace if rt.namespaced and namespace else None
@@ -227,6 +237,7 @@ class Registry:
         except errors.StatusError as exc:
             yield WatchEvent("ERROR", exc.status())
             return
+        progress = allow_bookmarks and progress_notify
         try:
             for obj in items:
                 if options.matches(obj):
@@ -234,12 +245,17 @@ class Registry:
             if send_initial_events:
                 yield WatchEvent("BOOKMARK", self._bookmark(rt, since, initial_events_end=True))
             last_rv = since
+            told_rv = since  # the highest resourceVersion the client has had: an event's or a bookmark's
             next_bookmark = time.monotonic() + bookmark_interval
+            next_progress = time.monotonic() + PROGRESS_NOTIFY_INTERVAL
+            next_idle_check = time.monotonic() + idle_interval
             while True:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return
                 wait = min(idle_interval, next_bookmark - now)
+                if progress:
+                    wait = min(wait, next_progress - now)
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 try:
@@ -251,12 +267,25 @@ class Registry:
                     last_rv = event.rv
                     out = _translate(event, options)
                     if out is not None:
+                        told_rv = event.rv
                         yield WatchEvent(*out, event.line if out[0] == event.type else None)
-                if not events and idle_check is not None and idle_check():
-                    return
+                if not events and idle_check is not None:
+                    # a progress watch wakes every few ms: ask about the client at the usual pace only
+                    if not progress or time.monotonic() >= next_idle_check:
+                        if idle_check():
+                            return
+                        next_idle_check = time.monotonic() + idle_interval
+                if progress and time.monotonic() >= next_progress:
+                    rv = watcher.progress_rv()
+                    if rv > told_rv:
+                        told_rv = rv
+                        yield WatchEvent("BOOKMARK", self._bookmark(rt, rv))
+                    next_progress = time.monotonic() + PROGRESS_NOTIFY_INTERVAL
                 if time.monotonic() >= next_bookmark:
                     if allow_bookmarks:
-                        yield WatchEvent("BOOKMARK", self._bookmark(rt, max(last_rv, watcher.progress_rv())))
+                        rv = max(last_rv, watcher.progress_rv())
+                        told_rv = max(told_rv, rv)
+                        yield WatchEvent("BOOKMARK", self._bookmark(rt, rv))
                     next_bookmark = time.monotonic() + bookmark_interval
         finally:
             watcher.close()

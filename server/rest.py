@@ -144,6 +144,7 @@ class ResourceAPI:
                                                 media_types=JSON_ONLY)
         events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
                                      allow_bookmarks=_flag(query, "allowWatchBookmarks"),
+                                     progress_notify=_flag(query, "progressNotify"),
                                      bookmark_interval=self.bookmark_interval, deadline=deadline,
                                      idle_check=peer_gone_check(request.environ),
                                      idle_interval=self.idle_interval)

@@ -19,6 +19,7 @@ import errno
 import os
 import socket
 import ssl
+import time
 import weakref
 from typing import Callable
 
@@ -28,6 +29,9 @@ import gevent.pool
 import gevent.ssl
 from gevent import pywsgi
 import structlog
+
+from kcp_virtual.http1 import send_all
+from server import serving_h2
 
 #: Errors that mean "the client went away" (or never completed TLS): not worth a traceback.
 DISCONNECT_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError,
@@ -105,11 +109,130 @@ class _ErrorLog:
         pass
 
 
+_MAX_HEADER_LINE = 65536  # http.client's limits, which pywsgi's own parsing applies
+_MAX_HEADERS = 100
+
+
+class _RequestHeaders:
+    """The request's header block, as pywsgi uses it (``get``, ``del``, ``headers`` lines, ``status``).
+
+    pywsgi parses headers with ``http.client.parse_headers``, i.e. the ``email`` package: ~20 µs of
+    every request. This reads the same lines with the same limits (a line over 64 KiB or more than
+    100 headers is a 400), joins folded lines, and ignores lines without a colon as email does.
+    """
+
+    __slots__ = ("_items", "status")
+
+    def __init__(self, fp, *_):
+        items: list[list[str]] = []
+        self.status = ""
+        for _ in range(_MAX_HEADERS + 1):
+            line = fp.readline(_MAX_HEADER_LINE + 1)
+            if len(line) > _MAX_HEADER_LINE:
+                self.status = "Line too long"
+                break
+            if line in (b"\r\n", b"\n", b""):
+                break
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text[:1] in (" ", "\t"):
+                if items:
+                    items[-1][1] += " " + text.strip()
+                continue
+            name, sep, value = text.partition(":")
+            if sep and name:
+                items.append([name, value.strip()])
+        else:
+            self.status = "Too many headers"
+        self._items = items
+
+    def get(self, name: str, default=None):
+        lower = name.lower()
+        for key, value in self._items:
+            if key.lower() == lower:
+                return value
+        return default
+
+    getheader = get
+
+    def __delitem__(self, name: str) -> None:
+        lower = name.lower()
+        self._items = [item for item in self._items if item[0].lower() != lower]
+
+    @property
+    def typeheader(self):
+        return self.get("content-type")
+
+    @property
+    def headers(self):
+        return [f"{key}: {value}\r\n" for key, value in self._items]
+
+
+class _HTTPDate:
+    """pywsgi's ``Date`` header value (bytes; ``format_date_time(time.time())`` per response: ~3 µs), made once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self):
+        self._second, self._value = -1, ""
+
+    def __call__(self, now: float | None = None) -> str:
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            self._second, self._value = second, _format_date_time(second)
+        return self._value
+
+
+_format_date_time = pywsgi.format_date_time
+http_date = _HTTPDate()
+pywsgi.format_date_time = http_date  # the module global pywsgi's finalize_headers calls
+
+
+class RawExchange:
+    """A request handed to the server's interceptor before WSGI: answer it by writing bytes.
+
+    Interceptors are for paths where the WSGI stack is the cost (the shard's ``/services/*``
+    forwarding: a WSGI request costs ~200 µs of CPU before any work, the forwarding itself far
+    less). ``write`` sends response bytes as they are (status line, headers and framing are the
+    interceptor's); ``status`` and ``bytes`` are what it answered, for its access log line;
+    ``close_connection`` ends the keep-alive connection afterwards.
+    """
+
+    __slots__ = ("_handler", "status", "bytes", "close_connection", "on_stream")
+
+    def __init__(self, handler: "_Handler"):
+        self._handler = handler
+        self.status = 0
+        self.bytes = 0
+        self.close_connection = False
+        self.on_stream: Callable[[], None] | None = None  # set by whoever accounts for streams
+
+    def start_stream(self) -> None:
+        """The answer streams (no Content-Length; a watch): ``stop()`` ends it instead of waiting for it."""
+        self._handler.environ["kcp.long_running"] = True
+        if self.on_stream is not None:
+            self.on_stream()
+
+    @property
+    def socket(self):
+        return self._handler.socket
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client's request lets the connection stay open after this response."""
+        return not self._handler.close_connection
+
+    def write(self, data: bytes) -> None:
+        send_all(self._handler.socket, data)
+        self.bytes += len(data)
+
+
 class _Handler(pywsgi.WSGIHandler):
-    """pywsgi handler adding the peer cert and socket to the environ and quiet disconnects."""
+    """pywsgi handler adding the peer cert and socket to the environ, fast header parsing and quiet
+    disconnects."""
 
     _idle = False
     _peer = False  # False: not looked up yet; None: no verified cert
+    MessageClass = _RequestHeaders
 
     def handle(self):
         server = self.server
@@ -134,11 +257,12 @@ class _Handler(pywsgi.WSGIHandler):
         try:
             if self.server.kcp_stopping.is_set():
                 return ""
-            self.rfile.peek(1)
+            buffered = self.rfile.peek(1)
         finally:
             self._idle = False
-        self._head_timer = gevent.Timeout.start_new(
-            self.server.kcp_header_timeout, TimeoutError("timed out reading the request head"))
+        if b"\r\n\r\n" not in buffered:  # the whole head already here (the common case): nothing to time
+            self._head_timer = gevent.Timeout.start_new(
+                self.server.kcp_header_timeout, TimeoutError("timed out reading the request head"))
         return super().read_requestline()
 
     def read_request(self, raw_requestline):
@@ -166,6 +290,35 @@ class _Handler(pywsgi.WSGIHandler):
         # Yield once per request so every ready connection gets its turn.
         gevent.sleep(0)
         return result
+
+    def handle_one_response(self):
+        intercept = self.server.kcp_intercept
+        if intercept is not None and self.environ["PATH_INFO"].startswith(self.server.kcp_intercept_prefix):
+            exchange = RawExchange(self)
+            self.time_start = time.time()
+            if intercept(self.environ, exchange):
+                self.time_finish = time.time()
+                self.response_length = exchange.bytes
+                try:
+                    self.wsgi_input._discard()  # an unread body must not be taken for the next request
+                except (OSError, ValueError):
+                    exchange.close_connection = True
+                if exchange.close_connection:
+                    self.close_connection = True
+                return
+        super().handle_one_response()
+
+    def _sendall(self, data):
+        # pywsgi's, minus gevent's sendall (a getsockopt syscall and a chunking loop per call): one
+        # send takes a whole response of ordinary size; sendall only for what is left.
+        try:
+            send_all(self.socket, data)
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def get_environ(self):
         env = super().get_environ()
@@ -248,6 +401,8 @@ class _WSGIServer(pywsgi.WSGIServer):
         finally:
             self.kcp_handshaking.discard(fd)
         try:
+            if self.kcp_http2 and ssl_socket.selected_alpn_protocol() == "h2":
+                return self._handle_h2(ssl_socket, address)
             return self.handle(ssl_socket, address)
         finally:
             try:
@@ -256,14 +411,27 @@ class _WSGIServer(pywsgi.WSGIServer):
                 pass
 
 
-def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str]) -> ssl.SSLContext:
+    kcp_http2 = False
+
+    def _handle_h2(self, ssl_socket, address):
+        ssl_socket.settimeout(None)  # idle watches keep a stream open for long; TCP keepalive finds dead peers
+        greenlet = gevent.getcurrent()
+        self.kcp_h2_greenlets.add(greenlet)
+        try:
+            serving_h2.serve_connection(ssl_socket, address, self, _peer_certificate(ssl_socket))
+        finally:
+            self.kcp_h2_greenlets.discard(greenlet)
+
+
+def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str],
+                     alpn: list[str] | None = None) -> ssl.SSLContext:
     """Server context: ``create_default_context(Purpose.CLIENT_AUTH)`` settings, gevent-cooperative.
 
     ``gevent.ssl.create_default_context`` would return the blocking stdlib class, so this
     builds gevent's ``SSLContext(PROTOCOL_TLS_SERVER)`` (which is all create_default_context
     does for CLIENT_AUTH, bar loading CAs). Client certs are requested, not required, so
     token clients still work (like kube-apiserver); only ``client_ca_files`` are trusted, never
-    the system store. TLS 1.2+, ALPN http/1.1 only (pywsgi has no HTTP/2), no renegotiation.
+    the system store. TLS 1.2+, ALPN ``alpn`` (default http/1.1 only: pywsgi has no HTTP/2), no renegotiation.
     """
     ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -273,7 +441,7 @@ def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str]) ->
         for cafile in client_ca_files:
             ctx.load_verify_locations(cafile=cafile)
         ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(alpn or ["http/1.1"])
     keylog = os.environ.get("SSLKEYLOGFILE")
     if keylog:
         ctx.keylog_filename = keylog
@@ -287,12 +455,21 @@ class Server:
     until ``stop()``. The environ carries ``kcp.peer_certificate`` (only for a verified client
     cert), ``kcp.socket`` and ``kcp.stopping`` (a gevent Event set when ``stop()`` begins, so
     long-running handlers can end cleanly).
+
+    ``intercept(environ, exchange)`` (optional) sees the requests whose path starts with
+    ``intercept_prefix`` before the WSGI app and may answer
+    it by writing to the ``RawExchange`` (then it returns True) or leave it to the app (False, having
+    written nothing). A streaming answer must set ``environ["kcp.long_running"]`` for ``stop()``.
+
+    ``http2`` serves HTTP/2 (``server.serving_h2``) to TLS clients that offer only ``h2`` in ALPN.
     """
 
     def __init__(self, app: Callable, *, host: str, port: int, certfile: str | None, keyfile: str | None,
                  client_ca_files: list[str], max_connections: int = 4096, logger=None,
                  idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, backlog: int = 2048):
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, backlog: int = 2048,
+                 intercept: Callable[[dict, RawExchange], bool] | None = None, intercept_prefix: str = "/",
+                 http2: bool = False):
         self.app = app
         self.host = host.strip("[]")
         self._requested_port = port
@@ -300,13 +477,18 @@ class Server:
         self.pool = gevent.pool.Pool(max_connections)
         ssl_args = {}
         if certfile:
-            ssl_args["ssl_context"] = make_ssl_context(certfile, keyfile, client_ca_files)
+            ssl_args["ssl_context"] = make_ssl_context(certfile, keyfile, client_ca_files,
+                                                       serving_h2.ALPN if http2 else None)
         self._server = _WSGIServer(
             (self.host, port), app, backlog=backlog, spawn=self.pool, log=None,
             error_log=_ErrorLog(self.log), handler_class=_Handler,
             # An explicit SERVER_NAME avoids pywsgi's reverse DNS lookup of the bind address.
             environ={"SERVER_NAME": self.host or "localhost"}, **ssl_args)
         self._server.kcp_log = self.log
+        self._server.kcp_intercept = intercept
+        self._server.kcp_intercept_prefix = intercept_prefix
+        self._server.kcp_http2 = http2 and bool(certfile)
+        self._server.kcp_h2_greenlets = set()
         self._server.kcp_stopping = gevent.event.Event()
         self._server.kcp_handlers = weakref.WeakSet()
         self._server.kcp_handshaking = set()
@@ -361,6 +543,8 @@ class Server:
         server.close()
         for fd in list(server.kcp_handshaking):
             _shutdown_read(fd)
+        for greenlet in list(server.kcp_h2_greenlets):  # their streams are watches: end them now
+            greenlet.kill(block=False)
         for handler in list(server.kcp_handlers):
             if handler._idle:
                 _shutdown_read(handler.socket)

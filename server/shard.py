@@ -124,8 +124,13 @@ class Shard:
             self.virtual_workspaces = None
             self.app.services = ServicesForwarder(
                 self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
-                cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path))
-        self.server = Server(RequestLogMiddleware(self.app, self.metrics), host=self.config.bind_address,
+                cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
+                current_resource_version=self.registry.current_resource_version)
+        access_log = RequestLogMiddleware(self.app, self.metrics)
+        # Forwarded /services/* skip the WSGI stack (server.forwarding.ServicesForwarder.forward_raw).
+        intercept = access_log.intercepting(self.app.intercept) if self.virtual_workspaces is None else None
+        self.server = Server(access_log, intercept=intercept, intercept_prefix="/services/",
+                             host=self.config.bind_address,
                              port=self.config.secure_port, certfile=str(self.pki.serving_cert_path),
                              keyfile=str(self.pki.serving_key_path),
                              client_ca_files=[*self.pki.client_ca_files, *self.config.extra_client_ca_files,

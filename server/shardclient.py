@@ -115,7 +115,8 @@ class InProcessShardClient:
             else MIN_WATCH_TIMEOUT * (1 + random.random())
         api = self.app.api
         events = self.registry.watch(rt, cluster, namespace, options, send_initial_events=query.send_initial_events,
-                                     allow_bookmarks=query.allow_bookmarks, bookmark_interval=api.bookmark_interval,
+                                     allow_bookmarks=query.allow_bookmarks, progress_notify=query.progress_notify,
+                                     bookmark_interval=api.bookmark_interval,
                                      deadline=time.monotonic() + max(seconds, 0), idle_check=client_gone,
                                      idle_interval=api.idle_interval)
         return events if rt.convert is None else converted_events(events, rt.convert)

@@ -69,7 +69,8 @@ class Dispatcher:
                 return vw, prefix, context
         return None
 
-    def __call__(self, request: HTTPRequest, user: Any) -> Response:
+    def __call__(self, request: HTTPRequest, user: Any, fresh_as_of: int | None = None) -> Response:
+        """``fresh_as_of``: the shard's resourceVersion as the host trusts it (``Request.fresh_as_of``)."""
         path = request.path
         resolved = self.resolve(path)
         if resolved is None:
@@ -88,7 +89,8 @@ class Dispatcher:
             allowed, reason = vw.authorize(user, attributes, context)
             if not allowed:
                 raise forbidden(user, attributes, reason)
-        return vw.handler(Request(http=request, user=user, context=context, path=rest, prefix=prefix, info=info))
+        return vw.handler(Request(http=request, user=user, context=context, path=rest, prefix=prefix, info=info,
+                                  fresh_as_of=fresh_as_of))
 
     @staticmethod
     def _health(vw: VirtualWorkspace, path: str) -> Response:

@@ -17,7 +17,10 @@ implementation is a thin mapping onto HTTP:
   reports it -- one evaluation that a view checks many objects against (the workspaces view
   matches thousands of names with it instead of asking one review per name);
 * ``forward``: hand a whole HTTP request to a logical cluster, as a given user (the proxy kind);
-* ``version``: the shard's ``/version``.
+* ``version``: the shard's ``/version``;
+* optionally ``informer(gvr, label_selector)``: a watch-fed cache of a resource (``Informer``), for
+  clients whose every read is a network hop (the remote one). The in-process client has none: its
+  reads are memory already.
 
 Failures are ``kcp_virtual.framework.errors`` Status exceptions in every implementation, with the
 codes and messages the shard's HTTP API would have answered.
@@ -34,8 +37,8 @@ from werkzeug.wrappers import Request as HTTPRequest, Response
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision
 
-__all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient",
-           "CLUSTER_ANNOTATION", "list_limit", "resource_version_match"]
+__all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient", "Informer",
+           "NotFresh", "CLUSTER_ANNOTATION", "list_limit", "resource_version_match"]
 
 #: Every object the shard returns names its logical cluster in this annotation (DESIGN.md section 4).
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
@@ -115,6 +118,9 @@ class ListQuery:
     allow_bookmarks: bool = False
     send_initial_events: bool | None = None
     timeout_seconds: int | None = None
+    #: BOOKMARKs whenever the shard's progress advanced (with ``allow_bookmarks``), also when only other
+    #: resources were written: what a watch-fed cache needs to prove it is fresh. Never a client's.
+    progress_notify: bool = False
 
     @classmethod
     def from_args(cls, args: Mapping[str, str] | MultiDict, *, watch: bool = False) -> "ListQuery":
@@ -161,6 +167,8 @@ class ListQuery:
             params["limit"] = str(self.limit)
         if self.allow_bookmarks:
             params["allowWatchBookmarks"] = "true"
+        if self.progress_notify:
+            params["progressNotify"] = "true"
         if self.send_initial_events is not None:
             params["sendInitialEvents"] = "true" if self.send_initial_events else "false"
         if self.timeout_seconds is not None:
@@ -199,10 +207,33 @@ class Rules(NamedTuple):
     incomplete: bool = False
 
 
+class NotFresh(Exception):
+    """An ``Informer`` cannot vouch for being as fresh as the caller needs: ask the shard instead."""
+
+
+class Informer(Protocol):
+    """A watch-fed cache of one resource's objects matching one label selector, in every logical cluster.
+
+    ``fresh_as_of`` is a resourceVersion of the shard; an answer is only given when the cache has
+    seen everything up to it (else ``NotFresh``). Objects are keyed by (logical cluster, namespace,
+    name) and are the shard's, as a live read would return them: shared and read-only.
+    """
+
+    def get(self, cluster: str, namespace: str, name: str, fresh_as_of: int) -> dict | None:
+        """The object, or None when the cache holds none (the caller asks the shard, whose NotFound tells a
+        missing object from a missing logical cluster)."""
+
+    def list(self, cluster: str, namespace: str, fresh_as_of: int) -> dict | None:
+        """The list the shard would answer (``cluster`` may be ``*``): its kind, items in the shard's order and
+        ``metadata.resourceVersion`` the one they are current at (at least ``fresh_as_of``). None when the cache
+        cannot tell (a logical cluster it holds no object of may not exist: the shard answers that)."""
+
+
 class ShardClient(Protocol):
     """See the module docstring. ``cluster`` is a logical cluster path or ``*``; ``namespace`` is ``""`` for
     cluster-scoped resources and for all namespaces. Returned objects are shared and read-only: copy
-    before changing them."""
+    before changing them. Optional, so not declared here (``getattr(shard, "informer", None)``):
+    ``informer(gvr, label_selector) -> Informer | None``, started on first use."""
 
     def get(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
             user: Any = None) -> dict: ...

@@ -14,6 +14,16 @@ narrows it to a view (kcp's ``forwardingregistry`` with its wrappers):
 * **transformation** (optional): objects are rewritten on the way out (reads and watch events)
   and on the way in (writes), e.g. the syncer's per-target view of a Deployment.
 
+**Reads from a cache.** A get or list acting as the virtual workspace itself may be answered by the
+shard client's informer of the view (``ShardClient.informer(gvr, selector)``, the remote client's),
+but only for a request the shard vouched for (``Request.fresh_as_of``) and only when the informer has
+seen everything up to then: the answer is then the one the shard would have given (a read with
+resourceVersion "" must be most recent). A miss is not answered from the cache: the shard says
+whether the object or its whole logical cluster is missing, and those are different 404s. Lists come
+from the cache only when the shard would answer the whole resource (no selectors of the caller's, no
+``continue``, no ``limit`` unless resourceVersion is "0", which kube serves whole from its cache).
+Writes always read live.
+
 ``verbs`` is what the storage offers, and therefore exactly what discovery advertises; the
 resource handler answers 405 for anything else. Writes check the view and then write pinned to
 the resourceVersion they checked, retrying when the object moved underneath, so a concurrent
@@ -30,7 +40,7 @@ import jsonpointer
 
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
-from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, ShardClient, WatchEvent
+from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, ShardClient, WatchEvent
 from kcp_virtual.framework.virtualworkspace import Context, Request
 
 __all__ = ["ForwardingStorage", "Transformation", "ALL_VERBS", "READ_VERBS", "as_virtual_workspace", "as_caller"]
@@ -159,15 +169,38 @@ class ForwardingStorage:
     # ------------------------------------------------------------------ reads
 
     def get(self, request: Request, namespace: str, name: str) -> dict:
-        return self._out(self._current(request, namespace, name), request)
+        obj = self._cached(request, lambda informer: informer.get(request.context.cluster, namespace, name,
+                                                                  request.fresh_as_of))
+        if obj is None or not self.in_view(obj):
+            obj = self._current(request, namespace, name)
+        return self._out(obj, request)
 
     def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
-        result = self.shard.list(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
-                                 user=self.act_as(request))
+        result = None
+        if _whole(query):
+            result = self._cached(request, lambda informer: informer.list(request.context.cluster, namespace,
+                                                                          request.fresh_as_of))
+        if result is None:
+            result = self.shard.list(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+                                     user=self.act_as(request))
         if self.transform is None:
             return result
         to_view, context = self.transform.to_view, request.context
         return {**result, "items": [to_view(item, context) for item in result["items"]]}
+
+    def _cached(self, request: Request, read: Callable[[Any], Any]) -> Any:
+        """``read(informer)`` when the shard client has an informer of this view and the request may be answered
+        from it (see the module docstring); None: read live. The first use starts the informer."""
+        if request.fresh_as_of is None or self.act_as(request) is not None:
+            return None
+        informer_of = getattr(self.shard, "informer", None)
+        informer = informer_of(self.gvr, self.selector) if informer_of is not None else None
+        if informer is None:
+            return None
+        try:
+            return read(informer)
+        except NotFresh:
+            return None
 
     def watch(self, request: Request, namespace: str, query: ListQuery,
               client_gone: Callable[[], bool] | None = None):
@@ -299,6 +332,15 @@ class ForwardingStorage:
             deleted.append(self._out(obj if result.get("kind") == "Status" else result, request))
         return {"kind": listed["kind"], "apiVersion": listed["apiVersion"],
                 "metadata": {"resourceVersion": listed["metadata"].get("resourceVersion", "")}, "items": deleted}
+
+
+def _whole(query: ListQuery) -> bool:
+    """Whether the shard would answer ``query`` with the whole resource at its current state (a cache can then)."""
+    if query.label_selector or query.field_selector or query.continue_token:
+        return False
+    if query.resource_version == "0":
+        return True  # kube ignores limit (and the match) for "0": served whole from its watch cache
+    return not (query.resource_version or query.resource_version_match or query.limit)
 
 
 def _apply_options(request: Request, patch_type: str) -> dict:

@@ -78,6 +78,11 @@ class Request:
     ``info`` is computed once from ``path`` (the Kubernetes-like path after ``prefix``) and is what
     the authorizer saw. ``prefix`` is the part of the URL the client thinks of as its server
     (needed wherever a response names URLs, e.g. OpenAPI's ``serverRelativeURL``). Treat it as read-only.
+
+    ``fresh_as_of`` is the shard's resourceVersion when it forwarded the request: every write it had
+    acknowledged by then has one at most this high, so a cache that has seen that far may answer a
+    read that must be most recent. None when nobody trustworthy vouched for it (embedded, or a client
+    calling the external process directly): then only the shard itself may answer such reads.
     """
 
     http: HTTPRequest
@@ -86,6 +91,7 @@ class Request:
     path: str
     prefix: str
     info: RequestInfo
+    fresh_as_of: int | None = None
 
 
 Resolver = Callable[[str], "Resolution | tuple[bool, str, Context | None]"]

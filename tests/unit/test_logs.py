@@ -275,3 +275,17 @@ def test_middleware_overhead_is_small():
             logs.configure("text", 0)
     print(f"RequestLogMiddleware overhead: {overhead * 1e6:.1f} µs/request")
     assert overhead < 100e-6
+
+
+@pytest.mark.parametrize("event_dict", [
+    {"timestamp": "2026-11-25T23:20:22.123456Z", "level": "info", "event": "request", "logger": "kcp.x", "b": 1,
+     "a": "x y", "c": None, "d": 0.5, "e": {"k": 1}},
+    {"timestamp": "t", "level": "warning", "event": "an event message longer than thirty characters", "z": "q"},
+    {"event": "alone"}, {"event": "x", "level": "debug"}, {"event": "x", "logger": "l"},
+    {"event": "quoted", "k": "a=b", "j": "it's", "m": [1, "2"], "n": "tab\there", "o": 'say "hi"'},
+])
+def test_the_plain_console_renderer_writes_console_renderer_s_exact_line(event_dict):
+    from server.logs import _PlainConsoleRenderer
+
+    expected = structlog.dev.ConsoleRenderer(colors=False)(None, "info", dict(event_dict))
+    assert _PlainConsoleRenderer()(None, "info", dict(event_dict)) == expected

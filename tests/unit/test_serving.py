@@ -352,3 +352,44 @@ def test_slow_request_head_is_cut_off(shard_pki):
         assert http.request("GET", srv.url + "/").status == 200
         time.sleep(0.7)
         assert http.request("GET", srv.url + "/").status == 200
+
+
+def _headers_env(environ, start_response):
+    body = json.dumps({k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _raw_exchange(port: int, head: bytes) -> bytes:
+    """The answer to ``head``: read until its JSON body ends, a 400 shows, or the connection closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head)
+        data = b""
+        while not data.endswith(b"}") and b"400" not in data[:12]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_request_headers_reach_the_environ_as_pywsgi_would_put_them(shard_pki):
+    with Running(_headers_env, shard_pki, tls=False) as srv:
+        r = urllib3.PoolManager(retries=False).request(
+            "POST", srv.url + "/", body=b"{}", headers=urllib3.HTTPHeaderDict(
+                [("Content-Type", "application/json"), ("X-Multi", "a"), ("X-Multi", "b"), ("x-lower", " v ")]))
+        env = json.loads(r.data)
+        assert env["CONTENT_TYPE"] == "application/json" and env["CONTENT_LENGTH"] == "2"
+        assert env["HTTP_X_MULTI"] == "a,b" and env["HTTP_X_LOWER"] == "v"
+        folded = _raw_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Fold: one\r\n two\r\nConnection: close\r\n\r\n")
+        assert folded.startswith(b"HTTP/1.1 200") and b'"HTTP_X_FOLD": "one two"' in folded
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n",
+], ids=["line over 64 KiB", "over 100 headers"])
+def test_an_oversized_request_head_is_a_400(shard_pki, head):
+    with Running(_headers_env, shard_pki, tls=False) as srv:
+        assert _raw_exchange(srv.port, head).startswith(b"HTTP/1.1 400")
+        assert urllib3.PoolManager(retries=False).request("GET", srv.url + "/").status == 200
