@@ -18,7 +18,6 @@ HTTP/1.1 instead.
 
 from __future__ import annotations
 
-import collections
 import ssl
 from http import HTTPStatus
 from typing import Iterable, Iterator
@@ -63,7 +62,7 @@ class Stream:
         self.status = 0
         self.reason = ""
         self.headers = Headers([])
-        self._pieces: collections.deque[bytes] = collections.deque()
+        self._pieces: list[bytes] = []  # a watch has one piece or none waiting: a list is ~10x smaller than a deque
         self._buffered = 0
         self._ended = False
         self._error: BaseException | None = None
@@ -125,7 +124,7 @@ class Stream:
         try:
             while True:
                 if pieces:
-                    data = pieces.popleft()
+                    data = pieces.pop(0)
                     self._buffered -= len(data)
                     self._conn.consumed(len(data))
                     yield data

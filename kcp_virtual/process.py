@@ -25,8 +25,10 @@ from kcp_virtual.delegated import (DEFAULT_ALLOWED_NAMES, FRESH_AS_OF, Delegated
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.health import health_response, is_health_path
+from kcp_virtual.framework.httprequest import HTTPRequest
 from kcp_virtual.framework.shardclient import ShardClient
 from kcp_virtual.framework.virtualworkspace import VirtualWorkspace
+from kcp_virtual.informer import BOOKMARK_INTERVAL
 from kcp_virtual.remote import RemoteShardClient
 
 __all__ = ["VirtualWorkspacesApp", "load_factory", "build_app", "VirtualWorkspaceFactory"]
@@ -62,7 +64,7 @@ class VirtualWorkspacesApp:
                                                          **dispatcher.readiness()}
 
     def __call__(self, environ, start_response):
-        response = errors.respond(self.dispatch, Request(environ), log)
+        response = errors.respond(self.dispatch, HTTPRequest(environ), log)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -87,9 +89,11 @@ class VirtualWorkspacesApp:
 
 def build_app(kubeconfig: str, *, factories: Iterable[VirtualWorkspaceFactory], client_ca_file: str,
               requestheader_ca_file: str, allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES,
-              context: str | None = None, metrics: Any = None) -> VirtualWorkspacesApp:
-    """The app serving ``factories``' virtual workspaces (in order) against the shard of ``kubeconfig``."""
-    shard = RemoteShardClient.from_kubeconfig(kubeconfig, context)
+              context: str | None = None, metrics: Any = None,
+              bookmark_interval: float = BOOKMARK_INTERVAL) -> VirtualWorkspacesApp:
+    """The app serving ``factories``' virtual workspaces (in order) against the shard of ``kubeconfig``;
+    ``bookmark_interval``: of the watches served from its informers (the shard's, to look the same)."""
+    shard = RemoteShardClient.from_kubeconfig(kubeconfig, context, bookmark_interval=bookmark_interval)
     dispatcher = Dispatcher(factory(shard) for factory in factories)
     authenticator = DelegatedAuthenticator(shard, client_cas=load_certificates(client_ca_file),
                                            requestheader_cas=load_certificates(requestheader_ca_file),

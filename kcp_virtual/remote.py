@@ -24,7 +24,7 @@ import structlog
 from werkzeug.wrappers import Request as HTTPRequest, Response
 
 from kcp_virtual import http1, httpclient
-from kcp_virtual.informer import Informer, Informers
+from kcp_virtual.informer import BOOKMARK_INTERVAL, Informer, Informers
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision, is_master
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, Rules, User, WatchEvent
@@ -175,7 +175,8 @@ class RemoteShardClient:
     a certificate."""
 
     def __init__(self, url: str, *, ssl_context, token: str | None = None, maxsize: int = 128,
-                 request_timeout: float = REQUEST_TIMEOUT, idle_interval: float = IDLE_INTERVAL):
+                 request_timeout: float = REQUEST_TIMEOUT, idle_interval: float = IDLE_INTERVAL,
+                 bookmark_interval: float = BOOKMARK_INTERVAL):
         parts = urlsplit(url)
         self.url = f"{parts.scheme}://{parts.netloc}"
         self.prefix = _CLUSTER_SUFFIX.sub("", parts.path).rstrip("/")
@@ -185,7 +186,8 @@ class RemoteShardClient:
         self.idle_interval = idle_interval
         self._version: dict | None = None
         self._what = f"the shard at {self.url}"
-        self.informers = Informers(self)
+        # watches served from the informers bookmark as often as the shard's own (its ``bookmark_interval``)
+        self.informers = Informers(self, bookmark_interval=bookmark_interval, idle_interval=idle_interval)
 
     @classmethod
     def from_kubeconfig(cls, path: str, context: str | None = None, **options) -> "RemoteShardClient":

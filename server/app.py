@@ -15,6 +15,7 @@ import structlog
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework.health import health_response, is_health_path
+from kcp_virtual.framework.httprequest import HTTPRequest
 from server import discovery, errors, negotiation
 from server.openapi import OpenAPIIndex
 from server.auth import impersonation
@@ -73,7 +74,7 @@ class ShardApp:
     # ------------------------------------------------------------------ WSGI
 
     def __call__(self, environ, start_response):
-        response = errors.respond(self.dispatch, Request(environ), log)
+        response = errors.respond(self.dispatch, HTTPRequest(environ), log)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:

@@ -135,6 +135,9 @@ def _virtual_workspaces_parser(sub) -> None:
                          "(default kcp-shard-proxy)")
     vw.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
                     help="also serve this virtual workspace (a callable taking a ShardClient); repeatable")
+    vw.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
+                    help="BOOKMARKs of the watches it serves from its cache, as often as the shard's "
+                         "(default 60)")
     vw.add_argument("--log-format", choices=("text", "json"), default="text")
     vw.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                     help="log verbosity (0 = info, 1+ = debug)")
@@ -162,6 +165,7 @@ def run_virtual_workspaces(args) -> int:
         metrics = Metrics()
         app = build_app(args.kubeconfig, factories=factories, client_ca_file=client_ca,
                         requestheader_ca_file=requestheader_ca, context=args.context, metrics=metrics,
+                        bookmark_interval=args.bookmark_interval,
                         allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()])
         server = Server(logs.RequestLogMiddleware(app, metrics), host=args.bind_address, port=args.secure_port,
                         certfile=args.tls_cert_file or str(root / "virtual-workspaces.crt"),

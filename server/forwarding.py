@@ -157,6 +157,7 @@ class ServicesForwarder:
         except errors.StatusError as exc:
             self._write_status(exchange, exc)
             return True
+        del headers, body  # a watch keeps this frame for as long as it runs
         try:
             self._relay(environ, exchange, upstream)
         except OSError as exc:  # the client is gone (a failed write): nobody to answer

@@ -11,6 +11,7 @@ import contextvars
 import itertools
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -68,12 +69,12 @@ class _UTCStamper:
         return event_dict
 
 
-_QUOTED = frozenset(" \t=\r\n\"'")
+_NEEDS_QUOTES = re.compile("[ \t=\r\n\"']")  # ConsoleRenderer's rule for quoting a string value
 
 
 def _console_value(value: Any) -> str:
     if isinstance(value, str):
-        return repr(value) if _QUOTED.intersection(value) else value
+        return repr(value) if _NEEDS_QUOTES.search(value) else value
     return repr(value)
 
 

@@ -21,7 +21,8 @@ import socket
 import ssl
 import time
 import weakref
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import gevent
 import gevent.event
@@ -47,6 +48,8 @@ IDLE_TIMEOUT = 120.0
 #: Seconds from the first byte of a request to the end of its headers (kube-apiserver's
 #: ReadHeaderTimeout), against slowloris clients.
 HEADER_TIMEOUT = 32.0
+#: Bytes buffered when reading a request (see ``_Handler.__init__``).
+READ_BUFFER = 2048
 #: Seconds allowed for the TLS handshake, so half-open connections do not pin a greenlet.
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -64,8 +67,8 @@ def _rdn_values(name: tuple, key: str) -> list[str]:
     return [v for rdn in name for k, v in rdn if k == key]
 
 
-def _peer_certificate(sock) -> dict | None:
-    """The verified client certificate as ``{"user", "groups", "issuer", "der"}``, or None.
+def _peer_certificate(sock) -> Mapping | None:
+    """The verified client certificate as a read-only ``{"user", "groups", "issuer", "der"}``, or None.
 
     ``getpeercert()`` only returns a non-empty dict when the chain verified against the
     context's CAs; with CERT_OPTIONAL an unverifiable cert fails the handshake instead.
@@ -82,8 +85,9 @@ def _peer_certificate(sock) -> dict | None:
         return None
     cns = _rdn_values(cert.get("subject", ()), "commonName")
     issuer = _rdn_values(cert.get("issuer", ()), "commonName")
-    return {"user": cns[-1] if cns else "", "groups": _rdn_values(cert.get("subject", ()), "organizationName"),
-            "issuer": issuer[-1] if issuer else "", "der": der}
+    return MappingProxyType({"user": cns[-1] if cns else "",
+                             "groups": tuple(_rdn_values(cert.get("subject", ()), "organizationName")),
+                             "issuer": issuer[-1] if issuer else "", "der": der})
 
 
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
@@ -207,8 +211,15 @@ class RawExchange:
         self.on_stream: Callable[[], None] | None = None  # set by whoever accounts for streams
 
     def start_stream(self) -> None:
-        """The answer streams (no Content-Length; a watch): ``stop()`` ends it instead of waiting for it."""
-        self._handler.environ["kcp.long_running"] = True
+        """The answer streams (no Content-Length; a watch): ``stop()`` ends it instead of waiting for it.
+        What only the request needed -- its parsed headers, the header entries of the environ -- is let
+        go, as an idle watch may hold on for an hour (the interceptor has copied what it forwards)."""
+        handler = self._handler
+        environ = handler.environ
+        environ["kcp.long_running"] = True
+        for key in [key for key in environ if key.startswith("HTTP_")]:
+            del environ[key]
+        handler.headers = None
         if self.on_stream is not None:
             self.on_stream()
 
@@ -233,6 +244,15 @@ class _Handler(pywsgi.WSGIHandler):
     _idle = False
     _peer = False  # False: not looked up yet; None: no verified cert
     MessageClass = _RequestHeaders
+
+    def __init__(self, sock, address, server):
+        # pywsgi's, with a smaller read buffer: its default 8 KiB stays allocated for as long as the
+        # connection lives -- most of an idle watch's memory -- while request heads are well under 2 KiB
+        # (longer ones take a few more reads; bodies are read past the buffer).
+        self.socket = sock
+        self.client_address = address
+        self.server = server
+        self.rfile = sock.makefile("rb", READ_BUFFER)
 
     def handle(self):
         server = self.server
@@ -326,7 +346,7 @@ class _Handler(pywsgi.WSGIHandler):
         if peer is False:
             peer = self._peer = _peer_certificate(self.socket)
         if peer is not None:
-            env["kcp.peer_certificate"] = dict(peer, groups=list(peer["groups"]))
+            env["kcp.peer_certificate"] = peer  # read-only, so one per connection serves all its requests
         env["kcp.socket"] = self.socket
         env["kcp.stopping"] = self.server.kcp_stopping
         return env

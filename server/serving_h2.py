@@ -54,7 +54,7 @@ class _StreamState:
 
 
 class _H2Connection:
-    def __init__(self, sock, address, server, peer: dict | None):
+    def __init__(self, sock, address, server, peer):
         self.sock = sock
         self.address = address
         self.server = server
@@ -166,7 +166,7 @@ class _H2Connection:
         if b":authority" in pseudo and "HTTP_HOST" not in env:
             env["HTTP_HOST"] = pseudo[b":authority"]
         if self.peer is not None:
-            env["kcp.peer_certificate"] = dict(self.peer, groups=list(self.peer["groups"]))
+            env["kcp.peer_certificate"] = self.peer
         return env
 
     def _run(self, stream_id: int, state: _StreamState) -> None:
@@ -229,6 +229,6 @@ class _H2Connection:
             pass
 
 
-def serve_connection(sock, address, server, peer: dict | None) -> None:
+def serve_connection(sock, address, server, peer) -> None:
     """Serve an HTTP/2 connection (ALPN chose h2) until it ends; ``server`` is the pywsgi server."""
     _H2Connection(sock, address, server, peer).serve()

@@ -121,7 +121,9 @@ def running_topology(name: str, config: ShardConfig | None = None
     port = free_port()
     url = f"https://127.0.0.1:{port}"
     with running_shard(replace(config, run_virtual_workspaces=False, shard_virtual_workspace_url=url)) as shard:
-        external = ExternalVirtualWorkspaces(shard, config.virtual_workspaces, port).start()
+        external = ExternalVirtualWorkspaces(  # its watches from the cache bookmark as the shard's do
+            shard, config.virtual_workspaces, port,
+            extra_args=("--bookmark-interval", str(config.bookmark_interval))).start()
         try:
             base = url if name == "external" else shard.url
             yield VWTopology(name, base, shard.kubeconfig, shard.workdir), shard, external

@@ -19,8 +19,8 @@ implementation is a thin mapping onto HTTP:
 * ``forward``: hand a whole HTTP request to a logical cluster, as a given user (the proxy kind);
 * ``version``: the shard's ``/version``;
 * optionally ``informer(gvr, label_selector)``: a watch-fed cache of a resource (``Informer``), for
-  clients whose every read is a network hop (the remote one). The in-process client has none: its
-  reads are memory already.
+  clients whose every read -- and every watch -- is a network hop (the remote one). The in-process
+  client has none: its reads are memory already.
 
 Failures are ``kcp_virtual.framework.errors`` Status exceptions in every implementation, with the
 codes and messages the shard's HTTP API would have answered.
@@ -177,7 +177,8 @@ class ListQuery:
 
 
 class WatchEvent(NamedTuple):
-    """One watch event. Implementations may yield any object with ``type`` and ``object`` attributes."""
+    """One watch event. Implementations may yield any object with ``type`` and ``object`` attributes, and
+    ``encoded()`` when its stream line is serialized once for many watchers (``watchstream.json_lines``)."""
 
     type: str      # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR (object: a Status)
     object: dict
@@ -227,6 +228,17 @@ class Informer(Protocol):
         """The list the shard would answer (``cluster`` may be ``*``): its kind, items in the shard's order and
         ``metadata.resourceVersion`` the one they are current at (at least ``fresh_as_of``). None when the cache
         cannot tell (a logical cluster it holds no object of may not exist: the shard answers that)."""
+
+    def watch(self, cluster: str, namespace: str, resource_version: str, fresh_as_of: int, *,
+              allow_bookmarks: bool = False, timeout_seconds: int | None = None,
+              client_gone: Callable[[], bool] | None = None) -> Watch | None:
+        """The watch the shard would serve without selectors of the caller's, served from the cache: from
+        ``resource_version`` "" or "0" the current objects as ADDED events (the shard's order), from N the events
+        after N; then the changes, BOOKMARKs with ``allow_bookmarks``, until ``timeout_seconds`` or
+        ``client_gone()``. Its events may carry ``encoded()``, their stream line shared by every watcher. It ends
+        early, without an error, when the cache loses track (the client watches again from what it saw).
+        NotFresh (or None, as ``list``) when the cache cannot answer exactly as the shard would: the caller
+        watches live."""
 
 
 class ShardClient(Protocol):

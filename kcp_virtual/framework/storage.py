@@ -22,6 +22,9 @@ resourceVersion "" must be most recent). A miss is not answered from the cache: 
 whether the object or its whole logical cluster is missing, and those are different 404s. Lists come
 from the cache only when the shard would answer the whole resource (no selectors of the caller's, no
 ``continue``, no ``limit`` unless resourceVersion is "0", which kube serves whole from its cache).
+Watches too, under the same conditions, when the caller sets no selector and no ``sendInitialEvents``:
+then the informer streams them (``Informer.watch``), so they cost the shard nothing; whatever it cannot
+answer exactly as the shard would (a resourceVersion outside its history...) is watched live.
 Writes always read live.
 
 ``verbs`` is what the storage offers, and therefore exactly what discovery advertises; the
@@ -204,8 +207,15 @@ class ForwardingStorage:
 
     def watch(self, request: Request, namespace: str, query: ListQuery,
               client_gone: Callable[[], bool] | None = None):
-        events = self.shard.watch(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
-                                  user=self.act_as(request), client_gone=client_gone)
+        events = None
+        if _cacheable_watch(query):
+            events = self._cached(request, lambda informer: informer.watch(
+                request.context.cluster, namespace, query.resource_version, request.fresh_as_of,
+                allow_bookmarks=query.allow_bookmarks, timeout_seconds=query.timeout_seconds,
+                client_gone=client_gone))
+        if events is None:
+            events = self.shard.watch(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+                                      user=self.act_as(request), client_gone=client_gone)
         if self.transform is None:
             return events
         return self._transformed(events, request.context)
@@ -341,6 +351,13 @@ def _whole(query: ListQuery) -> bool:
     if query.resource_version == "0":
         return True  # kube ignores limit (and the match) for "0": served whole from its watch cache
     return not (query.resource_version or query.resource_version_match or query.limit)
+
+
+def _cacheable_watch(query: ListQuery) -> bool:
+    """Whether an informer of the view may serve this watch: no selector of the caller's, no watch-list
+    (``sendInitialEvents``) and no progress notifications (the shard ignores ``limit`` and ``continue``)."""
+    return not (query.label_selector or query.field_selector or query.send_initial_events is not None
+                or query.progress_notify)
 
 
 def _apply_options(request: Request, patch_type: str) -> dict:

@@ -194,7 +194,9 @@ def test_a_forwarded_watch_closes_upstream_when_the_client_leaves(topology):
         return _metric(text, "apiserver_open_watches")
 
     before = metrics.open_watches
-    connection = _open_watch(shard, shard.shard.port, demo("*").replace("/namespaces/default", "") + "?watch=true")
+    # a selector of the caller's, so the external process watches the shard (it serves others from its informer)
+    connection = _open_watch(shard, shard.shard.port,
+                             demo("*").replace("/namespaces/default", "") + "?watch=true&labelSelector=demo%3Dtrue")
     _wait(lambda: metrics.open_watches == before + 2)  # the client's, forwarded, and the external process's own
     assert external_watches() == 1
     connection.sock.close()  # the client leaves without a word

@@ -78,10 +78,10 @@ def live_gets(shard) -> float:
                and sample.labels.get("resource") == "configmaps" and not sample.labels.get("virtual_workspace"))
 
 
-def write(shard, name: str, value: str, *, create: bool = False) -> dict:
-    """A demo ConfigMap written straight to the shard."""
+def write(shard, name: str, value: str, *, create: bool = False, demo: str = "true") -> dict:
+    """A demo ConfigMap (unless ``demo`` says otherwise) written straight to the shard."""
     body = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": value},
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"demo": "true"}}}
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"demo": demo}}}
     response = call(shard.url, shard, CONFIGMAPS + ("" if create else f"/{name}"), cert=admin(shard),
                     method="POST" if create else "PUT", body=body, headers={"Content-Type": "application/json"})
     assert response.status_code in (200, 201), response.text
@@ -221,3 +221,100 @@ def test_read_your_writes(topology, route):
         assert response.status_code == 200 and response.json()["data"] == {"k": str(i)}, (i, response.text)
         cached += not read_live_since(shard, before)
     assert 10 <= cached, f"only {cached} of 50 reads came from the cache"
+
+
+# ---------------------------------------------------------------------- watches from the cache
+
+WATCHES = 50
+
+
+def open_watch(shard, path: str, **params) -> requests.Response:
+    """A watch through the shard, its headers read; ``iter_lines`` reads its events."""
+    response = requests.get(shard.url + path, params={"watch": "true", **params}, cert=admin(shard),
+                            verify=shard.ca_file, stream=True, timeout=10)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def open_watches_settle_at(shard, expected: int) -> None:
+    """The shard's ``apiserver_open_watches`` reaches ``expected`` and stays there a while."""
+    metrics = shard.shard.metrics
+    deadline = time.monotonic() + 10
+    while metrics.open_watches != expected:
+        assert time.monotonic() < deadline, f"{metrics.open_watches} open watches, expected {expected}"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert metrics.open_watches == expected
+
+
+def warm_cache(shard) -> None:
+    """The external process's informer of the demo view is synced and has seen everything written so far."""
+    name = unique("warm")
+    write(shard, name, "v", create=True)
+    wait_for_cache(shard, lambda: call(shard.url, shard, f"/services/demo{CONFIGMAPS}/{name}", cert=admin(shard)))
+
+
+def test_watches_through_the_shard_open_no_watch_on_it(topology):
+    """Each client watch through the shard is the forwarded one only: the external process serves it from its
+    informer, with no upstream watch of its own (which would be a second open watch on the shard)."""
+    _, shard, _ = topology
+    warm_cache(shard)
+    before = shard.shard.metrics.open_watches
+    watches = [open_watch(shard, f"/services/demo{CONFIGMAPS}", timeoutSeconds="60") for _ in range(WATCHES)]
+    streams = [watch.iter_lines() for watch in watches]  # kept: a dropped one closes its connection
+    try:
+        open_watches_settle_at(shard, before + WATCHES)
+        name = unique("fan-out")
+        written = write(shard, name, "v", create=True)
+        for events in streams:
+            event = orjson.loads(next(events))
+            while event["object"]["metadata"]["name"] != name:  # the initial ADDED events first
+                event = orjson.loads(next(events))
+            assert event == {"type": "ADDED", "object": written}
+        assert shard.shard.metrics.open_watches == before + WATCHES
+    finally:
+        for watch in watches:
+            watch.close()
+
+
+def test_a_watch_resumed_through_the_shard_is_the_shards_own(topology):
+    _, shard, _ = topology
+    warm_cache(shard)
+    since = current_rv(shard)
+    names = [unique("resume") for _ in range(2)]
+    for name in names:
+        write(shard, name, "1", create=True)
+    write(shard, names[0], "2")
+    write(shard, names[1], "2", demo="false")  # leaves the view: DELETED
+    write(shard, unique("outside"), "1", create=True, demo="false")
+    warm_cache(shard)
+    before = shard.shard.metrics.open_watches
+    through_vw = open_watch(shard, f"/services/demo{CONFIGMAPS}", resourceVersion=str(since), timeoutSeconds="2")
+    try:
+        open_watches_settle_at(shard, before + 1)  # the forwarded watch only
+        cached = through_vw.raw.read()
+    finally:
+        through_vw.close()
+    direct = open_watch(shard, CONFIGMAPS, resourceVersion=str(since), timeoutSeconds="1", labelSelector="demo=true")
+    assert cached == direct.raw.read()
+    events = [(e["type"], e["object"]["metadata"]["name"]) for e in map(orjson.loads, cached.splitlines())]
+    assert events[:4] == [("ADDED", names[0]), ("ADDED", names[1]), ("MODIFIED", names[0]), ("DELETED", names[1])]
+
+
+def external_open_watches(shard, external) -> float:
+    text = call(external.url, shard, "/metrics", cert=admin(shard)).text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("apiserver_open_watches "))
+
+
+def test_a_client_leaving_a_watch_from_the_cache_frees_it_in_both_processes(topology):
+    _, shard, external = topology
+    warm_cache(shard)
+    before, external_before = shard.shard.metrics.open_watches, external_open_watches(shard, external)
+    watch = open_watch(shard, f"/services/demo{CONFIGMAPS}")
+    open_watches_settle_at(shard, before + 1)
+    assert external_open_watches(shard, external) == external_before + 1
+    watch.close()  # the client leaves without a word
+    deadline = time.monotonic() + 10
+    while (shard.shard.metrics.open_watches, external_open_watches(shard, external)) != (before, external_before):
+        assert time.monotonic() < deadline, "the watch outlived its client"
+        time.sleep(0.05)

@@ -26,6 +26,7 @@ from kcp_virtual.framework.requestinfo import parse_request_info
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, User
 from kcp_virtual.framework.storage import ForwardingStorage, as_caller
 from kcp_virtual.framework.virtualworkspace import Context, Request
+from kcp_virtual.framework.watchstream import json_lines
 from kcp_virtual.informer import Informer, Informers
 from kcp_virtual.remote import RemoteShardClient
 from server.shard import ShardConfig
@@ -33,6 +34,7 @@ from server.testing import running_shard
 from tests.vw_demo import CONFIGMAPS, DEMO_LABELS, UPPER_CASE
 
 SECRETS = GroupVersionResource("", "v1", "secrets")
+NAMESPACES = GroupVersionResource("", "v1", "namespaces")
 SELECTOR = "demo=true"
 ADMIN = User("admin", groups=("system:masters", "system:authenticated"))
 
@@ -59,6 +61,9 @@ class Client(RemoteShardClient):
         return super().list(gvr, cluster, namespace, query, **kwargs)
 
     def watch(self, gvr, cluster, namespace, query, **kwargs):
+        if not query.progress_notify:  # not the informer's own: a watch of the storage, or the informer's probe
+            probe = query.timeout_seconds == 0 and query.resource_version not in ("", "0")
+            self.live["probe" if probe else "watch"] += 1
         self.waiting = True
         self.gate.wait()
         self.waiting = False
@@ -428,3 +433,282 @@ def test_read_your_writes_through_the_storage(shard, client):
         assert read["data"] == {"k": str(i)}
         cached += client.live["get"] == before
     assert cached >= 10
+
+
+# ---------------------------------------------------------------------- watches served from the informer
+
+def stream(events) -> bytes:
+    """A watch's bytes as the resource handler streams them (ended by the watch's timeout)."""
+    return b"".join(json_lines(events))
+
+
+def side_by_side(storage: ForwardingStorage, cluster: str, namespace: str, query: ListQuery, rv: int,
+                 informer: Informer) -> tuple[bytes, bytes]:
+    """The same watch from the cache (asserted: it subscribed) and live, streamed at the same time."""
+    before = informer.subscriptions
+    cached = storage.watch(vw_request(cluster, rv), namespace, query)
+    assert informer.subscriptions == before + 1, "not served from the cache"
+    live = storage.watch(vw_request(cluster, None), namespace, query)
+    streams = [gevent.spawn(stream, cached), gevent.spawn(stream, live)]
+    gevent.joinall(streams, raise_error=True)
+    return streams[0].value, streams[1].value
+
+
+def lines(data: bytes) -> list[dict]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def synced_informer(client, **options) -> Informer:
+    client.informers = Informers(client, **options)
+    informer = client.informer(CONFIGMAPS, SELECTOR)
+    wait_until(lambda: informer.synced)
+    return informer
+
+
+def test_a_watch_resumed_within_the_history_is_the_shards_byte_for_byte(shard, client):
+    storage = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS)
+    view = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS, transform=UPPER_CASE)
+    informer = synced_informer(client)
+    other = new_workspace(shard)
+    names = [unique("resume") for _ in range(3)]
+    client.create(CONFIGMAPS, other, "default", configmap(unique("before")))
+    since = caught_up(shard, informer)
+    for cluster in ("root", other):
+        for name in names:
+            client.create(CONFIGMAPS, cluster, "default", configmap(name))
+        client.update(CONFIGMAPS, cluster, "default", names[0], configmap(names[0], "changed"))
+        client.update(CONFIGMAPS, cluster, "default", names[1], configmap(names[1], labels={"demo": "false"}))
+        client.update(CONFIGMAPS, cluster, "default", names[1], configmap(names[1], "back"))
+        client.delete(CONFIGMAPS, cluster, "default", names[2])
+        client.create(CONFIGMAPS, cluster, "default", configmap(unique("outside"), labels={}))
+    rv = caught_up(shard, informer)
+    query = ListQuery(resource_version=str(since), timeout_seconds=1)
+    for s, cluster, namespace in ((storage, "root", "default"), (storage, "*", ""), (storage, other, ""),
+                                  (view, "*", "default")):
+        cached, live = side_by_side(s, cluster, namespace, query, rv, informer)
+        assert cached == live
+        types = [(e["type"], e["object"]["metadata"]["name"]) for e in lines(cached)]
+        if cluster == other:
+            assert types == [("ADDED", names[0]), ("ADDED", names[1]), ("ADDED", names[2]), ("MODIFIED", names[0]),
+                             ("DELETED", names[1]), ("ADDED", names[1]), ("DELETED", names[2])]
+    assert b'"K":"CHANGED"' not in cached and b'"k":"CHANGED"' in cached  # the view's transformation applies
+    assert client.live["watch"] == 4 and client.live["probe"] == 4  # the live halves; one probe per resume
+    wait_until(lambda: informer.subscriptions == 0)
+
+
+def test_initial_events_are_the_shards(shard, client):
+    storage = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS)
+    informer = synced_informer(client)
+    other = new_workspace(shard)
+    for cluster in ("root", other):
+        for _ in range(3):
+            client.create(CONFIGMAPS, cluster, "default", configmap(unique("initial")))
+        client.create(CONFIGMAPS, cluster, "default", configmap(unique("outside"), labels={}))
+    client.create(NAMESPACES, other, "", {"metadata": {"name": "elsewhere"}})
+    client.create(CONFIGMAPS, other, "elsewhere", configmap(unique("elsewhere")))
+    rv = caught_up(shard, informer)
+    for requested in ("", "0"):
+        for cluster, namespace in (("root", "default"), ("*", ""), (other, "default"), (other, "")):
+            # timeoutSeconds 0: the initial events, then the end
+            query = ListQuery(resource_version=requested, timeout_seconds=0)
+            cached, live = side_by_side(storage, cluster, namespace, query, rv, informer)
+            assert cached == live and {e["type"] for e in lines(cached)} == {"ADDED"}
+            if cluster == other:
+                assert len(lines(cached)) == (3 if namespace else 4)
+    assert client.live["probe"] == 0
+
+
+def test_objects_leaving_the_view_arrive_as_deleted(shard, client):
+    storage = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS)
+    informer = synced_informer(client)
+    cluster = new_workspace(shard)
+    name = unique("leaving")
+    client.create(CONFIGMAPS, cluster, "default", configmap(name))
+    rv = caught_up(shard, informer)
+    watch = storage.watch(vw_request(cluster, rv), "default", ListQuery(timeout_seconds=30))
+    assert informer.subscriptions == 1
+    assert next(watch).type == "ADDED"
+    relabelled = client.update(CONFIGMAPS, cluster, "default", name, configmap(name, labels={"demo": "false"}))
+    with gevent.Timeout(2):
+        event = next(watch)
+    assert (event.type, event.object) == ("DELETED", relabelled)
+    assert event.encoded() == orjson.dumps({"type": "DELETED", "object": relabelled}) + b"\n"
+    watch.close()
+    assert informer.subscriptions == 0  # at once
+
+
+def test_versions_the_cache_cannot_replay_are_watched_live(shard, client):
+    storage = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS)
+    informer = synced_informer(client)
+    name = unique("live-watch")
+    client.create(CONFIGMAPS, "root", "default", configmap(name))
+    rv = caught_up(shard, informer)
+    floor = informer._history_floor
+
+    def served_live(cluster: str, namespace: str, query: ListQuery, fresh_as_of=rv, s=storage) -> bool:
+        before = client.live["watch"]
+        watch = s.watch(vw_request(cluster, fresh_as_of), namespace, query)
+        watch.close()
+        assert informer.subscriptions == 0
+        return client.live["watch"] == before + 1
+
+    assert not served_live("root", "default", ListQuery(resource_version=str(floor)))  # the oldest it has
+    for query in (ListQuery(resource_version=str(floor - 1)), ListQuery(resource_version=str(rv + 100)),
+                  ListQuery(label_selector="a=b"), ListQuery(field_selector=f"metadata.name={name}"),
+                  ListQuery(resource_version=str(rv), send_initial_events=True)):
+        assert served_live("root", "default", query), query
+    assert served_live("root", "default", ListQuery(), fresh_as_of=None)
+    assert served_live("root", "default", ListQuery(), fresh_as_of=current_rv(shard) + 1000)  # stale
+    as_them = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS, act_as=as_caller)
+    assert served_live("root", "default", ListQuery(), s=as_them)
+    assert served_live(new_workspace(shard), "", ListQuery())  # nothing cached there: does it exist?
+    with pytest.raises(errors.NotFound):  # no: the shard's 404
+        storage.watch(vw_request("root:nowhere", rv), "", ListQuery())
+    with pytest.raises(errors.NotFound):  # a resume there: the shard's 404 too (the probe asked it)
+        storage.watch(vw_request("root:nowhere", rv), "", ListQuery(resource_version=str(rv)))
+    with pytest.raises(errors.BadRequest):
+        storage.watch(vw_request("root", rv), "", ListQuery(resource_version="x"))
+
+
+def test_a_version_the_shards_history_no_longer_has_is_its_410():
+    """Too old for the informer's history, or only for the shard's (which holds every write of the resource,
+    those outside the view too): the shard's 410, live."""
+    with running_shard(ShardConfig(watch_history_events=5)) as shard:
+        client = Client.from_kubeconfig(shard.kubeconfig)
+        storage = ForwardingStorage(client, CONFIGMAPS, labels=DEMO_LABELS)
+        try:
+            informer = synced_informer(client, history=3)
+            first = caught_up(shard, informer)
+            for _ in range(20):  # outside the view: the informer's history still reaches ``first``
+                client.create(CONFIGMAPS, "root", "default", configmap(unique("outside"), labels={}))
+            rv = caught_up(shard, informer)
+            assert informer._history_floor <= first < shard.run(shard.shard.store.oldest_rv, "core/configmaps")
+            query = ListQuery(resource_version=str(first), timeout_seconds=2)
+            events = lines(stream(storage.watch(vw_request("root", rv), "", query)))
+            assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+            assert client.live["probe"] == 1 and informer.subscriptions == 0
+
+            since = rv
+            for _ in range(10):  # in the view: out of the informer's history and the shard's
+                client.create(CONFIGMAPS, "root", "default", configmap(unique("inside")))
+            rv = caught_up(shard, informer)
+            assert since < informer._history_floor
+            query = ListQuery(resource_version=str(since), timeout_seconds=2)
+            events = lines(stream(storage.watch(vw_request("root", rv), "", query)))
+            assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+            assert client.live["probe"] == 1  # known too old without asking
+        finally:
+            client.informers.stop()
+
+
+def _consume(watch, into: list) -> None:
+    """What the resource handler does with a watch: read it, and close it however the reading ends."""
+    try:
+        for event in watch:
+            into.append(event)
+    finally:
+        watch.close()
+
+
+def test_a_slow_subscriber_overflows_and_its_watch_ends(shard, client):
+    informer = synced_informer(client, queue_limit=2)
+    cluster = new_workspace(shard)
+    client.create(CONFIGMAPS, cluster, "default", configmap(unique("first")))
+    rv = caught_up(shard, informer)
+    slow = informer.watch(cluster, "", "", rv)
+    reading = informer.watch(cluster, "", "", rv)
+    seen: list = []
+    reader = gevent.spawn(_consume, reading, seen)
+    for _ in range(3):
+        client.create(CONFIGMAPS, cluster, "default", configmap(unique("burst")))
+    caught_up(shard, informer)
+    wait_until(lambda: len(seen) == 4)
+    assert informer.subscriptions == 1  # the slow one left at once
+    assert list(slow) == []  # its stream ends: its client watches again
+    reader.kill()
+    wait_until(lambda: informer.subscriptions == 0)
+
+
+class FailingOnce(Client):
+    """The informer's next ``watch_failures`` watches fail."""
+
+    watch_failures = 0
+
+    def watch(self, gvr, cluster, namespace, query, **kwargs):
+        if self.watch_failures and query.progress_notify:
+            self.watch_failures -= 1
+            raise errors.ServiceUnavailable("the shard is away")
+        return super().watch(gvr, cluster, namespace, query, **kwargs)
+
+
+def test_a_relist_ends_the_subscriptions():
+    with running_shard(ShardConfig(watch_history_events=3)) as shard:
+        client = FailingOnce.from_kubeconfig(shard.kubeconfig)
+        client.watch_timeout = 1
+        try:
+            informer = synced_informer(client)
+            rv = caught_up(shard, informer)
+            seen: list = []
+            reader = gevent.spawn(_consume, informer.watch("*", "", "", rv), seen)
+            name = unique("seen")
+            client.create(CONFIGMAPS, "root", "default", configmap(name))
+            wait_until(lambda: any(e.object["metadata"]["name"] == name for e in seen))
+            client.gate.clear()
+            wait_until(lambda: client.waiting)  # the shard ended the informer's watch: the subscription stays
+            assert not reader.dead and informer.subscriptions == 1
+            for _ in range(10):
+                client.create(CONFIGMAPS, "root", "default", configmap(unique("while-away")))
+            client.gate.set()  # 410: relist
+            wait_until(lambda: informer.lists == 2)
+            reader.join(2)
+            assert reader.dead and informer.subscriptions == 0
+            assert [e.object["metadata"]["name"] for e in seen][-1] == name  # nothing after what it had seen
+
+            reader = gevent.spawn(_consume, informer.watch("*", "", "", caught_up(shard, informer)), seen)
+            client.watch_failures = 1  # a failure, not a 410: the same
+            wait_until(lambda: informer.lists == 3, timeout=10)
+            reader.join(2)
+            assert reader.dead and informer.subscriptions == 0
+        finally:
+            client.gate.set()
+            client.informers.stop()
+
+
+def test_stopping_the_informer_ends_the_subscriptions(shard, client):
+    informer = synced_informer(client)
+    reader = gevent.spawn(list, informer.watch("*", "", "", caught_up(shard, informer)))
+    gevent.sleep(0)
+    client.informers.stop()
+    reader.join(2)
+    assert reader.dead and informer.subscriptions == 0
+
+
+def test_bookmarks_when_allowed(shard, client):
+    informer = synced_informer(client, bookmark_interval=0.3)
+    cluster = new_workspace(shard)
+    client.create(CONFIGMAPS, cluster, "default", configmap(unique("bookmarked")))
+    rv = caught_up(shard, informer)
+    with_bookmarks = gevent.spawn(list, informer.watch(cluster, "", "", rv, allow_bookmarks=True, timeout_seconds=2))
+    without = gevent.spawn(list, informer.watch(cluster, "", "", rv, timeout_seconds=2))
+    gevent.joinall([with_bookmarks, without], raise_error=True)
+    assert [e.type for e in without.value] == ["ADDED"]
+    events = with_bookmarks.value
+    assert events[0].type == "ADDED" and {e.type for e in events[1:]} == {"BOOKMARK"} and 3 <= len(events) <= 7
+    for event in events[1:]:
+        assert event.object == {"kind": "ConfigMap", "apiVersion": "v1",
+                                "metadata": {"resourceVersion": event.object["metadata"]["resourceVersion"]}}
+        assert int(event.object["metadata"]["resourceVersion"]) >= rv
+
+
+def test_a_client_leaving_removes_its_subscription(shard, client):
+    informer = synced_informer(client, idle_interval=0.05)
+    rv = caught_up(shard, informer)
+    gone = [False, False]
+    readers = [gevent.spawn(stream, informer.watch("*", "", "", rv, client_gone=lambda i=i: gone[i]))
+               for i in range(2)]
+    wait_until(lambda: informer.subscriptions == 2)
+    gone[0] = True
+    readers[0].join(1)
+    assert readers[0].dead and not readers[1].dead and informer.subscriptions == 1
+    readers[1].kill()  # the consumer killed (a stream reset): its close() runs
+    assert informer.subscriptions == 0

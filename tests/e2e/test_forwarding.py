@@ -1,0 +1,111 @@
+"""The shard's ``/services/*`` forwarding at the edges (``server/forwarding.py``).
+
+Most forwarded requests take the raw path (bytes relayed below the WSGI stack); what it leaves to the
+WSGI path -- oversized and chunked bodies, HEAD, HTTP/1.0, failed authentication -- must answer
+exactly as before, and keep-alive connections must stay usable across both.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+import uuid
+
+import pytest
+
+from server.shard import ShardConfig
+from tests.topologies import running_topology
+from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES
+
+CONFIGMAPS = "/services/demo/clusters/root/api/v1/namespaces/default/configmaps"
+
+
+@pytest.fixture(scope="module")
+def shard():
+    with running_topology("forwarded", ShardConfig(virtual_workspaces=DEMO_VIRTUAL_WORKSPACES)) as (_, running, _):
+        yield running
+
+
+def connect(shard, *, cert: bool = True) -> http.client.HTTPSConnection:
+    context = ssl.create_default_context(cafile=shard.ca_file)
+    if cert:
+        context.load_cert_chain(str(shard.shard.pki.admin_cert_path), str(shard.shard.pki.admin_key_path))
+    return http.client.HTTPSConnection("127.0.0.1", shard.shard.port, context=context, timeout=10)
+
+
+def configmap(name: str, **data: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"demo": "true"}},
+            "data": data}
+
+
+def exchange(connection: http.client.HTTPSConnection, method: str, path: str, body=None, headers=None):
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    return response, response.read()
+
+
+def test_keep_alive_requests_through_the_raw_path(shard):
+    connection = connect(shard)
+    name = f"ka-{uuid.uuid4().hex[:6]}"
+    response, body = exchange(connection, "POST", CONFIGMAPS, json.dumps(configmap(name, a="1")))
+    assert response.status == 201, body
+    for _ in range(3):
+        response, body = exchange(connection, "GET", f"{CONFIGMAPS}/{name}")
+        assert response.status == 200 and json.loads(body)["data"] == {"a": "1"}
+        assert len(response.headers.get_all("Date")) == 1
+        assert response.headers.get("Transfer-Encoding") is None and response.headers.get("Content-Length")
+    response, body = exchange(connection, "GET", f"{CONFIGMAPS}/nothing-here")
+    assert response.status == 404 and json.loads(body)["reason"] == "NotFound"
+    connection.close()
+
+
+def test_what_the_raw_path_leaves_to_wsgi_answers_as_before(shard):
+    connection = connect(shard)
+    too_big = json.dumps(configmap("big", blob="x" * (4 * 1024 * 1024)))
+    response, body = exchange(connection, "POST", CONFIGMAPS, too_big)
+    assert response.status == 413 and json.loads(body)["kind"] == "Status"
+
+    name = f"chunked-{uuid.uuid4().hex[:6]}"
+    payload = json.dumps(configmap(name, b="2")).encode()
+    connection = connect(shard)
+    connection.request("POST", CONFIGMAPS, body=iter([payload[:10], payload[10:]]),
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                       encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 201, response.read()
+    response.read()
+
+    connection.request("HEAD", f"{CONFIGMAPS}/{name}")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read() == b""
+    response, body = exchange(connection, "GET", f"{CONFIGMAPS}/{name}")  # the connection is still good
+    assert response.status == 200 and json.loads(body)["data"] == {"b": "2"}
+
+    anonymous = connect(shard, cert=False)
+    response, body = exchange(anonymous, "GET", CONFIGMAPS, headers={"Authorization": "Bearer not-a-token"})
+    assert response.status == 401 and json.loads(body)["reason"] == "Unauthorized"
+
+
+def test_an_http_1_0_client_is_answered_and_closed(shard):
+    connection = connect(shard)
+    connection._http_vsn, connection._http_vsn_str = 10, "HTTP/1.0"
+    response, body = exchange(connection, "GET", CONFIGMAPS)
+    assert response.status == 200 and json.loads(body)["kind"] == "ConfigMapList"
+    assert response.version == 11 and response.will_close
+
+
+def test_a_forwarded_request_is_logged_and_counted_once_with_its_virtual_workspace(shard):
+    metrics = shard.shard.metrics
+    before = sum(n for key, n in metrics._requests.counts.items() if key[3] == "demo")
+    connection = connect(shard)
+    for _ in range(5):
+        assert exchange(connection, "GET", CONFIGMAPS)[0].status == 200
+    deadline = time.monotonic() + 2  # the line is written just after the response
+    while sum(n for key, n in metrics._requests.counts.items() if key[3] == "demo") - before < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert sum(n for key, n in metrics._requests.counts.items() if key[3] == "demo") - before == 5
+    assert metrics.inflight_requests == 0
