@@ -68,6 +68,16 @@ def _flag(query, name: str) -> bool:
     return query.get(name, "").lower() in ("true", "1")
 
 
+def _progress_notify(request) -> bool:
+    """``progressNotify=true``: a BOOKMARK every ~20 ms while anything is written (how a virtual-workspace
+    process's watch-fed cache proves its freshness). That process acts as ``system:masters``; from anyone
+    else the parameter is ignored, as a few thousand such watches would keep the shard busy waking them."""
+    if not _flag(request.args, "progressNotify"):
+        return False
+    user = request.environ.get("kcp.user")
+    return user is not None and user.is_master
+
+
 class ResourceAPI:
     """Serves resource requests for one catalog+registry."""
 
@@ -144,7 +154,7 @@ class ResourceAPI:
                                                 media_types=JSON_ONLY)
         events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
                                      allow_bookmarks=_flag(query, "allowWatchBookmarks"),
-                                     progress_notify=_flag(query, "progressNotify"),
+                                     progress_notify=_progress_notify(request),
                                      bookmark_interval=self.bookmark_interval, deadline=deadline,
                                      idle_check=peer_gone_check(request.environ),
                                      idle_interval=self.idle_interval)

@@ -169,6 +169,25 @@ def test_progress_bookmarks_follow_writes_to_other_resources_and_stop_when_idle(
             watch.close()
 
 
+def test_progress_notify_is_ignored_from_anyone_but_system_masters(shard, client):
+    viewer = User(unique("viewer"), groups=("system:authenticated",))
+    client.create(GroupVersionResource("rbac.authorization.k8s.io", "v1", "clusterrolebindings"), "root", "", {
+        "metadata": {"name": viewer.name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": viewer.name}]})
+    query = ListQuery(resource_version=str(current_rv(shard)), allow_bookmarks=True, progress_notify=True)
+    seen: list = []
+    watch = client.watch(CONFIGMAPS, "root", "default", query, user=viewer)
+    reader = gevent.spawn(_collect, watch, seen)
+    try:
+        client.create(SECRETS, "root", "default", {"metadata": {"name": unique("s")}})
+        gevent.sleep(0.3)  # a master's watch has its BOOKMARK within ~20 ms (the test above)
+        assert seen == []
+    finally:
+        reader.kill()
+        watch.close()
+
+
 def test_the_in_process_client_passes_progress_notify_through(shard):
     def progress():
         app = shard.shard
