@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import gevent.socket
 
-__all__ = ["Pool", "Response", "Headers", "ProtocolError", "CONNECT_TIMEOUT", "send_all", "connect"]
+__all__ = ["Pool", "Response", "Headers", "ProtocolError", "CONNECT_TIMEOUT", "send_all", "connect",
+           "https_address"]
 
 CONNECT_TIMEOUT = 5.0
 _RECV = 64 * 1024
@@ -39,6 +40,14 @@ def send_all(sock, data: bytes) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def https_address(url: str) -> tuple[str, int, str]:
+    """``(host, port, authority)`` of an ``https://`` URL (the authority as the Host header carries it)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{url!r}: expected an https:// URL")
+    return parts.hostname, parts.port or 443, parts.netloc.rpartition("@")[2]
 
 
 def connect(host: str, port: int, context: ssl.SSLContext, timeout: float):
@@ -113,7 +122,7 @@ class _Connection:
 
 class Response:
     """One response. Read its body with ``read()`` (whole) or ``stream()`` (pieces as they arrive);
-    ``close()`` gives up on it. ``sock`` is the connection's socket (``httpclient.interrupt``)."""
+    ``close()`` gives up on it; ``interrupt()`` ends a read blocked on it, from anywhere."""
 
     __slots__ = ("status", "reason", "headers", "chunked", "_conn", "_pool", "_length", "_done", "_reusable")
 
@@ -281,11 +290,8 @@ class Pool:
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, *, maxsize: int = 256,
                  connect_timeout: float = CONNECT_TIMEOUT):
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"{url!r}: expected an https:// URL")
-        self.host, self.port = parts.hostname, parts.port or 443
-        self._host_header = parts.netloc.rpartition("@")[2].encode("ascii")
+        self.host, self.port, authority = https_address(url)
+        self._host_header = authority.encode("ascii")
         self.context = ssl_context
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ssl
 from http import HTTPStatus
 from typing import Iterable, Iterator
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
@@ -33,7 +32,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from kcp_virtual.http1 import Headers, ProtocolError, connect
+from kcp_virtual.http1 import Headers, ProtocolError, connect, https_address
 
 __all__ = ["Pool", "Stream", "NotSupported", "MAX_BUFFERED"]
 
@@ -155,9 +154,8 @@ class Stream:
 class _Connection:
     """One HTTP/2 connection and its reader greenlet."""
 
-    def __init__(self, sock, authority: str):
+    def __init__(self, sock):
         self.sock = sock
-        self.authority = authority
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.streams: dict[int, Stream] = {}
         self.dead: BaseException | None = None
@@ -272,11 +270,7 @@ class Pool:
     """HTTP/2 connections to the ``https://host:port`` of ``url`` (``ssl_context`` must offer ALPN ``h2``)."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, *, connect_timeout: float = 5.0):
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"{url!r}: expected an https:// URL")
-        self.host, self.port = parts.hostname, parts.port or 443
-        self.authority = parts.netloc.rpartition("@")[2]
+        self.host, self.port, self.authority = https_address(url)
         self.context = ssl_context
         self.connect_timeout = connect_timeout
         self._connections: list[_Connection] = []
@@ -296,7 +290,7 @@ class Pool:
                 tls.close()
                 raise NotSupported(f"{self.authority} does not speak HTTP/2")
             tls.settimeout(None)
-            conn = _Connection(tls, self.authority)
+            conn = _Connection(tls)
             self._connections.append(conn)
             return conn
 

@@ -11,7 +11,8 @@ shard's test thread alike, none of which monkey-patch. Shared by the two forward
 * ``proxy_request_headers`` / ``relay``: what crosses a proxy, and the response relayed chunk by
   chunk -- a watch passes through unbuffered, and the upstream connection is shut down the moment
   the client leaves (an io watcher on the client's socket, no extra greenlet per stream);
-* ``interrupt``: end a read blocked on an upstream response, from anywhere (a timer, another greenlet).
+* ``interrupted_when_client_leaves``: that shutdown, for any upstream response with ``interrupt()``
+  (an ``http1.Response`` or an ``http2.Stream``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import MAX_BODY_BYTES, read_limited_body  # MAX_BODY_BYTES: re-exported
 from kcp_virtual.framework.watchstream import WatchResponse
 
-__all__ = ["client_context", "https_pool", "proxy_request_headers", "relay", "interrupt", "unavailable",
+__all__ = ["client_context", "https_pool", "proxy_request_headers", "relay", "unavailable",
            "interrupted_when_client_leaves", "quote_path", "response_headers", "BUFFERED_RESPONSE_BYTES",
            "UPSTREAM_ERRORS", "MAX_BODY_BYTES", "read_body", "request_target", "CONNECT_TIMEOUT"]
 
@@ -119,11 +120,6 @@ def read_body(stream, content_length: int | None) -> bytes | None:
     return read_limited_body(stream, content_length) or None
 
 
-def interrupt(response) -> None:
-    """End a read blocked on ``response`` now (an ``http1.Response`` or ``http2.Stream``); safe from a hub callback."""
-    response.interrupt()
-
-
 def response_headers(upstream) -> list[tuple[str, str]]:
     """The upstream's end-to-end response headers (framing and hop-by-hop ones are the relay's own)."""
     connection = upstream.headers.get("Connection")
@@ -145,7 +141,7 @@ def interrupted_when_client_leaves(client_sock, upstream) -> Iterator[None]:
         else:
             def client_left():
                 watcher.stop()
-                interrupt(upstream)
+                upstream.interrupt()
 
             watcher.start(client_left)
     try:

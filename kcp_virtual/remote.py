@@ -117,7 +117,7 @@ class RemoteWatch:
                     gone = True
                 if gone:
                     timer.stop()
-                    httpclient.interrupt(response)
+                    response.interrupt()
 
             timer.start(check)
         self._events = self._read()

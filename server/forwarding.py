@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import orjson
 import structlog
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual import http2, httpclient
@@ -58,15 +59,6 @@ def identity_headers(user: UserInfo) -> list[tuple[str, str]]:
     headers.extend(("X-Remote-Group", group) for group in user.groups)
     for key, values in (user.extra or {}).items():
         headers.extend((f"X-Remote-Extra-{_header_key(key)}", value) for value in values)
-    return headers
-
-
-def _environ_headers(environ: dict) -> list[tuple[str, str]]:
-    """The request headers as the WSGI environ has them (what werkzeug's ``request.headers`` lists)."""
-    headers = [(key[5:].replace("_", "-").title(), value) for key, value in environ.items()
-               if key.startswith("HTTP_")]
-    if environ.get("CONTENT_TYPE"):
-        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
     return headers
 
 
@@ -150,7 +142,7 @@ class ServicesForwarder:
         if watch:
             structlog.contextvars.bind_contextvars(verb="watch")
         target = httpclient.quote_path(environ["PATH_INFO"])
-        headers = self._upstream_headers(httpclient.proxy_request_headers(_environ_headers(environ)), user)
+        headers = self._upstream_headers(httpclient.proxy_request_headers(EnvironHeaders(environ)), user)
         try:
             upstream = self._open(method, f"{target}?{query}" if query else target, headers, body,
                                   long_running=watch and method == "GET")

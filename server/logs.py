@@ -298,15 +298,14 @@ class RequestLogMiddleware:
 
     def _intercept(self, intercept: Callable, environ: dict, exchange) -> bool:
         start, vw = self._begin(environ)
-        streaming = []
-        exchange.on_stream = lambda: streaming.append(self._streaming())
+        exchange.on_stream = self._streaming
         try:
             handled = intercept(environ, exchange)
         except BaseException:
-            self._record(environ, start, exchange.status or 500, exchange.bytes, vw, any(streaming))
+            self._record(environ, start, exchange.status or 500, exchange.bytes, vw, exchange.counted_as_watch)
             raise
         if handled:
-            self._record(environ, start, exchange.status, exchange.bytes, vw, any(streaming))
+            self._record(environ, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
         elif self.metrics is not None:
             self.metrics.inflight_requests -= 1
         return handled

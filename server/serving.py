@@ -201,14 +201,15 @@ class RawExchange:
     ``close_connection`` ends the keep-alive connection afterwards.
     """
 
-    __slots__ = ("_handler", "status", "bytes", "close_connection", "on_stream")
+    __slots__ = ("_handler", "status", "bytes", "close_connection", "on_stream", "counted_as_watch")
 
     def __init__(self, handler: "_Handler"):
         self._handler = handler
         self.status = 0
         self.bytes = 0
         self.close_connection = False
-        self.on_stream: Callable[[], None] | None = None  # set by whoever accounts for streams
+        self.on_stream: Callable[[], bool] | None = None  # set by whoever accounts for streams: True for a watch
+        self.counted_as_watch = False
 
     def start_stream(self) -> None:
         """The answer streams (no Content-Length; a watch): ``stop()`` ends it instead of waiting for it.
@@ -221,7 +222,7 @@ class RawExchange:
             del environ[key]
         handler.headers = None
         if self.on_stream is not None:
-            self.on_stream()
+            self.counted_as_watch = self.on_stream()
 
     @property
     def socket(self):

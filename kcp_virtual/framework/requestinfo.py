@@ -83,7 +83,7 @@ def parse_request_info(method: str, path: str, query: dict) -> RequestInfo:
         return info
     if info.resource == "namespaces" and info.prefix_is_core():
         info.namespace = info.name if info.name else ""
-    watch = "watch" in query and query.get("watch") in ("true", "1")  # werkzeug raises (costly) for a missing key
+    watch = query.get("watch") in ("true", "1")
     if method in ("GET", "HEAD"):
         if not info.name:
             info.verb = "watch" if watch else "list"
