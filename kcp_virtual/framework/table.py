@@ -30,7 +30,7 @@ from kcp_virtual.framework.gofmt import go_float
 __all__ = [
     "Column", "NAME_COLUMN", "CREATED_AT_COLUMN", "AGE_COLUMN", "DEFAULT_COLUMNS", "jsonpath_column",
     "crd_columns", "to_table", "partial_object_metadata", "human_duration", "INCLUDE_OBJECT_VALUES",
-    "NAME_DESCRIPTION", "CREATION_TIMESTAMP_DESCRIPTION",
+    "NAME_DESCRIPTION", "CREATION_TIMESTAMP_DESCRIPTION", "field_getter",
 ]
 
 NAME_DESCRIPTION = (
@@ -84,6 +84,18 @@ DEFAULT_COLUMNS: tuple[Column, ...] = (NAME_COLUMN, CREATED_AT_COLUMN)
 
 # ---------------------------------------------------------------------------------------------------
 # Ages (apimachinery/pkg/util/duration.HumanDuration)
+
+
+def field_getter(*path: str) -> Callable[[dict], Any]:
+    """A column's value getter for a fixed field path (``spec``, ``type``, ``name``): None where it is missing."""
+    def getter(obj: dict) -> Any:
+        value: Any = obj
+        for step in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(step)
+        return value
+    return getter
 
 
 def human_duration(seconds: float) -> str:

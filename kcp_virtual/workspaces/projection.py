@@ -16,7 +16,7 @@ import orjson
 
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.shardclient import GroupVersionResource
-from kcp_virtual.framework.table import Column
+from kcp_virtual.framework.table import Column, field_getter
 
 __all__ = ["GROUP", "VERSION", "API_VERSION", "KIND", "PLURAL", "CLUSTER_WORKSPACES", "OWNER_ANNOTATION",
            "to_workspace", "to_cluster_workspace", "owner_name", "owner_annotation", "bookmark", "SCHEMA",
@@ -134,21 +134,10 @@ def to_cluster_workspace(workspace: Any, owner: str) -> dict:
     return out
 
 
-def _get(*path: str):
-    def getter(obj: dict):
-        value: Any = obj
-        for step in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(step)
-        return value
-    return getter
-
-
-COLUMNS = (Column("Type", "string", "", "The type of the workspace", 0, _get("spec", "type", "name")),
+COLUMNS = (Column("Type", "string", "", "The type of the workspace", 0, field_getter("spec", "type", "name")),
            Column("Phase", "string", "", "The current phase (Scheduling, Initializing, Ready)", 0,
-                  _get("status", "phase")),
-           Column("URL", "string", "", "The URL of the workspace's API server", 0, _get("status", "URL")))
+                  field_getter("status", "phase")),
+           Column("URL", "string", "", "The URL of the workspace's API server", 0, field_getter("status", "URL")))
 
 _TYPE_REFERENCE = {"type": "object", "description": "A WorkspaceType: its name and the workspace it is defined in.",
                    "properties": {"name": {"type": "string"}, "path": {"type": "string"}}}

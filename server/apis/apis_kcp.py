@@ -291,17 +291,6 @@ def _create_binding(ctx: RequestContext) -> tuple[int, dict]:
 
 # ---------------------------------------------------------------------------------------------- types
 
-def _get(*path: str):
-    def getter(obj: dict):
-        value = obj
-        for step in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(step)
-        return value
-    return getter
-
-
 def _export_reference(obj: dict) -> str:
     ref = binding_reference(obj)
     return f"{ref[0]}:{ref[1]}" if ref else ""
@@ -314,19 +303,20 @@ def _col(name: str, getter, description: str = "") -> table.Column:
 APIRESOURCESCHEMAS = ResourceType(
     GROUP, VERSION, "APIResourceSchema", "apiresourceschemas", "apiresourceschema", False,
     categories=("kcp",), prepare=_schema_prepare, validate=_schema_validate,
-    columns=(_col("Group", _get("spec", "group")), _col("Kind", _get("spec", "names", "kind"))))
+    columns=(_col("Group", table.field_getter("spec", "group")),
+             _col("Kind", table.field_getter("spec", "names", "kind"))))
 
 APIEXPORTS = ResourceType(
     GROUP, VERSION, "APIExport", "apiexports", "apiexport", False,
     categories=("kcp",), subresources=("status",), prepare=_export_prepare, validate=_export_validate,
-    columns=(_col("Identity", _get("status", "identityHash"), "The identity hash of the export"),))
+    columns=(_col("Identity", table.field_getter("status", "identityHash"), "The identity hash of the export"),))
 
 APIBINDINGS = ResourceType(
     GROUP, VERSION, "APIBinding", "apibindings", "apibinding", False,
     categories=("kcp",), subresources=("status",), prepare=_binding_prepare, validate=_binding_validate,
     handlers={("create", ""): _create_binding},
     columns=(_col("Export", _export_reference, "The APIExport bound (<workspace>:<name>)"),
-             _col("Phase", _get("status", "phase"), "Binding or Bound")))
+             _col("Phase", table.field_getter("status", "phase"), "Binding or Bound")))
 
 TYPES: tuple[ResourceType, ...] = (APIRESOURCESCHEMAS, APIEXPORTS, APIBINDINGS)
 

@@ -309,25 +309,15 @@ def _col(name: str, getter, description: str = "") -> table.Column:
     return table.Column(name=name, type="string", description=description, getter=getter)
 
 
-def _get(*path: str):
-    def getter(obj: dict):
-        value = obj
-        for step in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(step)
-        return value
-    return getter
-
-
 CLUSTER_WORKSPACES = ResourceType(
     GROUP, VERSION, "ClusterWorkspace", "clusterworkspaces", "clusterworkspace", False,
     short_names=("cws",), subresources=("status",), name_rule="label",
     prepare=_workspace_prepare, validate=_workspace_validate,
     handlers={("create", ""): _create_workspace},
-    columns=(_col("Type", _get("spec", "type", "name"), "Type of the workspace"),
-             _col("Phase", _get("status", "phase"), "The current phase (e.g. Scheduling, Initializing, Ready)"),
-             _col("URL", _get("status", "baseURL"), "URL to access the workspace")))
+    columns=(_col("Type", table.field_getter("spec", "type", "name"), "Type of the workspace"),
+             _col("Phase", table.field_getter("status", "phase"),
+                  "The current phase (e.g. Scheduling, Initializing, Ready)"),
+             _col("URL", table.field_getter("status", "baseURL"), "URL to access the workspace")))
 
 WORKSPACE_TYPES = ResourceType(
     GROUP, VERSION, "WorkspaceType", "workspacetypes", "workspacetype", False,
@@ -336,8 +326,8 @@ WORKSPACE_TYPES = ResourceType(
 SHARDS = ResourceType(
     GROUP, VERSION, "Shard", "shards", "shard", False,
     subresources=("status",), name_rule="label", prepare=_shard_prepare, validate=_shard_validate,
-    columns=(_col("URL", _get("spec", "baseURL"), "Base URL of the shard"),
-             _col("Virtual Workspace URL", _get("spec", "virtualWorkspaceURL"),
+    columns=(_col("URL", table.field_getter("spec", "baseURL"), "Base URL of the shard"),
+             _col("Virtual Workspace URL", table.field_getter("spec", "virtualWorkspaceURL"),
                   "URL of the virtual workspaces of the shard")))
 
 TYPES: tuple[ResourceType, ...] = (CLUSTER_WORKSPACES, WORKSPACE_TYPES, SHARDS)
