@@ -6,7 +6,8 @@ cost ~1 KiB each. Only streams use it: a short request pays h2's pure-Python fra
 those stay on ``kcp_virtual.http1``.
 
 The protocol machine is the ``h2`` library (python-hyper); the I/O is ours, on gevent sockets: one
-reader greenlet per connection hands frames to the streams, whose readers block on a ``Waiter``.
+reader greenlet per connection hands frames to the streams, whose readers block on a ``Waiter`` --
+or, for a stream with ``attach``ed callbacks, runs those (no greenlet waits on it at all).
 Flow control is opened wide (the largest windows, acknowledged lazily) so the server never waits
 for credit; instead each stream's buffer is bounded here: a stream whose reader falls behind by more
 than ``MAX_BUFFERED`` bytes is reset, as a slow watch client is dropped by the apiserver.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import ssl
 from http import HTTPStatus
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import gevent
 import gevent.lock
@@ -51,7 +52,8 @@ class Stream:
     """One request's response: ``status``/``reason``/``headers`` once the head arrived, then ``stream()``.
     ``close()`` gives up on it (RST_STREAM); ``interrupt()`` does the same from a hub callback."""
 
-    __slots__ = ("id", "status", "reason", "headers", "_conn", "_pieces", "_buffered", "_ended", "_error", "_waiter")
+    __slots__ = ("id", "status", "reason", "headers", "_conn", "_pieces", "_buffered", "_ended", "_error", "_waiter",
+                 "_sink")
 
     length = None  # never framed by a Content-Length here: always streamed
 
@@ -66,6 +68,7 @@ class Stream:
         self._ended = False
         self._error: BaseException | None = None
         self._waiter: Waiter | None = None
+        self._sink: tuple[Callable[[bytes], None], Callable[[BaseException | None], None]] | None = None
 
     # ---------------------------------------------------------------- fed by the reader greenlet
 
@@ -91,15 +94,23 @@ class Stream:
 
     def _on_data(self, data: bytes) -> bool:
         """False when the reader lags too far behind (the stream is then failed)."""
+        if self._sink is not None:
+            self._conn.consumed(len(data))
+            self._sink[0](data)
+            return True
         self._pieces.append(data)
         self._buffered += len(data)
         self._wake()
         return self._buffered <= MAX_BUFFERED
 
     def _on_end(self, error: BaseException | None = None) -> None:
-        self._ended = True
+        ended, self._ended = self._ended, True
         if error is not None and self._error is None:
             self._error = error
+        if self._sink is not None:
+            if not ended:
+                self._sink[1](self._error)
+            return
         self._wake()
 
     # ---------------------------------------------------------------- the caller's side
@@ -138,6 +149,18 @@ class Stream:
 
     def read(self) -> bytes:
         return b"".join(self.stream())
+
+    def attach(self, on_data: Callable[[bytes], None], on_end: Callable[[BaseException | None], None]) -> None:
+        """The body to callbacks instead of ``stream()``: what arrived already now, the rest as the
+        connection's reader greenlet receives it; ``on_end(error or None)`` once. Callbacks must not block.
+        No greenlet waits on the stream: the point, for an idle watch (see ``server.parking``)."""
+        pieces, self._pieces, self._buffered = self._pieces, [], 0
+        self._sink = (on_data, on_end)
+        for data in pieces:
+            self._conn.consumed(len(data))
+            on_data(data)
+        if self._ended:
+            on_end(self._error)
 
     def close(self) -> None:
         if not self._ended:

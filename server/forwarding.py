@@ -18,12 +18,14 @@ Two ways through, one contract:
   app answers those), chunked request bodies, HEAD, HTTP/1.0.
 
 Responses stream through: a watch passes unbuffered and its upstream closes as soon as the client
-leaves. While the external process is down every request is answered at once with a 503 Status;
+leaves. A watch on an HTTP/2 stream is parked (``server.parking``): the HTTP/2 reader's callbacks
+write its events, and no greenlet waits through it. While the external process is down every request is answered at once with a 503 Status;
 nothing is cached about the failure, so the first request after it returns goes through.
 """
 
 from __future__ import annotations
 
+import contextvars
 from http import HTTPStatus
 from typing import Callable
 from urllib.parse import quote
@@ -150,6 +152,8 @@ class ServicesForwarder:
             self._write_status(exchange, exc)
             return True
         del headers, body  # a watch keeps this frame for as long as it runs
+        if isinstance(upstream, http2.Stream) and self._park(exchange, upstream):
+            return True
         try:
             self._relay(environ, exchange, upstream)
         except OSError as exc:  # the client is gone (a failed write): nobody to answer
@@ -189,6 +193,31 @@ class ServicesForwarder:
                 if piece:  # a failed write (the client is gone) raises to forward_raw
                     exchange.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         exchange.write(b"0\r\n\r\n")
+
+    def _park(self, exchange: RawExchange, upstream: http2.Stream) -> bool:
+        """Relay a stream from callbacks of the HTTP/2 reader into the parked client connection, so that
+        no greenlet waits through an idle watch (``server.parking``); False: the caller relays it."""
+        parked = exchange.park()
+        if parked is None:
+            return False
+        exchange.status = upstream.status
+        exchange.start_stream()
+        parked.write(_head(upstream.status, upstream.reason, httpclient.response_headers(upstream),
+                           "Transfer-Encoding: chunked"))
+        parked.on_gone = upstream.interrupt
+        context = contextvars.copy_context()  # the request's log context, for the end
+
+        def on_data(piece: bytes) -> None:
+            parked.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+
+        def on_end(error: BaseException | None) -> None:
+            if error is not None and not parked.done:
+                context.run(log.debug, "stream from upstream ended early", upstream=self._what, error=repr(error))
+            parked.write(b"0\r\n\r\n")
+            parked.finish()
+
+        upstream.attach(on_data, on_end)
+        return True
 
     @staticmethod
     def _write_status(exchange: RawExchange, exc: errors.StatusError) -> None:

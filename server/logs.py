@@ -305,7 +305,14 @@ class RequestLogMiddleware:
             self._record(environ, start, exchange.status or 500, exchange.bytes, vw, exchange.counted_as_watch)
             raise
         if handled:
-            self._record(environ, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
+            parked = exchange.parked
+            if parked is None:
+                self._record(environ, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
+            else:  # the stream goes on without this greenlet: its line when it ends, in this request's context
+                context = contextvars.copy_context()
+                request = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
+                parked.when_done(lambda: context.run(self._record, request, start, exchange.status,
+                                                     exchange.bytes + parked.bytes, vw, exchange.counted_as_watch))
         elif self.metrics is not None:
             self.metrics.inflight_requests -= 1
         return handled

@@ -109,3 +109,41 @@ def test_a_forwarded_request_is_logged_and_counted_once_with_its_virtual_workspa
     time.sleep(0.1)
     assert sum(n for key, n in metrics._requests.counts.items() if key[3] == "demo") - before == 5
     assert metrics.inflight_requests == 0
+
+
+def _parked(shard) -> int:
+    return len(shard.shard.server._server.kcp_parked)
+
+
+def _forwarded_watches(metrics) -> int:
+    return sum(n for key, n in metrics._requests.counts.items() if key[0] == "WATCH" and key[3] == "demo")
+
+
+def test_a_forwarded_watch_is_parked_and_its_connection_serves_on_when_it_ends(shard):
+    """A forwarded watch goes on without a greenlet (``server.parking``): every event arrives, the stream
+    ends with its terminating chunk, and the same keep-alive connection answers the next request."""
+    name = f"pw-{uuid.uuid4().hex[:6]}"
+    writer = connect(shard)
+    assert exchange(writer, "POST", CONFIGMAPS, json.dumps(configmap(name, n="0")))[0].status == 201
+    metrics = shard.shard.metrics
+    watches = _forwarded_watches(metrics)
+    connection = connect(shard)
+    connection.request("GET", f"{CONFIGMAPS}?watch=true&timeoutSeconds=2&fieldSelector=metadata.name%3D{name}")
+    response = connection.getresponse()
+    assert response.status == 200 and response.headers.get("Transfer-Encoding") == "chunked"
+    assert json.loads(response.readline())["type"] == "ADDED"
+    assert _parked(shard) == 1
+    for n in ("1", "2"):
+        merge = {"Content-Type": "application/merge-patch+json"}
+        assert exchange(writer, "PATCH", f"{CONFIGMAPS}/{name}", json.dumps({"data": {"n": n}}), merge)[0].status == 200
+        event = json.loads(response.readline())
+        assert event["type"] == "MODIFIED" and event["object"]["data"] == {"n": n}
+    assert response.read() == b""  # the watch's timeout: the stream ends cleanly
+    response, body = exchange(connection, "GET", f"{CONFIGMAPS}/{name}")  # same connection, resumed
+    assert response.status == 200 and json.loads(body)["data"] == {"n": "2"}
+    deadline = time.monotonic() + 2
+    while _parked(shard) or _forwarded_watches(metrics) != watches + 1:  # logged and counted at its end
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    connection.close()
+    writer.close()
