@@ -32,7 +32,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import MAX_BODY_BYTES, read_limited_body  # MAX_BODY_BYTES: re-exported
 from kcp_virtual.framework.watchstream import WatchResponse
 
-__all__ = ["client_context", "https_pool", "proxy_request_headers", "relay", "unavailable",
+__all__ = ["client_context", "https_pool", "proxy_request_headers", "environ_request_headers", "relay", "unavailable",
            "interrupted_when_client_leaves", "quote_path", "response_headers", "BUFFERED_RESPONSE_BYTES",
            "UPSTREAM_ERRORS", "MAX_BODY_BYTES", "read_body", "request_target", "CONNECT_TIMEOUT"]
 
@@ -101,6 +101,47 @@ def proxy_request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str,
     return [(name, value) for name, value in items
             if (lower := name.lower()) not in _DROPPED_REQUEST and lower not in listed
             and not lower.startswith(_IDENTITY_PREFIXES)]
+
+
+#: environ key -> the request header a proxy passes on under it (None: not a request header, or a dropped
+#: one), as ``proxy_request_headers(EnvironHeaders(environ))`` decides; remembered up to ``_NAMES_KEPT`` keys
+#: (names are the client's: the memo must not grow without bound).
+_FORWARDED_NAMES: dict[str, str | None] = {}
+_NAMES_KEPT = 1024
+
+
+def _forwarded_name(key: str) -> str | None:
+    if key.startswith("HTTP_"):
+        if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):  # WSGI's CONTENT_* carry those
+            return None
+        name = key[5:].replace("_", "-").title()
+    elif key == "CONTENT_TYPE":
+        name = "Content-Type"
+    else:
+        return None  # CONTENT_LENGTH (the proxy frames the body itself) and the server's own keys
+    lower = name.lower()
+    if lower in _DROPPED_REQUEST or lower.startswith(_IDENTITY_PREFIXES):
+        return None
+    return name
+
+
+def environ_request_headers(environ: dict) -> list[tuple[str, str]]:
+    """``proxy_request_headers(EnvironHeaders(environ))`` in one pass over the environ with the names'
+    verdicts remembered: the forwarder's hot path (~20 µs for a kubectl request the general way, ~3 here)."""
+    names = _FORWARDED_NAMES
+    connection = environ.get("HTTP_CONNECTION")
+    listed = {token.strip().lower() for token in connection.split(",")} if connection else None
+    headers = []
+    for key, value in environ.items():
+        try:
+            name = names[key]
+        except KeyError:
+            name = _forwarded_name(key)
+            if len(names) < _NAMES_KEPT:
+                names[key] = name
+        if name is not None and (value or key != "CONTENT_TYPE") and (listed is None or name.lower() not in listed):
+            headers.append((name, value))
+    return headers
 
 
 def quote_path(path: str) -> str:

@@ -110,7 +110,7 @@ class ShardApp:
         forward_raw = getattr(self.services, "forward_raw", None)
         if forward_raw is None or not environ.get("PATH_INFO", "").startswith("/services/"):
             return False
-        if any(key.startswith("HTTP_IMPERSONATE_") for key in environ):
+        if impersonation.requested(environ):
             return False
         environ["kcp.cluster"] = ""
         try:

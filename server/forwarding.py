@@ -32,12 +32,12 @@ from urllib.parse import quote
 
 import orjson
 import structlog
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual import http2, httpclient
 from kcp_virtual.framework import errors
 from server.auth.user import UserInfo
+from server.logs import current_request_id
 from server.serving import RawExchange, http_date
 
 __all__ = ["ServicesForwarder", "identity_headers", "FRESHNESS_HEADER"]
@@ -90,7 +90,7 @@ class ServicesForwarder:
 
     def _upstream_headers(self, headers: list[tuple[str, str]], user: UserInfo) -> list[tuple[str, str]]:
         headers.extend(identity_headers(user))
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = current_request_id()
         if request_id:
             headers.append(("X-Request-Id", request_id))
         if self.current_resource_version is not None:
@@ -144,7 +144,7 @@ class ServicesForwarder:
         if watch:
             structlog.contextvars.bind_contextvars(verb="watch")
         target = httpclient.quote_path(environ["PATH_INFO"])
-        headers = self._upstream_headers(httpclient.proxy_request_headers(EnvironHeaders(environ)), user)
+        headers = self._upstream_headers(httpclient.environ_request_headers(environ), user)
         try:
             upstream = self._open(method, f"{target}?{query}" if query else target, headers, body,
                                   long_running=watch and method == "GET")

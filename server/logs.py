@@ -215,6 +215,11 @@ _REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = (_VARS[k] for k in REQUEST
 _END = object()
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served (what ``request_id`` is bound to), without copying the context."""
+    return _REQUEST_ID.get(None)
+
+
 class RequestLogMiddleware:
     """Bind per-request log context, emit one access line per request, record metrics.
 

@@ -5,7 +5,8 @@
   an ordinary-sized first body part go out in one send anyway.
 * The verified client certificate goes into the environ (pywsgi does not do that) as
   ``kcp.peer_certificate``; the socket as ``kcp.socket`` so a watch can notice a disconnect
-  without writing (``kcp_virtual.framework.watchstream.peer_gone_check``).
+  without writing (``kcp_virtual.framework.watchstream.peer_gone_check``); whether any header
+  claims an identity (``kcp_virtual.delegated.IDENTITY_HEADERS``), so that nobody has to look.
 * Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
   without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
   and its error log goes to structlog.
@@ -36,6 +37,7 @@ import gevent.ssl
 from gevent import pywsgi
 import structlog
 
+from kcp_virtual.delegated import IDENTITY_HEADERS
 from kcp_virtual.http1 import send_all
 from server import serving_h2
 from server.parking import ParkedStream
@@ -121,6 +123,7 @@ class _ErrorLog:
         pass
 
 
+_IDENTITY_PREFIXES = ("impersonate-", "x-remote-")
 _MAX_HEADER_LINE = 65536  # http.client's limits, which pywsgi's own parsing applies
 _MAX_HEADERS = 100
 
@@ -133,11 +136,12 @@ class _RequestHeaders:
     100 headers is a 400), joins folded lines, and ignores lines without a colon as email does.
     """
 
-    __slots__ = ("_items", "status")
+    __slots__ = ("_items", "status", "identity")
 
     def __init__(self, fp, *_):
         items: list[list[str]] = []
         self.status = ""
+        self.identity = False  # an Impersonate-* or X-Remote-* header (see kcp_virtual.delegated.IDENTITY_HEADERS)
         for _ in range(_MAX_HEADERS + 1):
             line = fp.readline(_MAX_HEADER_LINE + 1)
             if len(line) > _MAX_HEADER_LINE:
@@ -153,6 +157,8 @@ class _RequestHeaders:
             name, sep, value = text.partition(":")
             if sep and name:
                 items.append([name, value.strip()])
+                if name[0] in "IiXx" and name.lower().startswith(_IDENTITY_PREFIXES):
+                    self.identity = True
         else:
             self.status = "Too many headers"
         self._items = items
@@ -425,6 +431,7 @@ class _Handler(pywsgi.WSGIHandler):
             env["kcp.peer_certificate"] = peer  # read-only, so one per connection serves all its requests
         env["kcp.socket"] = self.socket
         env["kcp.stopping"] = self.server.kcp_stopping
+        env[IDENTITY_HEADERS] = self.headers.identity
         return env
 
     def _handle_client_error(self, ex):

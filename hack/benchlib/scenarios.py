@@ -219,13 +219,15 @@ def ensure_get_object(shard: Shard):
 
 
 def compare_wrk(ctx: Context, group: str, targets: list[tuple[str, Callable[[], str]]],
-                ratios: list[tuple[str, str, float | None]], headers: dict | None = None
-                ) -> Iterator[Row]:
+                ratios: list[tuple[str, str, float | None]], headers: dict | None = None,
+                cpu: dict[str, list[int]] | None = None) -> Iterator[Row]:
     """wrk -t1 -c50 against each target URL, interleaved ``ctx.runs`` times; medians per target.
 
     ``targets``: (label, url_factory[, headers]); a factory raising ShardUnavailable yields an error row;
     per-target headers replace ``headers`` for that target.
     ``ratios``: (numerator label, denominator label, minimum ratio or None) on req/s.
+    ``cpu``: per label, the server processes (name -> pid) whose CPU time per request is reported
+    (``cpu_us_req``: all of them together, what one request costs the server core; the split in the note).
     """
     urls, results, target_headers = {}, {}, {}
     for label, fn, *extra in targets:
@@ -239,18 +241,30 @@ def compare_wrk(ctx: Context, group: str, targets: list[tuple[str, Callable[[], 
     for run in range(ctx.runs):
         for label, url in urls.items():
             ctx.log(f"wrk {label} (run {run + 1}/{ctx.runs}) {url}")
-            results.setdefault(label, []).append(
-                util.run_wrk(ctx.cores, url, duration=ctx.duration, headers=target_headers[label]))
+            pids = (cpu or {}).get(label, {})
+            before = {name: util.cpu_seconds(pid) for name, pid in pids.items()}
+            r = util.run_wrk(ctx.cores, url, duration=ctx.duration, headers=target_headers[label])
+            if pids and r.get("requests"):
+                r["cpu_us"] = {name: (util.cpu_seconds(pid) - before[name]) * 1e6 / r["requests"]
+                               for name, pid in pids.items()}
+            results.setdefault(label, []).append(r)
     agg = {}
     for label, runs in results.items():
         m = {k: median([r[k] for r in runs if r.get(k) is not None])
              for k in ("req_s", "p50_ms", "p99_ms")}
         m["requests"] = sum(r["requests"] or 0 for r in runs)
         m["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in runs)
+        notes = [] if not m["errors"] else ["ERRORS: non-2xx/socket"]
+        split = [r["cpu_us"] for r in runs if r.get("cpu_us")]
+        if split:
+            m["cpu_us_req"] = median([sum(c.values()) for c in split])
+            if len(split[0]) > 1:
+                notes.append("CPU/request: " + " + ".join(f"{name} {median([c[name] for c in split]):.0f} us"
+                                                          for name in split[0]))
         if len(runs) > 1:
             m["req_s_runs"] = [round(r["req_s"]) for r in runs]
         agg[label] = m
-        yield Row(group, label, m, note="" if not m["errors"] else "ERRORS: non-2xx/socket")
+        yield Row(group, label, m, note="; ".join(notes))
     for num, den, minimum in ratios:
         if num in agg and den in agg and agg[den]["req_s"]:
             ratio = agg[num]["req_s"] / agg[den]["req_s"]

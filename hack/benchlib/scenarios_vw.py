@@ -203,13 +203,22 @@ def _added_rows(group: str, p50: dict[str, float | None], target_ms: float | Non
 @scenario("vw-get", "GET one demo=true ConfigMap: direct vs the demo VW in-process / external / forwarded "
                     "vs nginx proxy_pass to the external process (wrk -c50)", needs_shard=False)
 def scen_vw_get(ctx: Context) -> Iterator[Row]:
-    targets = _get_targets(*_get_setup(ctx))
+    a, b, e, n, nc = _get_setup(ctx)
+    targets = _get_targets(a, b, e, n, nc)
     group = "GET through the demo VW (wrk -t1 -c50; all servers on the server core)"
+    # CPU per request of every server process a target's requests go through (the external process reads the
+    # shard live when called directly or by nginx without a freshness header; a request nginx forwarded with
+    # one is answered from its cache): forwarded req/s on one core ~ 1 / (shard + external CPU per request)
+    cpu = {"direct": {"shard": a.pid}, "vw in-process": {"shard": a.pid},
+           "vw external direct": {"external": e.pid, "shard": b.pid},
+           "vw forwarded": {"shard": b.pid, "external": e.pid},
+           NGINX_LIVE: {"nginx": n.pid, "external": e.pid, "shard": b.pid},
+           NGINX_CACHED: {"nginx": nc.pid, "external": e.pid}}
     p50 = {}
     for row in compare_wrk(ctx, group, targets,
                            [("vw in-process", "direct", 0.87), ("vw forwarded", "vw in-process", 0.6),
                             ("vw external direct", "vw in-process", None),
-                            ("vw forwarded", NGINX_CACHED, None)]):
+                            ("vw forwarded", NGINX_CACHED, None)], cpu=cpu):
         if "p50_ms" in row.metrics:
             p50[row.name] = row.metrics["p50_ms"]
         yield row

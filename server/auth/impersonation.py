@@ -13,6 +13,7 @@ import structlog
 
 from server import errors
 from server.auth.authz import Attributes, Authorizer, forbidden_message
+from kcp_virtual.delegated import may_claim_identity
 from server.auth.requestheader import extra_headers, header_values
 from server.auth.serviceaccounts import CLUSTER_EXTRA, SERVICE_ACCOUNTS_GROUP, split_service_account
 from server.auth.user import ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo
@@ -25,7 +26,7 @@ AUTHENTICATION_GROUP = "authentication.k8s.io"
 
 
 def requested(environ: dict) -> bool:
-    return any(key.startswith("HTTP_IMPERSONATE_") for key in environ)
+    return may_claim_identity(environ) and any(key.startswith("HTTP_IMPERSONATE_") for key in environ)
 
 
 def impersonate(environ: dict, requester: UserInfo, authorizer: Authorizer, cluster: str) -> UserInfo:

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from cryptography import x509
 
-from kcp_virtual.delegated import CertificateIssuers, extra_key, header_values, load_certificates
+from kcp_virtual.delegated import CertificateIssuers, extra_key, header_values, load_certificates, may_claim_identity
 from server.auth.user import UserInfo
 
 DEFAULT_ALLOWED_NAMES = ("kcp-shard-proxy",)
@@ -58,6 +58,8 @@ class RequestHeaderAuthenticator:
 
     def prepare(self, environ: dict) -> None:
         """Remove the headers from every request; keep what they assert only when the connection is trusted."""
+        if not may_claim_identity(environ):
+            return
         user = environ.pop(USER_KEY, None)
         groups = environ.pop(GROUP_KEY, None)
         extra = extra_headers(environ, EXTRA_PREFIX)

@@ -393,3 +393,20 @@ def test_an_oversized_request_head_is_a_400(shard_pki, head):
     with Running(_headers_env, shard_pki, tls=False) as srv:
         assert _raw_exchange(srv.port, head).startswith(b"HTTP/1.1 400")
         assert urllib3.PoolManager(retries=False).request("GET", srv.url + "/").status == 200
+
+
+def _identity_flag(environ, start_response):
+    body = json.dumps(environ["kcp.identity_headers"]).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.mark.parametrize("header, claims", [
+    (b"", False), (b"X-Request-Id: 1\r\nXYZ: 2\r\n", False), (b"X-Remote-User: a\r\n", True),
+    (b"impersonate-user: a\r\n", True), (b"X-REMOTE-EXTRA-foo: b\r\n", True), (b"Impersonate-Extra-X: c\r\n", True),
+], ids=["none", "look-alikes", "x-remote", "impersonate", "upper case", "extra"])
+def test_the_environ_says_whether_any_header_claims_an_identity(shard_pki, header, claims):
+    """Authenticators skip scanning the environ for Impersonate-*/X-Remote-* only on the server's word."""
+    with Running(_identity_flag, shard_pki, tls=False) as srv:
+        answer = _raw_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + header + b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(json.dumps(claims).encode())

@@ -7,7 +7,7 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from werkzeug.datastructures import Headers
+from werkzeug.datastructures import EnvironHeaders, Headers
 
 from kcp_virtual import httpclient
 from kcp_virtual.delegated import DelegatedAuthenticator, impersonate, token_cluster
@@ -106,6 +106,24 @@ def test_a_proxy_drops_credentials_identity_claims_and_hop_by_hop_headers():
                        ("User-Agent", "kubectl")])
     assert httpclient.proxy_request_headers(headers) == [
         ("Accept", "application/json"), ("User-Agent", "kubectl")]
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "2", "HTTP_CONTENT_TYPE": "x"},
+    {"CONTENT_TYPE": "", "HTTP_CONNECTION": "keep-alive, X-Custom, accept", "HTTP_X_CUSTOM": "1"},
+    {"HTTP_IMPERSONATE_EXTRA_SCOPES": "a", "HTTP_X_KCP_ANYTHING": "b", "HTTP_PROXY_AUTHORIZATION": "c",
+     "HTTP_TE": "trailers", "HTTP_EXPECT": "100-continue", "HTTP_HOST": "h", "HTTP_WEIRD__NAME": "d"},
+], ids=["plain", "body", "connection-listed", "dropped"])
+def test_the_forwarder_s_environ_fast_path_passes_exactly_what_the_general_one_does(extra):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "QUERY_STRING": "", "SERVER_NAME": "s", "wsgi.input": None,
+               "kcp.socket": None, **environ_of([("Accept", "application/json"), ("User-Agent", "kubectl"),
+                                                 ("Authorization", "Bearer t"), ("X-Remote-Group", "g"),
+                                                 ("Kubectl-Command", "kubectl get")]), **extra}
+    expected = httpclient.proxy_request_headers(EnvironHeaders(environ))
+    assert ("Accept", "application/json") in expected or "HTTP_CONNECTION" in extra
+    for _ in range(2):  # names seen for the first time, then remembered
+        assert httpclient.environ_request_headers(environ) == expected
 
 
 @pytest.mark.parametrize("code, reason, cls", [
