@@ -147,3 +147,39 @@ def test_a_forwarded_watch_is_parked_and_its_connection_serves_on_when_it_ends(s
         time.sleep(0.01)
     connection.close()
     writer.close()
+
+
+def test_many_parked_watches_come_and_go(shard):
+    """Concurrent forwarded watches whose clients vanish mid-stream: the others keep their events, every
+    parked stream ends, and every HTTP/2 stream to the external process is reset."""
+    connection = connect(shard)
+    rv = json.loads(exchange(connection, "GET", CONFIGMAPS)[1])["metadata"]["resourceVersion"]
+    watches = []
+    for _ in range(40):
+        watch = connect(shard)
+        watch.request("GET", f"{CONFIGMAPS}?watch=true&resourceVersion={rv}")
+        response = watch.getresponse()
+        assert response.status == 200
+        watches.append((watch, response))
+    leaving, staying = watches[:20], watches[20:]
+    for watch, _ in leaving:
+        watch.sock.close()  # without a word
+        watch.close()
+    name = f"many-{uuid.uuid4().hex[:6]}"
+    assert exchange(connection, "POST", CONFIGMAPS, json.dumps(configmap(name, a="1")))[0].status == 201
+    for _, response in staying:
+        event = json.loads(response.readline())
+        assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == name
+    forwarder = shard.shard.app.services
+    streams = lambda: sum(len(conn.streams) for conn in forwarder.streams._connections)  # noqa: E731
+    deadline = time.monotonic() + 5
+    while _parked(shard) != 20 or streams() != 20:
+        assert time.monotonic() < deadline, (_parked(shard), streams())
+        time.sleep(0.01)
+    for watch, _ in staying:
+        watch.sock.close()
+        watch.close()
+    while _parked(shard) or streams():
+        assert time.monotonic() < deadline + 5, (_parked(shard), streams())
+        time.sleep(0.01)
+    connection.close()
