@@ -53,6 +53,9 @@ class InProcessShardClient:
         self.registry = app.registry
         self.catalog = app.catalog
 
+    def current_resource_version(self) -> int:
+        return self.registry.current_resource_version()
+
     # ------------------------------------------------------------------ plumbing
 
     def _resource(self, gvr: GroupVersionResource, cluster: str, verb: str, namespace: str = "", name: str = "",

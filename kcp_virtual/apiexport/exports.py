@@ -1,7 +1,9 @@
 """What one APIExport offers, read from the shard on every request: its resources and the clusters binding it.
 
 Nothing here is a cache of the shard's state that could lag behind it (kcp's informer-fed API set
-served 404s until its first binding, kcp#1183, and discovery that disagreed with storage, kcp#2663):
+served 404s until its first binding, kcp#1183, and discovery that disagreed with storage, kcp#2663).
+Where the shard's resourceVersion is known for free (in-process), an answer is reused while it has not
+moved: no write at all since, so the reads would return the same.
 
 * ``definitions`` reads the export (its ``status.identityHash`` and ``spec.latestResourceSchemas``) and
   each schema, then returns API definitions built from them. Only the *building* is memoized, keyed
@@ -39,6 +41,7 @@ APIBINDINGS = GroupVersionResource(GROUP, VERSION, "apibindings")
 EXPORT_LABEL = "internal.apis.kcp.dev/export"
 _BOUND = "Bound"
 _MEMO_SIZE = 256
+_ANSWERS_KEPT = 4096
 
 
 def export_label_value(export_cluster: str, export_name: str) -> str:
@@ -77,6 +80,22 @@ class Exports:
     def __init__(self, shard: ShardClient):
         self.shard = shard
         self._memo: OrderedDict[tuple, tuple[APIDefinition, ...]] = OrderedDict()
+        self._current = getattr(shard, "current_resource_version", None)
+        self._answers: dict[tuple, tuple[int, Any]] = {}  # (method, args) -> (the shard's rv, answer)
+
+    def _unchanged_since(self, key: tuple, compute):
+        """``compute()``, or its answer from when the shard's resourceVersion was what it is now."""
+        rv = self._current() if self._current is not None else None
+        if rv is None:
+            return compute()
+        answer = self._answers.get(key)
+        if answer is not None and answer[0] == rv:
+            return answer[1]
+        value = compute()  # read after rv: a write meanwhile moves it, and the next call reads again
+        if len(self._answers) >= _ANSWERS_KEPT:
+            self._answers.clear()
+        self._answers[key] = (rv, value)
+        return value
 
     def bindings_storage(self, export_cluster: str, export_name: str) -> ForwardingStorage:
         return ForwardingStorage(self.shard, APIBINDINGS, verbs=READ_VERBS,
@@ -85,6 +104,10 @@ class Exports:
     def definitions(self, export_cluster: str, export_name: str) -> tuple[APIDefinition, ...]:
         """The export's resources (every served version of its latest schemas) and its APIBindings, read-only;
         nothing while the export is missing or has no identity yet."""
+        return self._unchanged_since(("definitions", export_cluster, export_name),
+                                     lambda: self._definitions(export_cluster, export_name))
+
+    def _definitions(self, export_cluster: str, export_name: str) -> tuple[APIDefinition, ...]:
         try:
             export = self.shard.get(APIEXPORTS, export_cluster, "", export_name)
         except errors.NotFound:
@@ -138,6 +161,10 @@ class Exports:
 
     def binds(self, cluster: str, export_cluster: str, export_name: str) -> bool:
         """Whether logical cluster ``cluster`` has a Bound APIBinding to the export."""
+        return self._unchanged_since(("binds", cluster, export_cluster, export_name),
+                                     lambda: self._binds(cluster, export_cluster, export_name))
+
+    def _binds(self, cluster: str, export_cluster: str, export_name: str) -> bool:
         selector = f"{EXPORT_LABEL}={export_label_value(export_cluster, export_name)}"
         try:
             bindings = self.shard.list(APIBINDINGS, cluster, "", ListQuery(label_selector=selector))

@@ -245,7 +245,9 @@ class ShardClient(Protocol):
     """See the module docstring. ``cluster`` is a logical cluster path or ``*``; ``namespace`` is ``""`` for
     cluster-scoped resources and for all namespaces. Returned objects are shared and read-only: copy
     before changing them. Optional, so not declared here (``getattr(shard, "informer", None)``):
-    ``informer(gvr, label_selector) -> Informer | None``, started on first use."""
+    ``informer(gvr, label_selector) -> Informer | None``, started on first use; ``current_resource_version()
+    -> int``, the shard's resourceVersion now where knowing it costs nothing (in-process): every change of the
+    shard's state raises it, so what was read while it said N is current for as long as it still says N."""
 
     def get(self, gvr: GroupVersionResource, cluster: str, namespace: str, name: str, *,
             user: Any = None) -> dict: ...

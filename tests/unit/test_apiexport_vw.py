@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kcp_virtual.apiexport.exports import export_label_value, version_schema
+from kcp_virtual.apiexport.exports import APIEXPORTS, Exports, export_label_value, version_schema
+from kcp_virtual.framework import errors
 from kcp_virtual.apiexport.virtualworkspace import content_attributes, resolve, url_path
 from server.apis.apis_kcp import export_label_value as shard_export_label_value
 from server.controllers.apiexport import virtual_workspace_url
@@ -53,3 +54,53 @@ def test_content_attributes():
     attributes = content_attributes("watch", "root:p", "widgets")
     assert (attributes.verb, attributes.cluster, attributes.api_group, attributes.resource, attributes.subresource,
             attributes.name) == ("watch", "root:p", "apis.kcp.dev", "apiexports", "content", "widgets")
+
+
+class _RemoteShard:
+    """A shard with one export and its bindings, counting reads; no free resourceVersion (as a remote one)."""
+
+    def __init__(self):
+        self.reads, self.bound = 0, False
+
+    def get(self, gvr, cluster, namespace, name, user=None):
+        self.reads += 1
+        if gvr == APIEXPORTS:
+            return {"metadata": {"name": name}, "status": {"identityHash": "abc"}, "spec": {}}
+        raise errors.NotFound("no")
+
+    def list(self, gvr, cluster, namespace, query, user=None):
+        self.reads += 1
+        status = {"phase": "Bound", "apiExportClusterName": "root:p"} if self.bound else {}
+        return {"items": [{"status": status}]}
+
+
+class _Shard(_RemoteShard):
+    """The same in-process: its resourceVersion is known for free."""
+
+    def __init__(self, rv: int):
+        super().__init__()
+        self.rv = rv
+
+    def current_resource_version(self) -> int:
+        return self.rv
+
+
+def test_export_answers_are_reused_only_while_the_shard_has_not_changed():
+    shard = _Shard(rv=7)
+    exports = Exports(shard)
+    assert not exports.binds("root:c", "root:p", "widgets")
+    assert exports.definitions("root:p", "widgets")
+    reads = shard.reads
+    assert not exports.binds("root:c", "root:p", "widgets") and exports.definitions("root:p", "widgets")
+    assert shard.reads == reads  # nothing written since: the same answers without reading
+    shard.bound, shard.rv = True, 8  # a write
+    assert exports.binds("root:c", "root:p", "widgets")
+    assert shard.reads == reads + 1
+
+
+def test_without_a_free_resource_version_every_answer_is_read():
+    shard = _RemoteShard()
+    exports = Exports(shard)
+    exports.binds("root:c", "root:p", "widgets")
+    exports.binds("root:c", "root:p", "widgets")
+    assert shard.reads == 2
