@@ -32,11 +32,11 @@ _READ = 1  # libev/libuv READ event
 
 
 class ParkedStream:
-    """The rest of a streaming response on ``sock`` (its head already sent), owned by no greenlet.
+    """The rest of a streaming response on ``sock``, owned by no greenlet.
 
-    ``server`` is the pywsgi server: its ``kcp_parked`` registry (for ``stop()`` and the connection cap),
-    ``kcp_serve_connection`` (to resume keep-alive) and ``kcp_idle_timeout``. ``keep_alive``: whether the
-    request allows another one on this connection afterwards.
+    ``server`` is ``server.serving``'s pywsgi server: its ``kcp_parked`` registry (for ``stop()`` and the
+    connection cap), ``kcp_serve_connection`` (to resume keep-alive), its pool, stopping event and idle
+    timeout. ``keep_alive``: whether the request allows another one on this connection afterwards.
     """
 
     __slots__ = ("_server", "sock", "_address", "_keep_alive", "_watcher", "_queue", "_queued", "_finishing",
