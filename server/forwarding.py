@@ -19,8 +19,9 @@ Two ways through, one contract:
 
 Responses stream through: a watch passes unbuffered and its upstream closes as soon as the client
 leaves. A watch on an HTTP/2 stream is parked (``server.parking``): the HTTP/2 reader's callbacks
-write its events, and no greenlet waits through it. While the external process is down every request is answered at once with a 503 Status;
-nothing is cached about the failure, so the first request after it returns goes through.
+write its events, and no greenlet waits through it. While the external process is down every
+request is answered at once with a 503 Status; nothing is cached about the failure, so the first
+request after it returns goes through.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Why: a greenlet waiting through an idle watch holds its saved C stack, a page of Python frames, the
 request handler and its read buffer: an idle forwarded watch cost the shard 43 KiB, parked 28
 (``hack/bench``, 1,000 watches), and thousands of idle watches are most of what a shard holds.
-Parked, a stream is its socket, one io watcher and this object. Whoever produces the stream (callbacks run by another greenlet, e.g. the HTTP/2 reader
-of the forwarder) calls ``write``, which never blocks: it sends at once, or -- only while the client
-is slow -- queues behind a short-lived writer greenlet, up to ``MAX_QUEUED`` bytes, past which the
-client is dropped (as kube drops a watch client that falls behind).
+Parked, a stream is its socket, one io watcher and this object. Whoever produces the stream
+(callbacks run by another greenlet, e.g. the forwarder's HTTP/2 reader) calls ``write``, which never
+blocks: it sends at once, or -- only while the client is slow -- queues behind a short-lived writer
+greenlet, up to ``MAX_QUEUED`` bytes, past which the client is dropped (as kube drops a watch client
+that falls behind).
 
 The client sending anything or leaving ends the stream (as ``interrupted_when_client_leaves`` does
 for a stream served in a greenlet): ``on_gone`` runs and the connection closes. ``finish()`` ends it
