@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import unquote
 
 import jwt
@@ -38,7 +38,7 @@ from kcp_virtual.framework.shardclient import User
 from kcp_virtual.framework.virtualworkspace import is_cluster_name
 
 __all__ = ["DelegatedAuthenticator", "impersonate", "AUTHENTICATED", "DEFAULT_ALLOWED_NAMES", "load_certificates",
-           "CertificateIssuers", "header_values", "extra_key", "FRESH_AS_OF", "IDENTITY_HEADERS", "may_claim_identity"]
+           "CertificateIssuers", "header_values", "extra_key", "pop_extra", "FRESH_AS_OF", "IDENTITY_HEADERS", "may_claim_identity"]
 
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
@@ -83,12 +83,14 @@ def extra_key(environ_suffix: str) -> str:
     return unquote(environ_suffix.lower().replace("_", "-"))
 
 
-def _extra(environ: dict, prefix: str, *, remove: bool) -> dict[str, tuple[str, ...]]:
-    """``<prefix><KEY>`` environ entries as extra (keys as ``extra_key`` reads them)."""
+def pop_extra(environ: dict, prefix: str, values: Callable[[list[str]], Any] = tuple) -> dict[str, Any]:
+    """Remove every ``<prefix>...`` environ entry; the ``<prefix><KEY>`` ones as extra (keys as ``extra_key``
+    reads them, each value list made ``values``: the shard's users keep lists, ours tuples)."""
     extra = {}
-    for name in [n for n in environ if n.startswith(prefix) and len(n) > len(prefix)]:
-        value = environ.pop(name) if remove else environ[name]
-        extra[extra_key(name[len(prefix):])] = tuple(header_values(value))
+    for name in [n for n in environ if n.startswith(prefix)]:
+        value = environ.pop(name)
+        if len(name) > len(prefix):
+            extra[extra_key(name[len(prefix):])] = values(header_values(value))
     return extra
 
 
@@ -203,7 +205,7 @@ class DelegatedAuthenticator:
         name = environ.pop(_USER, None)
         uid = environ.pop(_UID, None)
         groups = environ.pop(_GROUP, None)
-        extra = _extra(environ, _EXTRA, remove=True)
+        extra = pop_extra(environ, _EXTRA)
         if name is None or not name.strip() or not self.trusted_proxy(peer):
             return None
         if shard_rv is not None:
@@ -248,7 +250,7 @@ def impersonate(environ: dict, user: User) -> User:
     name = (environ.pop("HTTP_IMPERSONATE_USER", None) or "").strip()
     groups = header_values(environ.pop("HTTP_IMPERSONATE_GROUP", None))
     uid = (environ.pop("HTTP_IMPERSONATE_UID", None) or "").strip()
-    extra = _extra(environ, "HTTP_IMPERSONATE_EXTRA_", remove=True)
+    extra = pop_extra(environ, "HTTP_IMPERSONATE_EXTRA_")
     for key in [k for k in environ if k.startswith(_IMPERSONATE)]:
         del environ[key]
     if not name:

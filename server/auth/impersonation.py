@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import structlog
 
+from kcp_virtual.delegated import header_values, may_claim_identity, pop_extra
 from server import errors
 from server.auth.authz import Attributes, Authorizer, forbidden_message
-from kcp_virtual.delegated import may_claim_identity
-from server.auth.requestheader import extra_headers, header_values
 from server.auth.serviceaccounts import CLUSTER_EXTRA, SERVICE_ACCOUNTS_GROUP, split_service_account
 from server.auth.user import ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo
 
@@ -36,9 +35,7 @@ def impersonate(environ: dict, requester: UserInfo, authorizer: Authorizer, clus
     username = (environ.pop(USER_KEY, None) or "").strip()
     groups = header_values(environ.pop(GROUP_KEY, None))
     uid = (environ.pop(UID_KEY, None) or "").strip()
-    extra = extra_headers(environ, EXTRA_PREFIX)
-    for key in [k for k in environ if k.startswith(EXTRA_PREFIX)]:
-        del environ[key]
+    extra = pop_extra(environ, EXTRA_PREFIX, list)
     if not username:
         raise errors.BadRequest("requested impersonation of groups, uid or extra without impersonating a user")
 

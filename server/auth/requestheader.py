@@ -15,7 +15,7 @@ from typing import Iterable
 
 from cryptography import x509
 
-from kcp_virtual.delegated import CertificateIssuers, extra_key, header_values, load_certificates, may_claim_identity
+from kcp_virtual.delegated import CertificateIssuers, header_values, load_certificates, may_claim_identity, pop_extra
 from server.auth.user import UserInfo
 
 DEFAULT_ALLOWED_NAMES = ("kcp-shard-proxy",)
@@ -24,11 +24,6 @@ GROUP_KEY = "HTTP_X_REMOTE_GROUP"
 EXTRA_PREFIX = "HTTP_X_REMOTE_EXTRA_"
 _ASSERTED = "kcp.requestheader"
 _CACHE_SIZE = 1024
-
-
-def extra_headers(environ: dict, prefix: str) -> dict[str, list[str]]:
-    return {extra_key(name[len(prefix):]): header_values(value)
-            for name, value in environ.items() if name.startswith(prefix) and len(name) > len(prefix)}
 
 
 class RequestHeaderAuthenticator:
@@ -62,9 +57,7 @@ class RequestHeaderAuthenticator:
             return
         user = environ.pop(USER_KEY, None)
         groups = environ.pop(GROUP_KEY, None)
-        extra = extra_headers(environ, EXTRA_PREFIX)
-        for name in [n for n in environ if n.startswith(EXTRA_PREFIX)]:
-            del environ[name]
+        extra = pop_extra(environ, EXTRA_PREFIX, list)
         if user is not None and user.strip() and self.trusted(environ.get("kcp.peer_certificate")):
             environ[_ASSERTED] = UserInfo(user.strip(), "", tuple(header_values(groups)), extra)
 

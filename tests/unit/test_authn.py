@@ -14,13 +14,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from kcp_virtual.delegated import extra_key
 from server import errors, pki
 from server.apis import builtin_types
 from server.auth.authn import UnionAuthenticator
 from server.auth.bootstrap_policy import ensure_bootstrap_policy
 from server.auth.impersonation import impersonate
 from server.auth.rbac import RBACAuthorizer
-from server.auth.requestheader import RequestHeaderAuthenticator, extra_key
+from server.auth.requestheader import RequestHeaderAuthenticator
 from server.auth.serviceaccounts import (CLUSTER_EXTRA, KEY_FILE, InvalidToken, ServiceAccountAuthenticator,
                                          ServiceAccountTokens, scope_user, service_account_user,
                                          split_service_account)
