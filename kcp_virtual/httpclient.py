@@ -8,7 +8,7 @@ shard's test thread alike, none of which monkey-patch. Shared by the two forward
 
 * ``https_pool``: one keep-alive pool per upstream that never blocks for a free connection, so
   long-running watches never hold up other requests;
-* ``proxy_request_headers`` / ``relay``: what crosses a proxy, and the response relayed chunk by
+* ``environ_request_headers`` / ``relay``: what crosses a proxy, and the response relayed chunk by
   chunk -- a watch passes through unbuffered, and the upstream connection is shut down the moment
   the client leaves (an io watcher on the client's socket, no extra greenlet per stream);
 * ``interrupted_when_client_leaves``: that shutdown, for any upstream response with ``interrupt()``
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 import gevent
@@ -32,7 +32,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import MAX_BODY_BYTES, read_limited_body  # MAX_BODY_BYTES: re-exported
 from kcp_virtual.framework.watchstream import WatchResponse
 
-__all__ = ["client_context", "https_pool", "proxy_request_headers", "environ_request_headers", "relay", "unavailable",
+__all__ = ["client_context", "https_pool", "environ_request_headers", "relay", "unavailable",
            "interrupted_when_client_leaves", "quote_path", "response_headers", "BUFFERED_RESPONSE_BYTES",
            "UPSTREAM_ERRORS", "MAX_BODY_BYTES", "read_body", "request_target", "CONNECT_TIMEOUT"]
 
@@ -93,19 +93,8 @@ def unavailable(what: str, exc: BaseException) -> errors.ServiceUnavailable:
     return errors.ServiceUnavailable(f"error trying to reach {what}: {reason}")
 
 
-def proxy_request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """End-to-end request headers, without credentials or identity claims (the proxy sets its own)."""
-    items = list(headers)
-    listed = {token.strip().lower() for name, value in items if name.lower() == "connection"
-              for token in value.split(",")}
-    return [(name, value) for name, value in items
-            if (lower := name.lower()) not in _DROPPED_REQUEST and lower not in listed
-            and not lower.startswith(_IDENTITY_PREFIXES)]
-
-
 #: environ key -> the request header a proxy passes on under it (None: not a request header, or a dropped
-#: one), as ``proxy_request_headers(EnvironHeaders(environ))`` decides; remembered up to ``_NAMES_KEPT`` keys
-#: (names are the client's: the memo must not grow without bound).
+#: one); remembered up to ``_NAMES_KEPT`` keys (names are the client's: the memo must not grow without bound).
 _FORWARDED_NAMES: dict[str, str | None] = {}
 _NAMES_KEPT = 1024
 
@@ -126,8 +115,9 @@ def _forwarded_name(key: str) -> str | None:
 
 
 def environ_request_headers(environ: dict) -> list[tuple[str, str]]:
-    """``proxy_request_headers(EnvironHeaders(environ))`` in one pass over the environ with the names'
-    verdicts remembered: the forwarder's hot path (~20 µs for a kubectl request the general way, ~3 here)."""
+    """The request's end-to-end headers, without credentials or identity claims (the proxy sets its own),
+    hop-by-hop ones or those its ``Connection`` header lists. One pass over the environ with the names'
+    verdicts remembered: ~1 µs, where filtering werkzeug's ``EnvironHeaders`` took ~6-20 (measured)."""
     names = _FORWARDED_NAMES
     connection = environ.get("HTTP_CONNECTION")
     listed = {token.strip().lower() for token in connection.split(",")} if connection else None

@@ -366,7 +366,7 @@ class RemoteShardClient:
     def forward(self, request: HTTPRequest, user: Any, cluster: str, path: str, prefix: str) -> Response:
         """The request to ``/clusters/<cluster><path>`` as ``user``, streamed back. OpenAPI's root names
         its documents by server-relative URLs: those are moved under ``prefix``."""
-        headers = httpclient.proxy_request_headers(request.headers)
+        headers = httpclient.environ_request_headers(request.environ)
         headers += self._auth
         headers.extend(impersonation_headers(user))
         _add_request_id(headers)

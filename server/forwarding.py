@@ -120,7 +120,7 @@ class ServicesForwarder:
     def __call__(self, request: Request, user: UserInfo) -> Response:
         if request.args.get("watch") in ("true", "1"):  # counted as an open watch, not an in-flight request
             structlog.contextvars.bind_contextvars(verb="watch")
-        headers = self._upstream_headers(httpclient.proxy_request_headers(request.headers), user)
+        headers = self._upstream_headers(httpclient.environ_request_headers(request.environ), user)
         body = httpclient.read_body(request.stream, request.content_length)
         upstream = self._open(request.method, httpclient.request_target(request), headers, body)
         return httpclient.relay(upstream, request.environ, self._what)
