@@ -14,18 +14,18 @@ from typing import Callable
 import structlog
 from werkzeug.wrappers import Request, Response
 
+from kcp_virtual.framework import discovery, errors, negotiation
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.httprequest import HTTPRequest
-from server import discovery, errors, negotiation
-from server.openapi import OpenAPIIndex
+from kcp_virtual.framework.requestinfo import RequestInfo, parse_request_info
 from server.auth import impersonation
 from server.auth.authn import Authenticator
 from server.auth.authz import Attributes, Authorizer, forbidden_message
 from server.auth.user import UserInfo
-from server.registry import Registry
-from server.requestinfo import RequestInfo, parse_request_info
-from server.resources import Catalog
-from server.rest import ResourceAPI, json_response
+from server.endpoints.openapi import OpenAPIIndex
+from server.endpoints.rest import ResourceAPI, json_response
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 
 log = structlog.get_logger("kcp.shard")
 

@@ -52,8 +52,8 @@ def _boolean(value: str) -> bool:
 def run_start(args) -> int:
     import structlog
 
-    from kcp_virtual.process import load_factory
-    from server import logs
+    from kcp_virtual.external.process import load_factory
+    from server.http import logs
     from server.shard import STOCK_VIRTUAL_WORKSPACES, Shard, ShardConfig
 
     logs.configure(args.log_format, args.verbosity)
@@ -145,13 +145,13 @@ def _virtual_workspaces_parser(sub) -> None:
 
 
 def run_virtual_workspaces(args) -> int:
-    """``kcp virtual-workspaces``: kcp_virtual.process's app behind this project's TLS server and request log."""
+    """``kcp virtual-workspaces``: kcp_virtual.external.process's app behind this project's TLS server and request log."""
     import structlog
 
-    from kcp_virtual.process import build_app, load_factory
-    from server import logs
-    from server.metrics import Metrics
-    from server.serving import Server
+    from kcp_virtual.external.process import build_app, load_factory
+    from server.http import logs
+    from server.http.metrics import Metrics
+    from server.http.serving import Server
     from server.shard import STOCK_VIRTUAL_WORKSPACES
 
     logs.configure(args.log_format, args.verbosity)

@@ -17,25 +17,26 @@ from kcp_virtual.framework import ShardClient, VirtualWorkspace
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.workspaces import workspaces as workspaces_virtual_workspace
 from server import pki
+from server.apis import builtin_types
+from server.apis.apiextensions import CustomResourceIndex
+from server.apis.bound import BoundResourceIndex
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
 from server.auth.bootstrap_policy import ensure_bootstrap_policy
+from server.auth.rbac import RBACAuthorizer
 from server.auth.requestheader import DEFAULT_ALLOWED_NAMES, RequestHeaderAuthenticator
 from server.auth.serviceaccounts import ServiceAccountAuthenticator, ServiceAccountTokens
-from server.auth.rbac import RBACAuthorizer
-from server.logs import RequestLogMiddleware
-from server.metrics import Metrics
-from server.registry import Registry
-from server.apis import builtin_types
-from server.apis.apiextensions import CRDController, CustomResourceIndex
-from server.apis.bound import BoundResourceIndex
 from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
+from server.controllers.crd import CRDController
 from server.controllers.workspaces import WorkspaceController
-from server.forwarding import ServicesForwarder
-from server.resources import Catalog
-from server.serving import Server
+from server.http.forwarding import ServicesForwarder
+from server.http.logs import RequestLogMiddleware
+from server.http.metrics import Metrics
+from server.http.serving import Server
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.shardclient import InProcessShardClient
 from server.storage import SQLiteBackend, Store
 
@@ -127,7 +128,7 @@ class Shard:
                 cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
                 current_resource_version=self.registry.current_resource_version)
         access_log = RequestLogMiddleware(self.app, self.metrics)
-        # Forwarded /services/* skip the WSGI stack (server.forwarding.ServicesForwarder.forward_raw).
+        # Forwarded /services/* skip the WSGI stack (server.http.forwarding.ServicesForwarder.forward_raw).
         intercept = access_log.intercepting(self.app.intercept) if self.virtual_workspaces is None else None
         self.server = Server(access_log, intercept=intercept, intercept_prefix="/services/",
                              host=self.config.bind_address,

@@ -19,16 +19,16 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework import negotiation
+from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes as VWAttributes, Decision as VWDecision
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, Rules
-from server import errors
 from server.app import VERSION_INFO, ShardApp
 from server.auth.authz import Attributes, forbidden_message
 from server.auth.user import UserInfo
-from server.registry import ListOptions, WILDCARD, parse_resource_version
-from server.resources import RequestContext, ResourceType
-from server.rest import MIN_WATCH_TIMEOUT, converted_events
-from server.selectors import FieldSelector, LabelSelector
+from server.endpoints.rest import MIN_WATCH_TIMEOUT, converted_events
+from server.registry.generic import ListOptions, WILDCARD, parse_resource_version
+from server.registry.resourcetype import RequestContext, ResourceType
+from server.registry.selectors import FieldSelector, LabelSelector
 
 __all__ = ["InProcessShardClient", "PRIVILEGED"]
 

@@ -2,7 +2,7 @@
 
 Kept independent of the shard so a virtual workspace can serve discovery for exactly the
 types it exposes: pass it a different list. A type is anything with the attributes of
-``server.resources.ResourceType`` used here (group, version, kind, plural, singular,
+``server.registry.resourcetype.ResourceType`` used here (group, version, kind, plural, singular,
 namespaced, short_names, categories, verbs, subresources, subresource_verbs(), group_version).
 """
 

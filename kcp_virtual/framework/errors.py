@@ -3,7 +3,7 @@
 Every error the API returns, and every ERROR watch event, carries the same Status shape
 (apimachinery ``api/errors``); raising one of these anywhere below the WSGI app is enough.
 They live here, not in ``server``, so that the shard and the virtual workspaces (which never
-import ``server``) raise and catch the very same exceptions; ``server.errors`` re-exports them.
+import ``server``) raise and catch the very same exceptions; ``kcp_virtual.framework.errors`` re-exports them.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def peer_gone_check(environ) -> Callable[[], bool] | None:
     until the next event or bookmark. A watch client never sends anything after its request, so a
     readable socket means EOF (or a TLS close_notify).
     """
-    client_gone = environ.get("kcp.client_gone")  # an HTTP/2 stream: the server knows (server.serving_h2)
+    client_gone = environ.get("kcp.client_gone")  # an HTTP/2 stream: the server knows (server.http.serving_h2)
     if client_gone is not None:
         return client_gone
     sock = environ.get("kcp.socket")

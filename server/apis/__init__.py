@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from server.apis.apiextensions import TYPES as APIEXTENSIONS_TYPES
 from server.apis.apis_kcp import TYPES as APIS_TYPES
+from server.apis.core import TYPES as CORE_TYPES
 from server.apis.rbac import RBAC_TYPES
 from server.apis.reviews import TYPES as REVIEW_TYPES
 from server.apis.tenancy import TYPES as TENANCY_TYPES
 from server.auth.serviceaccounts import with_token_subresource
-from server.resources import BUILTINS as CORE_TYPES, ResourceType
+from server.registry.resourcetype import ResourceType
 
 
 def builtin_types() -> list[ResourceType]:

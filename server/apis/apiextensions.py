@@ -1,6 +1,6 @@
 """``apiextensions.k8s.io/v1`` CustomResourceDefinitions, per logical cluster, and the custom resources they serve.
 
-Three parts, one concept:
+Two parts, one concept:
 
 * ``CUSTOM_RESOURCE_DEFINITIONS``: the CRD type itself (validation of names, versions and structural
   schemas; the ``customresourcecleanup`` finalizer so that deleting a CRD deletes its objects first).
@@ -9,9 +9,8 @@ Three parts, one concept:
   after its create returned, and decides which CRDs' names are accepted (built-ins and older CRDs
   win). Custom resource types are rebuilt only when a CRD's spec changes, so caches keyed by type
   (OpenAPI documents) survive status updates.
-* ``CRDController``: writes what the index decided into ``status`` (``NamesAccepted``,
-  ``Established``, ``acceptedNames``, ``storedVersions``) and finalizes deleted CRDs by deleting
-  their objects (honouring the objects' own finalizers) before releasing the CRD.
+
+``server.controllers.crd`` writes what the index decided into the CRDs' ``status``.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
-from server import errors, patch as patches, table
-from server.controllers.base import Reconciler
-from server.negotiation import CR_PATCH_KINDS
-from server.registry import ListOptions, Registry, cluster_of, now_rfc3339
-from server.resources import RequestContext, ResourceType
-from server.schema import structural
-from server.selectors import with_default_fields
-from server.storage import Key, ResourceExpiredError, Store
-from server.validation import forbidden, invalid, is_dns1123_label, is_dns1123_subdomain, not_supported, required
+from kcp_virtual.framework import errors, table
+from kcp_virtual.framework.negotiation import CR_PATCH_KINDS
+from server.registry import patch as patches
+from server.registry.generic import Registry, cluster_of
+from server.registry.resourcetype import RequestContext, ResourceType
+from server.registry.schema import structural
+from server.registry.selectors import with_default_fields
+from server.registry.validation import (forbidden, invalid, is_dns1123_label, is_dns1123_subdomain,
+                                                not_supported, required)
+from server.storage import ResourceExpiredError, Store
 
 log = structlog.get_logger("kcp.apiextensions")
 
@@ -207,7 +207,7 @@ class Acceptance:
     message: str = "no conflicts found"
 
 
-def _names(crd: dict) -> dict:
+def crd_names(crd: dict) -> dict:
     names = dict((crd.get("spec") or {}).get("names") or {})
     kind = names.get("kind") or ""
     names.setdefault("singular", kind.lower())
@@ -236,7 +236,7 @@ def decide_names(crds: list[dict], builtins: list[ResourceType], seen: dict | No
 
     decisions: dict[str, Acceptance] = {}
     for crd in sorted(crds, key=rank):
-        names = _names(crd)
+        names = crd_names(crd)
         conflict = None
         for field, reason in (("plural", "PluralConflict"), ("singular", "SingularConflict"),
                               ("shortNames", "ShortNamesConflict"), ("kind", "KindConflict"),
@@ -282,7 +282,7 @@ def custom_resource_types(crd: dict, *, terminating: bool = False, identity: str
     """The served versions of a CRD as resource types, in kube's version priority (the first is preferred).
     ``identity``: stored under an APIExport's identity (a bound resource, ``server.apis.bound``)."""
     spec = crd["spec"]
-    names = _names(crd)
+    names = crd_names(crd)
     group = spec["group"]
     versions = [v for v in spec["versions"] if v.get("served")]
     versions.sort(key=lambda v: version_priority(v["name"]))
@@ -456,7 +456,7 @@ class CustomResourceIndex:
             else:
                 self._crds.setdefault(cluster, {})[name] = event.obj
                 self._seen.setdefault((cluster, name), event.rv)   # first seen: its creation
-            touched.add((cluster, _group_of(event.obj, name)))
+            touched.add((cluster, crd_group(event.obj, name)))
         for cluster, group in touched:
             self._recompute(cluster, group)
 
@@ -469,14 +469,14 @@ class CustomResourceIndex:
             cluster = cluster_of(crd["metadata"])
             self._crds.setdefault(cluster, {})[crd["metadata"]["name"]] = crd
             self._seen.setdefault((cluster, crd["metadata"]["name"]), 0)
-            groups.add((cluster, _group_of(crd, crd["metadata"]["name"])))
+            groups.add((cluster, crd_group(crd, crd["metadata"]["name"])))
         self._watcher = self.store.watch(CUSTOM_RESOURCE_DEFINITIONS.storage_key, None, None, rv)
         for cluster, group in groups:
             self._recompute(cluster, group)
 
     def _recompute(self, cluster: str, group: str) -> None:
         in_cluster = self._crds.get(cluster, {})
-        in_group = {name: crd for name, crd in in_cluster.items() if _group_of(crd, name) == group}
+        in_group = {name: crd for name, crd in in_cluster.items() if crd_group(crd, name) == group}
         served = self._served.setdefault(cluster, {})
         decided = self._decisions.setdefault(cluster, {})
         for name in [n for n in decided if n not in in_cluster or (n in in_group and not _servable(in_group[n]))]:
@@ -510,7 +510,7 @@ class CustomResourceIndex:
                 mapping.pop(cluster, None)
 
 
-def _group_of(crd: dict, name: str) -> str:
+def crd_group(crd: dict, name: str) -> str:
     group = (crd.get("spec") or {}).get("group")
     return group if isinstance(group, str) else name.partition(".")[2]
 
@@ -525,140 +525,5 @@ def _servable(crd: dict) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------- the controller
-
-class CRDController:
-    """Keeps CRD status in line with the index and deletes a deleted CRD's objects before the CRD."""
-
-    def __init__(self, registry: Registry, index: CustomResourceIndex, *, workers: int = 2):
-        self.registry = registry
-        self.index = index
-        self.reconciler = Reconciler(registry.store, CUSTOM_RESOURCE_DEFINITIONS.storage_key, self.reconcile,
-                                     name="customresourcedefinitions", workers=workers, backoff_max=2.0)
-
-    def start(self) -> None:
-        self.reconciler.start()
-
-    def stop(self) -> None:
-        self.reconciler.stop()
-
-    @property
-    def idle(self) -> bool:
-        return self.reconciler.idle
-
-    def reconcile(self, key: Key) -> None:
-        crd = self.registry.store.get(key)
-        group = _group_of(crd, key.name) if crd is not None else key.name.partition(".")[2]
-        if crd is not None and crd["metadata"].get("deletionTimestamp"):
-            self._finalize(key.cluster, crd)
-        # A change to one CRD can accept or refuse the names of the others in its group.
-        for other in self.index.crds(key.cluster):
-            if _group_of(other, other["metadata"]["name"]) == group and not other["metadata"].get(
-                    "deletionTimestamp"):
-                self._update_status(key.cluster, other)
-
-    def _update_status(self, cluster: str, crd: dict) -> None:
-        name = crd["metadata"]["name"]
-        decision = self.index.acceptance(cluster, name)
-        if decision is None:
-            return
-        status = dict(crd.get("status") or {})
-        now = now_rfc3339()
-        conditions = list(status.get("conditions") or ())
-        if decision.accepted:
-            conditions = _set_condition(conditions, "NamesAccepted", "True", decision.reason, decision.message, now)
-            conditions = _set_condition(conditions, "Established", "True", "InitialNamesAccepted",
-                                        "the initial names have been accepted", now)
-            names = _names(crd)
-            status["acceptedNames"] = {k: v for k, v in names.items()
-                                       if k in ("plural", "singular", "shortNames", "kind", "listKind",
-                                                "categories")}
-        else:
-            conditions = _set_condition(conditions, "NamesAccepted", "False", decision.reason, decision.message,
-                                        now)
-            conditions = _set_condition(conditions, "Established", "False", "NotAccepted",
-                                        "not all names are accepted", now)
-            status.setdefault("acceptedNames", {"plural": "", "kind": ""})
-        status["conditions"] = conditions
-        storage = next((v["name"] for v in crd["spec"]["versions"] if v.get("storage")), None)
-        stored = list(status.get("storedVersions") or ())
-        if storage and storage not in stored:
-            stored.append(storage)
-        status["storedVersions"] = stored
-        if status == (crd.get("status") or {}):
-            return
-        self.registry.update(CUSTOM_RESOURCE_DEFINITIONS, cluster, "", name, {**crd, "status": status},
-                             subresource="status")
-
-    def _finalize(self, cluster: str, crd: dict) -> None:
-        name = crd["metadata"]["name"]
-        if FINALIZER not in (crd["metadata"].get("finalizers") or ()):
-            return
-        conditions = _set_condition(list((crd.get("status") or {}).get("conditions") or ()), "Terminating",
-                                    "True", "InstanceDeletionInProgress", "CustomResource deletion is in progress",
-                                    now_rfc3339())
-        if conditions != (crd.get("status") or {}).get("conditions"):
-            crd = self.registry.update(CUSTOM_RESOURCE_DEFINITIONS, cluster, "", name,
-                                       {**crd, "status": {**(crd.get("status") or {}), "conditions": conditions}},
-                                       subresource="status")
-        types = self.index.served_types(cluster, name)
-        remaining = 0
-        if types:
-            rt = types[0]
-            for obj in self.registry.list(rt, cluster, "", ListOptions())["items"]:
-                meta = obj["metadata"]
-                if meta.get("deletionTimestamp"):
-                    remaining += 1
-                    continue
-                try:
-                    result = self.registry.delete(rt, cluster, meta.get("namespace", ""), meta["name"])
-                except errors.NotFound:
-                    continue
-                remaining += result.get("kind") != "Status"
-        else:
-            remaining = self._delete_unserved(cluster, crd)
-        if remaining:
-            raise errors.Conflict(f'customresourcedefinition "{name}": waiting for {remaining} object(s) with '
-                                  "finalizers to be deleted")
-        meta = dict(crd["metadata"])
-        meta["finalizers"] = [f for f in meta.get("finalizers") or () if f != FINALIZER]
-        self.registry.update(CUSTOM_RESOURCE_DEFINITIONS, cluster, "", name, {**crd, "metadata": meta})
-        log.info("customresourcedefinition deleted", cluster=cluster, name=name)
-
-    def _delete_unserved(self, cluster: str, crd: dict) -> int:
-        """A CRD whose names were never accepted has no types; its storage key may still hold objects."""
-        resource = f"{crd['spec']['group']}/{crd['spec']['names']['plural']}"
-        items, _ = self.registry.store.list(resource, cluster)
-        for obj in items:
-            try:
-                self.registry.store.delete(Key(resource, cluster, obj["metadata"].get("namespace", ""),
-                                               obj["metadata"]["name"]))
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        return 0
-
-
-def _set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str,
-                   now: str) -> list[dict]:
-    out = []
-    found = False
-    for condition in conditions:
-        if condition.get("type") == type_:
-            found = True
-            if condition.get("status") == status and condition.get("reason") == reason and \
-                    condition.get("message") == message:
-                out.append(condition)
-                continue
-            transition = condition.get("lastTransitionTime") if condition.get("status") == status else now
-            out.append({"type": type_, "status": status, "lastTransitionTime": transition or now,
-                        "reason": reason, "message": message})
-        else:
-            out.append(condition)
-    if not found:
-        out.append({"type": type_, "status": status, "lastTransitionTime": now, "reason": reason,
-                    "message": message})
-    return out
-
-
-__all__ = ["CUSTOM_RESOURCE_DEFINITIONS", "TYPES", "CustomResourceIndex", "CRDController", "Acceptance",
+__all__ = ["CUSTOM_RESOURCE_DEFINITIONS", "TYPES", "CustomResourceIndex", "Acceptance",
            "decide_names", "default_names", "validate_crd", "custom_resource_types", "version_priority"]

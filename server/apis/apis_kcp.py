@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-from server import errors, table
+from kcp_virtual.framework import errors, table
 from server.apis.apiextensions import default_names, validate_crd
 from server.auth.authz import Attributes, Decision
-from server.registry import cluster_of
-from server.resources import RequestContext, ResourceType
-from server.schema.fieldvalidation import FieldValidation
-from server.validation import forbidden, invalid, is_dns1123_subdomain, required, type_invalid
+from server.registry.generic import cluster_of
+from server.registry.resourcetype import RequestContext, ResourceType
+from server.registry.schema.fieldvalidation import FieldValidation
+from server.registry.validation import forbidden, invalid, is_dns1123_subdomain, required, type_invalid
 
 GROUP = "apis.kcp.dev"
 VERSION = "v1alpha1"

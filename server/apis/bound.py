@@ -26,8 +26,8 @@ import structlog
 
 from server.apis.apiextensions import custom_resource_types, version_priority
 from server.apis.apis_kcp import APIBINDINGS, APIEXPORTS, APIRESOURCESCHEMAS, BOUND, binding_reference, schema_as_crd
-from server.registry import cluster_of
-from server.resources import ResourceType
+from server.registry.generic import cluster_of
+from server.registry.resourcetype import ResourceType
 from server.storage import ResourceExpiredError, Store
 
 log = structlog.get_logger("kcp.apis.bound")

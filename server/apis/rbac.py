@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from server import table
-from server.resources import ResourceType
-from server.validation import (go_quote, invalid, is_dns1123_subdomain, is_valid_path_segment_name,
-                               not_supported, required, type_invalid)
+from kcp_virtual.framework import table
+from server.registry.resourcetype import ResourceType
+from server.registry.validation import (go_quote, invalid, is_dns1123_subdomain, is_valid_path_segment_name,
+                                                not_supported, required, type_invalid)
 
 GROUP = "rbac.authorization.k8s.io"
 VERSION = "v1"

@@ -12,11 +12,12 @@ logical cluster of the URL, so reviews and real requests can never disagree.
 
 from __future__ import annotations
 
-from server import errors, validation
+from kcp_virtual.framework import errors
 from server.auth.authz import Attributes, Decision
 from server.auth.serviceaccounts import CLUSTER_EXTRA, InvalidToken, scope_user, split_service_account
 from server.auth.user import UserInfo
-from server.resources import RequestContext, ResourceType
+from server.registry import validation
+from server.registry.resourcetype import RequestContext, ResourceType
 
 AUTHENTICATION = "authentication.k8s.io"
 AUTHORIZATION = "authorization.k8s.io"

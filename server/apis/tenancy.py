@@ -14,10 +14,10 @@ import re
 
 import orjson
 
-from server import errors, table
-from server.resources import RequestContext, ResourceType
+from kcp_virtual.framework import errors, table
+from server.registry.resourcetype import RequestContext, ResourceType
+from server.registry.validation import forbidden, invalid, is_dns1123_label, not_supported, required, type_invalid
 from server.storage import Key
-from server.validation import forbidden, invalid, is_dns1123_label, not_supported, required, type_invalid
 
 GROUP = "tenancy.kcp.dev"
 VERSION = "v1alpha1"

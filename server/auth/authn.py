@@ -11,7 +11,7 @@ import hmac
 from pathlib import Path
 from typing import Iterable, Protocol
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.auth.user import UserInfo
 
 

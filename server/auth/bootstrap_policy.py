@@ -10,7 +10,7 @@ kube's reconciler does.
 
 from __future__ import annotations
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.auth.user import AUTHENTICATED, MASTERS, UNAUTHENTICATED
 from server.storage import Key
 

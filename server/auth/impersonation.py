@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import structlog
 
-from kcp_virtual.delegated import header_values, may_claim_identity, pop_extra
-from server import errors
+from kcp_virtual.external.delegated import header_values, may_claim_identity, pop_extra
+from kcp_virtual.framework import errors
 from server.auth.authz import Attributes, Authorizer, forbidden_message
 from server.auth.serviceaccounts import CLUSTER_EXTRA, SERVICE_ACCOUNTS_GROUP, split_service_account
 from server.auth.user import ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo

@@ -15,7 +15,8 @@ from typing import Iterable
 
 from cryptography import x509
 
-from kcp_virtual.delegated import CertificateIssuers, header_values, load_certificates, may_claim_identity, pop_extra
+from kcp_virtual.external.delegated import (CertificateIssuers, header_values, load_certificates, may_claim_identity,
+                                            pop_extra)
 from server.auth.user import UserInfo
 
 DEFAULT_ALLOWED_NAMES = ("kcp-shard-proxy",)

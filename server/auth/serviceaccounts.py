@@ -31,10 +31,11 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from server import errors, validation
+from kcp_virtual.framework import errors
 from server.auth.authn import bearer_token
 from server.auth.user import ANONYMOUS, UNAUTHENTICATED, UserInfo
-from server.resources import RequestContext, ResourceType
+from server.registry import validation
+from server.registry.resourcetype import RequestContext, ResourceType
 
 log = structlog.get_logger("kcp.auth")
 

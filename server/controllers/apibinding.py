@@ -28,7 +28,7 @@ from server.apis.apis_kcp import (APIBINDINGS, APIEXPORTS, APIRESOURCESCHEMAS, B
                                   set_condition, storage_version)
 from server.apis.bound import BoundResourceIndex, age, bound_entries
 from server.controllers.base import Reconciler
-from server.registry import LOGICAL_CLUSTERS, Registry, cluster_of, now_rfc3339
+from server.registry.generic import LOGICAL_CLUSTERS, Registry, cluster_of, now_rfc3339
 from server.storage import Key, KeyExistsError, KeyNotFoundError
 
 log = structlog.get_logger("kcp.controllers.apibinding")

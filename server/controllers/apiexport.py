@@ -18,11 +18,11 @@ import secrets
 
 import structlog
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis.apis_kcp import APIEXPORTS, IDENTITY_NAMESPACE, IDENTITY_SECRET_KEY, identity_hash, set_condition
 from server.apis.tenancy import ROOT, SHARDS
 from server.controllers.base import Reconciler
-from server.registry import Registry, cluster_of, now_rfc3339
+from server.registry.generic import Registry, cluster_of, now_rfc3339
 from server.storage import Key
 
 log = structlog.get_logger("kcp.controllers.apiexport")

@@ -16,8 +16,8 @@ import gevent
 import gevent.event
 import structlog
 
-from server import errors
-from server.registry import cluster_of
+from kcp_virtual.framework import errors
+from server.registry.generic import cluster_of
 from server.storage import Key, ResourceExpiredError, StorageError, Store
 
 log = structlog.get_logger("kcp.controllers")

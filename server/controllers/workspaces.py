@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import structlog
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import tenancy
 from server.apis.tenancy import CLUSTER_WORKSPACES, FINALIZER, INITIALIZING, READY, SCHEDULING
 from server.controllers.base import Reconciler
-from server.registry import Registry, now_rfc3339
+from server.registry.generic import Registry, now_rfc3339
 from server.storage import Key
 
 log = structlog.get_logger("kcp.controllers.workspaces")

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -30,9 +29,6 @@ from server.testing import running_shard
 
 STATIC_TOKEN = "static-token-of-carol-0123456789"
 RBAC = "rbac.authorization.k8s.io"
-PROTOBUF_READY = (Path(__file__).resolve().parents[2] / "server" / "protobuf.py").exists()
-needs_protobuf = pytest.mark.skipif(not PROTOBUF_READY, reason="kubectl 1.32 sends protobuf bodies for this "
-                                                               "command; enabled once server/protobuf.py lands")
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +285,6 @@ def test_token_bound_to_a_secret_dies_with_it(shard):
     assert raw(shard, "GET", "/clusters/root/api", token=issued.status.token).status_code == 401
 
 
-@needs_protobuf
 def test_kubectl_create_token(shard):
     sa = service_account(shard)
     token = shard.kubectl("create", "token", sa["name"], "--duration", "15m").stdout.strip()

@@ -1,4 +1,4 @@
-"""The shard's ``/services/*`` forwarding at the edges (``server/forwarding.py``).
+"""The shard's ``/services/*`` forwarding at the edges (``server/http/forwarding.py``).
 
 Most forwarded requests take the raw path (bytes relayed below the WSGI stack); what it leaves to the
 WSGI path -- oversized and chunked bodies, HEAD, HTTP/1.0, failed authentication -- must answer
@@ -120,7 +120,7 @@ def _forwarded_watches(metrics) -> int:
 
 
 def test_a_forwarded_watch_is_parked_and_its_connection_serves_on_when_it_ends(shard):
-    """A forwarded watch goes on without a greenlet (``server.parking``): every event arrives, the stream
+    """A forwarded watch goes on without a greenlet (``server.http.parking``): every event arrives, the stream
     ends with its terminating chunk, and the same keep-alive connection answers the next request."""
     name = f"pw-{uuid.uuid4().hex[:6]}"
     writer = connect(shard)

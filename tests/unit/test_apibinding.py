@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import builtin_types
 from server.apis.apiextensions import CUSTOM_RESOURCE_DEFINITIONS
 from server.apis.apis_kcp import (APIBINDINGS, APIEXPORTS, APIRESOURCESCHEMAS, EXPORT_LABEL, export_label_value,
@@ -18,8 +18,8 @@ from server.auth.rbac import RBACAuthorizer
 from server.auth.user import UserInfo
 from server.controllers.apibinding import PARKED_PREFIX, APIBindingController
 from server.controllers.apiexport import APIExportController
-from server.registry import ListOptions, Registry
-from server.resources import Catalog, RequestContext
+from server.registry.generic import ListOptions, Registry
+from server.registry.resourcetype import Catalog, RequestContext
 from server.storage import Key, SQLiteBackend, Store
 
 SCHEMA = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}

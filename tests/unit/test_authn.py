@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kcp_virtual.delegated import extra_key
-from server import errors, pki
+from kcp_virtual.external.delegated import extra_key
+from kcp_virtual.framework import errors
+from server import pki
 from server.apis import builtin_types
 from server.auth.authn import UnionAuthenticator
 from server.auth.bootstrap_policy import ensure_bootstrap_policy
@@ -23,11 +24,10 @@ from server.auth.impersonation import impersonate
 from server.auth.rbac import RBACAuthorizer
 from server.auth.requestheader import RequestHeaderAuthenticator
 from server.auth.serviceaccounts import (CLUSTER_EXTRA, KEY_FILE, InvalidToken, ServiceAccountAuthenticator,
-                                         ServiceAccountTokens, scope_user, service_account_user,
-                                         split_service_account)
+                                         ServiceAccountTokens, scope_user, service_account_user, split_service_account)
 from server.auth.user import UserInfo
-from server.registry import Registry
-from server.resources import Catalog
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.storage import SQLiteBackend, Store
 
 ISSUED = dict(cluster="root:org", namespace="ns", name="robot", uid="uid-1")

@@ -8,14 +8,15 @@ import copy
 import orjson
 import pytest
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import builtin_types
-from server.apis.apiextensions import (CUSTOM_RESOURCE_DEFINITIONS as CRDS, CRDController, CustomResourceIndex,
-                                       FINALIZER, decide_names, validate_crd, version_priority)
-from server.openapi import OpenAPIIndex, group_version_document
-from server.registry import ListOptions, Registry
-from server.resources import Catalog
-from server.schema.fieldvalidation import FieldValidation
+from server.apis.apiextensions import (CUSTOM_RESOURCE_DEFINITIONS as CRDS, CustomResourceIndex, FINALIZER,
+                                       decide_names, validate_crd, version_priority)
+from server.controllers.crd import CRDController
+from server.endpoints.openapi import OpenAPIIndex, group_version_document
+from server.registry.generic import ListOptions, Registry
+from server.registry.resourcetype import Catalog
+from server.registry.schema.fieldvalidation import FieldValidation
 from server.storage import SQLiteBackend, Store
 
 SCHEMA = {"type": "object", "properties": {

@@ -1,4 +1,4 @@
-"""HTTP/2 between our processes: ``server.serving_h2`` (a ``Server(http2=True)``) and ``kcp_virtual.http2``.
+"""HTTP/2 between our processes: ``server.http.serving_h2`` (a ``Server(http2=True)``) and ``kcp_virtual.transport.http2``.
 
 The server runs in its own thread and hub (``tests.unit.test_serving.Running``); the HTTP/2 client
 runs on the test thread's hub.
@@ -14,7 +14,7 @@ import threading
 import gevent
 import pytest
 
-from kcp_virtual import http2, httpclient
+from kcp_virtual.transport import http2, httpclient
 from server import pki
 from tests.unit.test_serving import Running
 

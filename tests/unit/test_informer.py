@@ -1,8 +1,8 @@
-"""The informer (``kcp_virtual.informer``) against a real shard, and ``ForwardingStorage`` reading from it.
+"""The informer (``kcp_virtual.external.informer``) against a real shard, and ``ForwardingStorage`` reading from it.
 
 The shard runs in its own thread (``server.testing``); the remote ShardClient, the informer's greenlet
 and the storage run on this thread's hub, so waiting is ``gevent.sleep``. ``Client`` is the remote
-client with informers (as ``kcp_virtual.remote`` offers them), counting its live reads, with a gate
+client with informers (as ``kcp_virtual.external.remote`` offers them), counting its live reads, with a gate
 that holds the informer between two watches (to make it stale on purpose) and an optional watch
 timeout (so the shard ends its watches soon).
 """
@@ -21,14 +21,14 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request as HTTPRequest
 
+from kcp_virtual.external.informer import Informer, Informers
+from kcp_virtual.external.remote import RemoteShardClient
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.requestinfo import parse_request_info
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, User
 from kcp_virtual.framework.storage import ForwardingStorage, as_caller
 from kcp_virtual.framework.virtualworkspace import Context, Request
 from kcp_virtual.framework.watchstream import json_lines
-from kcp_virtual.informer import Informer, Informers
-from kcp_virtual.remote import RemoteShardClient
 from server.shard import ShardConfig
 from server.testing import running_shard
 from tests.vw_demo import CONFIGMAPS, DEMO_LABELS, UPPER_CASE

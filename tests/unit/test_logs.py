@@ -13,8 +13,8 @@ import structlog
 from structlog.contextvars import bind_contextvars
 from werkzeug.test import EnvironBuilder
 
-from server import logs
-from server.metrics import Metrics
+from server.http import logs
+from server.http.metrics import Metrics
 
 FIELDS = {"request_id", "user", "cluster", "virtual_workspace", "verb", "resource", "method", "path", "code",
           "latency_ms", "bytes", "timestamp", "level", "event"}
@@ -285,7 +285,7 @@ def test_middleware_overhead_is_small():
     {"event": "quoted", "k": "a=b", "j": "it's", "m": [1, "2"], "n": "tab\there", "o": 'say "hi"'},
 ])
 def test_the_plain_console_renderer_writes_console_renderer_s_exact_line(event_dict):
-    from server.logs import _PlainConsoleRenderer
+    from server.http.logs import _PlainConsoleRenderer
 
     expected = structlog.dev.ConsoleRenderer(colors=False)(None, "info", dict(event_dict))
     assert _PlainConsoleRenderer()(None, "info", dict(event_dict)) == expected

@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from server import errors
-from server.apply import type_of
-from server.managedfields import (LAST_APPLIED, MAX_UPDATE_MANAGERS, after_update, applied_object,
-                                  check_field_manager, compare, decode, ensure_named, field_set, from_fields_v1,
-                                  manager_from_user_agent, merge, path_string, remove, to_fields_v1)
-from server.resources import BUILTINS, ResourceType
+from kcp_virtual.framework import errors
+from server.apis.core import TYPES as BUILTINS
+from server.registry.apply import type_of
+from server.registry.managedfields import (LAST_APPLIED, MAX_UPDATE_MANAGERS, after_update, applied_object,
+                                                   check_field_manager, compare, decode, ensure_named, field_set,
+                                                   from_fields_v1, manager_from_user_agent, merge, path_string, remove,
+                                                   to_fields_v1)
+from server.registry.resourcetype import ResourceType
 
 CONFIGMAP = next(rt for rt in BUILTINS if rt.kind == "ConfigMap")
 DEPLOYMENT = next(rt for rt in BUILTINS if rt.kind == "Deployment")

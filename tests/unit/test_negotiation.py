@@ -1,10 +1,10 @@
 import pytest
 
-from server.errors import BadRequest, NotAcceptable, UnsupportedMediaType
-from server.negotiation import (BODY_KINDS, CR_BODY_KINDS, CR_PATCH_KINDS, PATCH_KINDS, MediaType, Negotiated,
-                                discovery_content_type, include_object, negotiate, negotiate_discovery,
-                                parse_accept, request_content_kind, table_content_type, wants_aggregated_discovery,
-                                wants_table)
+from kcp_virtual.framework.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from kcp_virtual.framework.negotiation import (BODY_KINDS, CR_BODY_KINDS, CR_PATCH_KINDS, PATCH_KINDS, MediaType,
+                                               Negotiated, discovery_content_type, include_object, negotiate,
+                                               negotiate_discovery, parse_accept, request_content_kind,
+                                               table_content_type, wants_aggregated_discovery, wants_table)
 
 KUBECTL_GET = ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
                "application/json")

@@ -1,4 +1,4 @@
-"""Parked streams (``server/parking.py``): a streaming response that goes on without its connection's
+"""Parked streams (``server/http/parking.py``): a streaming response that goes on without its connection's
 greenlet, written by another greenlet, on a real ``Server``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import gevent
 import pytest
 
-from server import parking
+from server.http import parking
 from tests.unit.test_serving import Running, pool, recv_until, shard_pki, tls_socket, whoami  # noqa: F401 - fixture
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"

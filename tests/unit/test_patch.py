@@ -4,9 +4,9 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from server.errors import BadRequest, Invalid, RequestEntityTooLarge
-from server.patch import (APPLY_PATCH, CR_PATCH_TYPES, JSON_PATCH, MERGE_PATCH, PATCH_TYPES,
-                          STRATEGIC_MERGE_PATCH, json_patch, merge_patch)
+from kcp_virtual.framework.errors import BadRequest, Invalid, RequestEntityTooLarge
+from server.registry.patch import (APPLY_PATCH, CR_PATCH_TYPES, JSON_PATCH, MERGE_PATCH, PATCH_TYPES,
+                                           STRATEGIC_MERGE_PATCH, json_patch, merge_patch)
 
 
 def test_patch_type_constants():

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from server import errors, protobuf
-from server.rest import _decode
+from kcp_virtual.framework import errors
+from server.endpoints import protobuf
+from server.endpoints.rest import _decode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "protobuf"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import builtin_types
 from server.apis.rbac import RBAC_TYPES
 from server.auth.authz import Attributes
@@ -16,8 +16,8 @@ from server.auth.bootstrap_policy import ensure_bootstrap_policy
 from server.auth.rbac import RBACAuthorizer, rule_allows
 from server.auth.user import UserInfo
 from server.auth.workspace_access import SA_CLUSTER_EXTRA, content_attributes
-from server.registry import Registry
-from server.resources import Catalog
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.storage import SQLiteBackend, Store
 
 GROUP = "rbac.authorization.k8s.io"

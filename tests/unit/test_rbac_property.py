@@ -21,8 +21,8 @@ from server.auth.authz import Attributes
 from server.auth.rbac import RBACAuthorizer
 from server.auth.user import UserInfo
 from server.auth.workspace_access import SA_CLUSTER_EXTRA
-from server.registry import Registry
-from server.resources import Catalog
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.storage import SQLiteBackend, Store
 
 TYPES = {rt.plural: rt for rt in RBAC_TYPES}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.requestinfo import parse_request_info
+from kcp_virtual.framework.requestinfo import parse_request_info
 
 
 @pytest.mark.parametrize("method,path,query,expected", [

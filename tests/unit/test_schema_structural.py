@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from server import errors
-from server.schema import builtins, structural
-from server.schema.fieldvalidation import FieldValidation
+from kcp_virtual.framework import errors
+from server.registry.schema import builtins, structural
+from server.registry.schema.fieldvalidation import FieldValidation
 
 SPEC = {
     "type": "object", "required": ["size"], "properties": {

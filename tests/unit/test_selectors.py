@@ -1,9 +1,10 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from server.errors import BadRequest
-from server.selectors import (DEFAULT_FIELDS, EVENT_FIELDS, NAMESPACE_FIELDS, POD_FIELDS, SECRET_FIELDS,
-                              FieldSelector, LabelSelector, field_getter, fields_from_paths, with_default_fields)
+from kcp_virtual.framework.errors import BadRequest
+from server.registry.selectors import (DEFAULT_FIELDS, EVENT_FIELDS, NAMESPACE_FIELDS, POD_FIELDS,
+                                               SECRET_FIELDS, FieldSelector, LabelSelector, field_getter,
+                                               fields_from_paths, with_default_fields)
 
 KEY_ERROR = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
              "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is "

@@ -19,8 +19,9 @@ import gevent
 import pytest
 import urllib3
 
-from server import logs, pki
-from server.serving import Server
+from server import pki
+from server.http import logs
+from server.http.serving import Server
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from server import errors
-from server.resources import BUILTINS, ResourceType
-from server.strategicpatch import patch_object
+from kcp_virtual.framework import errors
+from server.apis.core import TYPES as BUILTINS
+from server.registry.resourcetype import ResourceType
+from server.registry.strategicpatch import patch_object
 
 DEPLOYMENT = next(rt for rt in BUILTINS if rt.kind == "Deployment")
 CONFIGMAP = next(rt for rt in BUILTINS if rt.kind == "ConfigMap")

@@ -4,9 +4,10 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from server.errors import BadRequest
-from server.table import (AGE_COLUMN, CREATED_AT_COLUMN, DEFAULT_COLUMNS, NAME_COLUMN, Column, crd_columns,
-                          human_duration, jsonpath_column, partial_object_metadata, to_table)
+from kcp_virtual.framework.errors import BadRequest
+from kcp_virtual.framework.table import (AGE_COLUMN, CREATED_AT_COLUMN, DEFAULT_COLUMNS, NAME_COLUMN, Column,
+                                         crd_columns, human_duration, jsonpath_column, partial_object_metadata,
+                                         to_table)
 
 OBJ = {"apiVersion": "example.com/v1", "kind": "Widget",
        "metadata": {"name": "w1", "namespace": "default", "labels": {"app": "a"}, "uid": "u1",

@@ -1,9 +1,10 @@
 import pytest
 
-from server.errors import Invalid
-from server.validation import (GENERATED_SUFFIX_ALPHABET, generate_name, go_float, go_quote, is_dns1123_label,
-                               is_dns1123_subdomain, is_qualified_name, is_valid_label_value,
-                               is_valid_path_segment_name, validate_object_meta, validate_object_meta_update)
+from kcp_virtual.framework.errors import Invalid
+from server.registry.validation import (GENERATED_SUFFIX_ALPHABET, generate_name, go_float, go_quote,
+                                                is_dns1123_label, is_dns1123_subdomain, is_qualified_name,
+                                                is_valid_label_value, is_valid_path_segment_name, validate_object_meta,
+                                                validate_object_meta_update)
 
 SUBDOMAIN_ERR = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
                  "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "

@@ -9,14 +9,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from werkzeug.datastructures import EnvironHeaders, Headers
 
-from kcp_virtual import httpclient
-from kcp_virtual.delegated import DelegatedAuthenticator, impersonate, token_cluster
+from kcp_virtual.external.delegated import DelegatedAuthenticator, impersonate, token_cluster
+from kcp_virtual.external.remote import impersonation_headers, status_error
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.shardclient import User
-from kcp_virtual.remote import impersonation_headers, status_error
+from kcp_virtual.transport import httpclient
 from server import pki
 from server.auth.user import UserInfo
-from server.forwarding import identity_headers
+from server.http.forwarding import identity_headers
 
 
 def environ_of(headers) -> dict:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import builtin_types, tenancy
 from server.apis.tenancy import CLUSTER_WORKSPACES, OWNER_ANNOTATION, SHARDS, WORKSPACE_TYPES
 from server.auth.user import UserInfo
-from server.registry import Registry
-from server.resources import Catalog
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.storage import SQLiteBackend, Store
 
 

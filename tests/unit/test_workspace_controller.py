@@ -7,13 +7,13 @@ import time
 import gevent
 import pytest
 
-from server import errors
+from kcp_virtual.framework import errors
 from server.apis import builtin_types, tenancy
 from server.apis.tenancy import CLUSTER_WORKSPACES, WORKSPACE_TYPES
 from server.controllers.base import Reconciler, WorkQueue
 from server.controllers.workspaces import WorkspaceController
-from server.registry import Registry
-from server.resources import Catalog
+from server.registry.generic import Registry
+from server.registry.resourcetype import Catalog
 from server.storage import Key, SQLiteBackend, Store
 
 RBAC = "rbac.authorization.k8s.io"

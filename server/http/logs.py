@@ -1,0 +1,398 @@
+"""Logging: structlog configuration and the one-line-per-request WSGI middleware.
+
+The hot path is native structlog (filtering bound logger, cached, orjson to a bytes stream:
+6-8 µs a line). Stdlib loggers (gevent, urllib3, kubernetes, ...) go through structlog's
+``ProcessorFormatter`` so every line has the same format and carries the request context.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import orjson
+import structlog
+from structlog.contextvars import bind_contextvars
+
+from server.http.metrics import Metrics
+
+#: Libraries that log every HTTP request at INFO/DEBUG; only shown from this verbosity on
+#: (klog's -v=6 is where client-go logs requests).
+CHATTY_LIBRARY_VERBOSITY = 6
+CHATTY_LIBRARIES = ("urllib3", "kubernetes", "requests")
+#: Verbosity (klog-style ``-v``) from which debug lines are emitted.
+DEBUG_VERBOSITY = 4
+
+
+def _level(verbosity: int) -> int:
+    if verbosity < 0:
+        return logging.WARNING
+    return logging.DEBUG if verbosity >= DEBUG_VERBOSITY else logging.INFO
+
+
+def _orjson_bytes(obj: Any, **_: Any) -> bytes:
+    try:
+        return orjson.dumps(obj, default=str)
+    except TypeError:  # e.g. a nested dict with int keys; the option is slower, so only on demand
+        return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _orjson_str(obj: Any, **_: Any) -> str:
+    return _orjson_bytes(obj).decode()
+
+
+class _UTCStamper:
+    """ISO-8601 UTC timestamps like ``TimeStamper(fmt="iso", utc=True)`` at a third of the cost.
+
+    The date/time part is formatted once per second; only the microseconds change per line.
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache = (-1, "")  # (second, prefix), replaced as one object so threads agree
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> dict:
+        now = time.time()
+        sec = int(now)
+        cached_sec, prefix = self._cache
+        if sec != cached_sec:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+            self._cache = (sec, prefix)
+        event_dict["timestamp"] = f"{prefix}{int((now - sec) * 1e6):06d}Z"
+        return event_dict
+
+
+_NEEDS_QUOTES = re.compile("[ \t=\r\n\"']")  # ConsoleRenderer's rule for quoting a string value
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if _NEEDS_QUOTES.search(value) else value
+    return repr(value)
+
+
+class _PlainConsoleRenderer:
+    """``ConsoleRenderer(colors=False)``'s exact line at about a quarter of its cost (29 -> 7 µs a line,
+    paid once per request): ``<timestamp> [<level>] <event padded to 30> [<logger>] key=value ...``, keys
+    sorted. Lines carrying an exception or a stack go to ConsoleRenderer itself."""
+
+    def __init__(self) -> None:
+        self._full = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> str:
+        if "exception" in event_dict or "exc_info" in event_dict or "stack" in event_dict:
+            return self._full(logger, method_name, event_dict)
+        timestamp = event_dict.pop("timestamp", None)
+        level = event_dict.pop("level", None)
+        event = str(event_dict.pop("event", ""))
+        logger_name = event_dict.pop("logger", None) or event_dict.pop("logger_name", None)
+        parts = []
+        if timestamp is not None:
+            parts.append(str(timestamp))
+        if level is not None:
+            parts.append(f"[{level:<9}]")
+        if event_dict or logger_name is not None:
+            parts.append(f"{event:<30}")
+        else:
+            parts.append(event)
+        if logger_name is not None:
+            parts.append(f"[{logger_name}]")
+        if event_dict:
+            parts.append(" ".join(f"{key}={_console_value(event_dict[key])}" for key in sorted(event_dict)))
+        return " ".join(parts)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _OwnHandler(logging.StreamHandler):
+    """Marks the root handler we install, so reconfiguring replaces it instead of stacking."""
+
+
+def configure(format: str = "text", verbosity: int = 0, *, stream=None) -> None:  # noqa: A002 - CLI flag name
+    """Configure structlog and stdlib logging for the process.
+
+    ``format`` is ``"text"`` (console renderer, colours only on a tty) or ``"json"`` (one orjson
+    object per line). ``verbosity`` is klog-like: <0 warnings only, 0-3 info, >=4 debug, >=6
+    also HTTP chatter from urllib3/kubernetes. ``stream`` defaults to stderr (like kube
+    components); JSON goes to its binary buffer when it has one.
+    """
+    if format not in ("text", "json"):
+        raise ValueError(f"unknown log format {format!r} (want text or json)")
+    stream = stream if stream is not None else sys.stderr
+    level = _level(verbosity)
+    timestamper = _UTCStamper()
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, timestamper]
+
+    if format == "json":
+        tail = [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info]
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            renderer = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
+            factory = structlog.BytesLoggerFactory(buffer)
+        else:
+            renderer = structlog.processors.JSONRenderer(serializer=_orjson_str)
+            factory = structlog.WriteLoggerFactory(stream)
+        stdlib_renderer = structlog.processors.JSONRenderer(serializer=_orjson_str)
+        stdlib_tail = tail
+    else:
+        # ConsoleRenderer formats exc_info itself; format_exc_info before it would double it.
+        colors = _isatty(stream)
+        renderer = stdlib_renderer = structlog.dev.ConsoleRenderer(colors=True) if colors else _PlainConsoleRenderer()
+        tail = stdlib_tail = [structlog.processors.StackInfoRenderer()]
+        factory = structlog.WriteLoggerFactory(stream)
+
+    structlog.configure(
+        processors=[*shared, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *stdlib_tail, stdlib_renderer],
+    )
+    handler = _OwnHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OwnHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    chatty = level if verbosity >= CHATTY_LIBRARY_VERBOSITY else max(level, logging.WARNING)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(chatty)
+
+
+# A random per-process prefix plus a counter: unique across restarts, ~10x cheaper than uuid4.
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+def _path_context(path: str) -> tuple[str | None, str | None]:
+    """``(cluster, virtual_workspace)`` from ``/clusters/<c>/...`` or ``/services/<vw>/.../clusters/<c>/...``."""
+    vw = None
+    if path.startswith("/clusters/"):
+        i = 10
+    elif path.startswith("/services/"):
+        end = path.find("/", 10)
+        vw = path[10:end] if end >= 0 else path[10:]
+        i = path.find("/clusters/", 10)
+        if i < 0:
+            return None, vw or None
+        i += 10
+    else:
+        return None, None
+    end = path.find("/", i)
+    cluster = path[i:end] if end >= 0 else path[i:]
+    return cluster or None, vw or None
+
+
+#: Keys the middleware binds for every request (None until inner code fills them in).
+REQUEST_KEYS = ("request_id", "user", "cluster", "virtual_workspace", "verb", "resource")
+# structlog keeps one ContextVar per key for the process; bind_contextvars' tokens hand them
+# out publicly. Binding in a throwaway Context leaves no trace in the importing context.
+_VARS = {k: t.var for k, t in contextvars.Context().run(
+    bind_contextvars, **dict.fromkeys(REQUEST_KEYS)).items()}
+_REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = (_VARS[k] for k in REQUEST_KEYS)
+_END = object()
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served (what ``request_id`` is bound to), without copying the context."""
+    return _REQUEST_ID.get(None)
+
+
+class RequestLogMiddleware:
+    """Bind per-request log context, emit one access line per request, record metrics.
+
+    Binds ``request_id`` (from ``X-Request-Id`` or generated), ``cluster`` and
+    ``virtual_workspace`` (from the path) and placeholders for ``user``, ``verb`` and
+    ``resource``, which inner code fills with ``structlog.contextvars.bind_contextvars``. Bind
+    ``verb="watch"`` before returning the response iterable so the request counts as an open
+    watch rather than in-flight. The line is logged when the server closes the response
+    iterable, i.e. after the last byte of a streamed watch, not when the app returns.
+    """
+
+    def __init__(self, app: Callable, metrics: Metrics | None = None, *, logger=None,
+                 event: str = "request"):
+        self.app = app
+        self.metrics = metrics
+        self.event = event
+        self._proxy = logger if logger is not None else structlog.get_logger()
+        self._log = None  # resolved on first use, after configure() has run
+
+    def _logger(self):
+        # A lazy proxy pays a __getattr__ + bind() per call; resolve it once.
+        log = self._log
+        if log is None:
+            bind = getattr(self._proxy, "bind", None)
+            log = self._log = bind() if bind is not None else self._proxy
+        return log
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        # Each request runs in a fresh, empty Context rather than clear_contextvars() on the
+        # connection greenlet's (reused across keep-alive requests): nothing can leak from the
+        # previous request, and it is ~1 µs cheaper. Iteration and close() re-enter it.
+        ctx = contextvars.Context()
+        return ctx.run(self._call, ctx, environ, start_response)
+
+    def _begin(self, environ: dict) -> tuple[float, str | None]:
+        """Bind the request's context (in the current, fresh Context) and count it in flight."""
+        start = time.perf_counter()
+        cluster, vw = _path_context(environ.get("PATH_INFO", ""))
+        _REQUEST_ID.set(environ.get("HTTP_X_REQUEST_ID") or new_request_id())
+        _USER.set(None)
+        _CLUSTER.set(cluster)
+        _VW.set(vw)
+        _VERB.set(None)
+        _RESOURCE.set(None)
+        if self.metrics is not None:
+            self.metrics.inflight_requests += 1
+        return start, vw
+
+    def _streaming(self) -> bool:
+        """A response starts streaming: a watch moves from the in-flight gauge to the open-watches one."""
+        metrics = self.metrics
+        if metrics is None or _VERB.get() != "watch":
+            return False
+        metrics.inflight_requests -= 1
+        metrics.open_watches += 1
+        return True
+
+    def _record(self, environ: dict, start: float, code: int, nbytes: int, vw: str | None, watch: bool) -> None:
+        """The access line and the metrics of a finished request."""
+        elapsed = time.perf_counter() - start
+        self._logger().info(self.event, method=environ.get("REQUEST_METHOD"), path=environ.get("PATH_INFO"),
+                            code=code, latency_ms=round(elapsed * 1000.0, 3), bytes=nbytes)
+        metrics = self.metrics
+        if metrics is not None:
+            verb = _VERB.get()
+            metrics.observe_request(verb.upper() if verb else environ.get("REQUEST_METHOD", ""),
+                                    _RESOURCE.get() or "", code, vw or "", elapsed, watch=watch)
+            if watch:
+                metrics.open_watches -= 1
+            else:
+                metrics.inflight_requests -= 1
+
+    def intercepting(self, intercept: Callable) -> Callable:
+        """``intercept`` (a ``server.http.serving.Server`` interceptor) in a request's own log context, with the
+        same access line and metrics as a request through the app; a request it declines leaves no trace
+        (the app serves and logs it)."""
+        def run(environ: dict, exchange) -> bool:
+            return contextvars.Context().run(self._intercept, intercept, environ, exchange)
+
+        return run
+
+    def _intercept(self, intercept: Callable, environ: dict, exchange) -> bool:
+        start, vw = self._begin(environ)
+        exchange.on_stream = self._streaming
+        try:
+            handled = intercept(environ, exchange)
+        except BaseException:
+            self._record(environ, start, exchange.status or 500, exchange.bytes, vw, exchange.counted_as_watch)
+            raise
+        if handled:
+            parked = exchange.parked
+            if parked is None:
+                self._record(environ, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
+            else:  # the stream goes on without this greenlet: its line when it ends, in this request's context
+                context = contextvars.copy_context()
+                request = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
+                parked.when_done(lambda: context.run(self._record, request, start, exchange.status,
+                                                     exchange.bytes + parked.bytes, vw, exchange.counted_as_watch))
+        elif self.metrics is not None:
+            self.metrics.inflight_requests -= 1
+        return handled
+
+    def _call(self, ctx: contextvars.Context, environ: dict, start_response: Callable) -> "_Request":
+        start, vw = self._begin(environ)
+        metrics = self.metrics
+        state = _Request(self, environ, start, vw)
+        state.ctx = ctx
+
+        def capture(status, headers, exc_info=None):
+            state.status = status
+            return start_response(status, headers, exc_info)
+
+        try:
+            state.result = self.app(environ, capture)
+        except BaseException:
+            if state.status is None:
+                state.status = "500"
+            state.finish()
+            raise
+        if metrics is not None:
+            state.watch = self._streaming()
+        return state
+
+
+class _Request:
+    """The response iterable: counts bytes, and logs + records metrics on ``close()``.
+
+    Every ``next()`` runs in the request's Context so a streaming generator's log lines (and
+    its bind_contextvars calls) carry the request context.
+    """
+
+    __slots__ = ("mw", "environ", "start", "vw", "status", "result", "bytes", "watch", "done", "ctx")
+
+    def __init__(self, mw: RequestLogMiddleware, environ: dict, start: float, vw: str | None):
+        self.mw = mw
+        self.environ = environ
+        self.start = start
+        self.vw = vw
+        self.status = None
+        self.result = ()
+        self.bytes = 0
+        self.watch = False
+        self.done = False
+
+    def __iter__(self):
+        run = self.ctx.run
+        it = iter(self.result)
+        while True:
+            # next() with a default: no StopIteration raised through Context.run per response.
+            chunk = run(next, it, _END)
+            if chunk is _END:
+                return
+            self.bytes += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.ctx.run(self._close)
+
+    def _close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        status = self.status
+        try:
+            code = int(status[:3]) if status else 0
+        except ValueError:
+            code = 0
+        self.mw._record(self.environ, self.start, code, self.bytes, self.vw, self.watch)
