@@ -18,20 +18,16 @@ import secrets
 
 import structlog
 
+from kcp_virtual.apiexport import url_path
 from kcp_virtual.framework import errors
 from server.apis.apis_kcp import APIEXPORTS, IDENTITY_NAMESPACE, IDENTITY_SECRET_KEY, identity_hash, set_condition
-from server.apis.tenancy import ROOT, SHARDS
 from server.controllers.base import Reconciler
-from server.registry.generic import Registry, cluster_of, now_rfc3339
+from server.controllers.publication import ShardsChanged, virtual_workspace_urls
+from server.registry.generic import Registry, now_rfc3339
 from server.storage import Key
 
 log = structlog.get_logger("kcp.controllers.apiexport")
 
-VIRTUAL_WORKSPACE_NAME = "apiexport"
-
-
-def virtual_workspace_url(base: str, export_cluster: str, export_name: str) -> str:
-    return f"{base.rstrip('/')}/services/{VIRTUAL_WORKSPACE_NAME}/{export_cluster}/{export_name}"
 
 
 class APIExportController:
@@ -42,7 +38,7 @@ class APIExportController:
                                      workers=workers, backoff_max=5.0)
         self.triggers = [
             # A Shard change moves every export's URLs.
-            Reconciler(self.store, SHARDS.storage_key, self._shard_changed, name="apiexports-shards", workers=1),
+            ShardsChanged(registry, APIEXPORTS, self.reconciler, name="apiexports-shards"),
             # An identity secret that changes or goes away is reported.
             Reconciler(self.store, "core/secrets", self._secret_changed, name="apiexports-secrets", workers=1),
         ]
@@ -60,11 +56,6 @@ class APIExportController:
     @property
     def idle(self) -> bool:
         return self.reconciler.idle and all(trigger.idle for trigger in self.triggers)
-
-    def _shard_changed(self, key: Key) -> None:
-        for export in self.store.list(APIEXPORTS.storage_key)[0]:
-            meta = export["metadata"]
-            self.reconciler.enqueue(self.registry.key(APIEXPORTS, cluster_of(meta), "", meta["name"]))
 
     def _secret_changed(self, key: Key) -> None:
         for export in self.store.list(APIEXPORTS.storage_key, key.cluster)[0]:
@@ -96,7 +87,7 @@ class APIExportController:
             else:
                 conditions = set_condition(conditions, "IdentityValid", "False", "IdentityVerificationFailed",
                                            "the identity secret does not match status.identityHash", now)
-        status["virtualWorkspaces"] = [{"url": url} for url in self._urls(cluster, name)]
+        status["virtualWorkspaces"] = virtual_workspace_urls(self.store, url_path(cluster, name))
         conditions = set_condition(conditions, "VirtualWorkspaceURLsReady", "True", "", "", now)
         status["conditions"] = conditions
         if status == (export.get("status") or {}):
@@ -104,15 +95,6 @@ class APIExportController:
         self.registry.update(APIEXPORTS, cluster, "", name, {**export, "status": status}, subresource="status")
         if not (export.get("status") or {}).get("identityHash") and recorded:
             log.info("apiexport identity", cluster=cluster, name=name, identity=recorded)
-
-    def _urls(self, cluster: str, name: str) -> list[str]:
-        urls = []
-        for shard in self.store.list(SHARDS.storage_key, ROOT)[0]:
-            spec = shard.get("spec") or {}
-            base = spec.get("virtualWorkspaceURL") or spec.get("baseURL")
-            if isinstance(base, str) and base:
-                urls.append(virtual_workspace_url(base, cluster, name))
-        return urls
 
     def _identity_key(self, cluster: str, export: dict, *, create: bool) -> bytes:
         """The export's secret key, from its identity secret (created first when ``create``)."""
@@ -157,4 +139,4 @@ class _IdentityProblem(Exception):
         self.reason = reason
 
 
-__all__ = ["APIExportController", "virtual_workspace_url", "VIRTUAL_WORKSPACE_NAME"]
+__all__ = ["APIExportController"]

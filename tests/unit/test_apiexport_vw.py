@@ -6,9 +6,8 @@ import pytest
 
 from kcp_virtual.apiexport.exports import APIEXPORTS, Exports, export_label_value, version_schema
 from kcp_virtual.framework import errors
-from kcp_virtual.apiexport.virtualworkspace import content_attributes, resolve, url_path
+from kcp_virtual.apiexport.virtualworkspace import content_attributes, resolve
 from server.apis.apis_kcp import export_label_value as shard_export_label_value
-from server.controllers.apiexport import virtual_workspace_url
 
 
 def test_resolves_export_and_cluster():
@@ -32,11 +31,6 @@ def test_resolves_export_and_cluster():
 ])
 def test_rejects_malformed_paths(path):
     assert not resolve(path)[0]
-
-
-def test_the_published_url_is_this_virtual_workspace():
-    assert virtual_workspace_url("https://h:6443/", "root:p", "widgets") == "https://h:6443" + url_path("root:p",
-                                                                                                         "widgets")
 
 
 def test_export_label_is_the_shards():

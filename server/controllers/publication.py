@@ -1,0 +1,40 @@
+"""Where a virtual workspace is published: one URL per Shard object (``tenancy.kcp.dev`` ``shards`` in ``root``).
+
+A publishing controller (APIExport, WorkspaceType, SyncTarget...) writes ``status.virtualWorkspaces`` as
+``[{"url": <Shard spec.virtualWorkspaceURL, else spec.baseURL> + /services/<name>/<segments>}, ...]`` and must
+rewrite it whenever a Shard comes, goes or moves: ``ShardsChanged`` re-enqueues every published object then.
+"""
+
+from __future__ import annotations
+
+from server.apis.tenancy import ROOT, SHARDS
+from server.controllers.base import Reconciler
+from server.registry.generic import Registry, cluster_of
+from server.registry.resourcetype import ResourceType
+from server.storage import Key, Store
+
+
+def virtual_workspace_urls(store: Store, path: str) -> list[dict]:
+    """``status.virtualWorkspaces`` for a virtual workspace at ``path`` (``/services/<name>/...``)."""
+    urls = []
+    for shard in store.list(SHARDS.storage_key, ROOT)[0]:
+        spec = shard.get("spec") or {}
+        base = spec.get("virtualWorkspaceURL") or spec.get("baseURL")
+        if isinstance(base, str) and base:
+            urls.append({"url": base.rstrip("/") + path})
+    return urls
+
+
+class ShardsChanged(Reconciler):
+    """On any Shard change, enqueue every object of ``published`` into ``target`` (its publishing reconciler)."""
+
+    def __init__(self, registry: Registry, published: ResourceType, target: Reconciler, *, name: str):
+        self.registry = registry
+        self.published = published
+        self.target = target
+        super().__init__(registry.store, SHARDS.storage_key, self._requeue, name=name, workers=1)
+
+    def _requeue(self, key: Key) -> None:
+        for obj in self.registry.store.list(self.published.storage_key)[0]:
+            meta = obj["metadata"]
+            self.target.enqueue(self.registry.key(self.published, cluster_of(meta), "", meta["name"]))
