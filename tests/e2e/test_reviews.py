@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from server import pki
-from tests.e2e.test_authn import (admin_cert, bind, client_for, issue_cert, needs_protobuf, new_workspace, raw,
+from tests.e2e.test_authn import (admin_cert, bind, client_for, issue_cert, new_workspace, raw,
                                   request_token, sa_subject, service_account, token_kubeconfig, unique, user_subject)
 
 AUTHZ = "/apis/authorization.k8s.io/v1"
@@ -218,7 +218,6 @@ def cert_kubeconfig(shard, cert: tuple[str, str]) -> str:
     return str(path)
 
 
-@needs_protobuf
 def test_kubectl_auth_can_i(shard, editor):
     _, cert = editor
     kubeconfig = cert_kubeconfig(shard, cert)
@@ -232,7 +231,6 @@ def test_kubectl_auth_can_i(shard, editor):
     assert any(row[0] == "configmaps" for row in rows[1:])
 
 
-@needs_protobuf
 def test_kubectl_auth_whoami(shard, editor):
     name, cert = editor
     out = shard.kubectl("--kubeconfig", cert_kubeconfig(shard, cert), "auth", "whoami", "-o", "json").stdout
