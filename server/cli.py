@@ -32,13 +32,33 @@ def _start_parser(sub) -> None:
     start.add_argument("--shard-virtual-workspace-url", default=None,
                        help="base URL of this shard's virtual workspaces, published in status "
                             "(default: the shard's own URL)")
-    start.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
-                       help="also serve this virtual workspace in-process (a callable taking a ShardClient), "
-                            "as `kcp virtual-workspaces --virtual-workspace` does; repeatable")
+    _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                        help="log verbosity (0 = info, 1+ = debug)")
     start.set_defaults(func=run_start)
+
+
+def _virtual_workspace_flags(parser, where: str) -> None:
+    where = f" {where}" if where else ""
+    parser.add_argument("--virtual-workspaces", default=None, metavar="NAMES",
+                        help=f"comma-separated names of the installed virtual workspace plugins to serve{where} "
+                             "(default: every installed one; an empty value: none of them)")
+    parser.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
+                        help="also serve this virtual workspace, not packaged as a plugin (a callable taking a "
+                             "ShardClient and returning a VirtualWorkspace); repeatable, for development")
+
+
+def _virtual_workspaces(args) -> list:
+    """The virtual workspaces the flags ask for, as ``plugins.select`` takes them: names, then factories."""
+    from kcp_virtual.framework import plugins
+
+    names = None if args.virtual_workspaces is None else [
+        name.strip() for name in args.virtual_workspaces.split(",") if name.strip()]
+    extra = [plugins.load_factory(spec) for spec in args.virtual_workspace]
+    if names is None:
+        names = sorted(plugins.installed())
+    return plugins.select([*names, *extra])
 
 
 def _boolean(value: str) -> bool:
@@ -52,16 +72,16 @@ def _boolean(value: str) -> bool:
 def run_start(args) -> int:
     import structlog
 
-    from kcp_virtual.external.process import load_factory
+    from kcp_virtual.framework.plugins import PluginError
     from server.http import logs
-    from server.shard import STOCK_VIRTUAL_WORKSPACES, Shard, ShardConfig
+    from server.shard import Shard, ShardConfig
 
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
     try:
-        extra_virtual_workspaces = tuple(load_factory(spec) for spec in args.virtual_workspace)
-    except (ImportError, AttributeError, ValueError) as exc:
-        print(f"error: --virtual-workspace: {exc}", file=sys.stderr)
+        virtual_workspaces = tuple(_virtual_workspaces(args))
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     config = ShardConfig(root_directory=Path(args.root_directory), bind_address=args.bind_address,
                          secure_port=args.secure_port, storage=args.storage, token_auth_file=args.token_auth_file,
@@ -70,7 +90,7 @@ def run_start(args) -> int:
                                                       if n.strip()],
                          run_virtual_workspaces=args.run_virtual_workspaces,
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
-                         virtual_workspaces=(*STOCK_VIRTUAL_WORKSPACES, *extra_virtual_workspaces))
+                         virtual_workspaces=virtual_workspaces)
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
         print("error: --run-virtual-workspaces=false needs --shard-virtual-workspace-url (where "
               "`kcp virtual-workspaces` listens)", file=sys.stderr)
@@ -80,6 +100,9 @@ def run_start(args) -> int:
         return 2
     try:
         shard = Shard(config).start()
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("cannot start", error=str(exc))
         print(f"error: cannot start kcp: {exc}", file=sys.stderr)
@@ -133,8 +156,7 @@ def _virtual_workspaces_parser(sub) -> None:
     vw.add_argument("--requestheader-allowed-names", default="kcp-shard-proxy",
                     help="comma-separated CNs of that proxy; empty = any certificate of the CA "
                          "(default kcp-shard-proxy)")
-    vw.add_argument("--virtual-workspace", action="append", default=[], metavar="MODULE:FACTORY",
-                    help="also serve this virtual workspace (a callable taking a ShardClient); repeatable")
+    _virtual_workspace_flags(vw, "")
     vw.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
                     help="BOOKMARKs of the watches it serves from its cache, as often as the shard's "
                          "(default 60)")
@@ -148,11 +170,11 @@ def run_virtual_workspaces(args) -> int:
     """``kcp virtual-workspaces``: kcp_virtual.external.process's app behind this project's TLS server and request log."""
     import structlog
 
-    from kcp_virtual.external.process import build_app, load_factory
+    from kcp_virtual.external.process import build_app
+    from kcp_virtual.framework.plugins import PluginError
     from server.http import logs
     from server.http.metrics import Metrics
     from server.http.serving import Server
-    from server.shard import STOCK_VIRTUAL_WORKSPACES
 
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
@@ -160,8 +182,11 @@ def run_virtual_workspaces(args) -> int:
     client_ca = args.client_ca_file or str(root / "ca.crt")
     requestheader_ca = args.requestheader_client_ca_file or str(root / "requestheader-ca.crt")
     try:
-        extra = [load_factory(spec) for spec in args.virtual_workspace]
-        factories = [*STOCK_VIRTUAL_WORKSPACES, *(f for f in extra if f not in STOCK_VIRTUAL_WORKSPACES)]
+        factories = _virtual_workspaces(args)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         metrics = Metrics()
         app = build_app(args.kubeconfig, factories=factories, client_ca_file=client_ca,
                         requestheader_ca_file=requestheader_ca, context=args.context, metrics=metrics,
@@ -172,6 +197,9 @@ def run_virtual_workspaces(args) -> int:
                         keyfile=args.tls_private_key_file or str(root / "virtual-workspaces.key"),
                         client_ca_files=[client_ca, requestheader_ca], http2=True)  # the shard's watches
         server.start()
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - any start-up failure is reported the same way
         log.error("cannot start", error=str(exc))
         print(f"error: cannot start the virtual workspaces: {exc}", file=sys.stderr)

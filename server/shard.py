@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
-from kcp_virtual.apiexport import apiexport as apiexport_virtual_workspace
-from kcp_virtual.framework import ShardClient, VirtualWorkspace
+from kcp_virtual.framework import plugins
 from kcp_virtual.framework.dispatcher import Dispatcher
-from kcp_virtual.workspaces import workspaces as workspaces_virtual_workspace
+from kcp_virtual.framework.plugins import VirtualWorkspaceFactory
 from server import pki
 from server.apis import builtin_types
 from server.apis.apiextensions import CustomResourceIndex
@@ -42,11 +40,6 @@ from server.storage import SQLiteBackend, Store
 
 log = structlog.get_logger("kcp.shard")
 
-#: A virtual workspace is built once the shard's app exists, from the ShardClient it talks to the shard with.
-VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
-#: What ``kcp start`` serves under /services/ (DESIGN.md section 4); each stock one is added here as it lands.
-STOCK_VIRTUAL_WORKSPACES: tuple[VirtualWorkspaceFactory, ...] = (workspaces_virtual_workspace,
-                                                                  apiexport_virtual_workspace)
 
 
 @dataclass
@@ -64,7 +57,9 @@ class ShardConfig:
     extra_client_ca_files: list[str] = field(default_factory=list)
     requestheader_client_ca_file: str | None = None   # default: the generated <root>/requestheader-ca.crt
     requestheader_allowed_names: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_NAMES))
-    virtual_workspaces: tuple[VirtualWorkspaceFactory, ...] = STOCK_VIRTUAL_WORKSPACES  # in-process, in order
+    # Served in-process: None is every installed plugin (kcp_virtual.framework.plugins); otherwise plugin names
+    # and factories (a callable taking the ShardClient), as kcp_virtual.framework.plugins.select takes them.
+    virtual_workspaces: tuple[str | VirtualWorkspaceFactory, ...] | None = None
     run_virtual_workspaces: bool = True       # False: /services/* is forwarded to shard_virtual_workspace_url
     shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
 
@@ -118,7 +113,8 @@ class Shard:
         self.app.token_issuer = self.service_account_tokens
         self.shard_client = InProcessShardClient(self.app)
         if self.config.run_virtual_workspaces:
-            self.virtual_workspaces = Dispatcher(build(self.shard_client) for build in self.config.virtual_workspaces)
+            factories = plugins.select(self.config.virtual_workspaces)
+            self.virtual_workspaces = Dispatcher(build(self.shard_client) for build in factories)
             self.app.services = self.virtual_workspaces
             self.app.readiness.update(self.virtual_workspaces.readiness())
         else:

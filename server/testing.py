@@ -11,16 +11,18 @@ under a second::
         api = kubernetes.client.CoreV1Api(shard.api_client())
         api.list_namespace()
 
-With pytest, load the plugin (``pytest_plugins = ["server.testing"]``; it is also registered as a
-``pytest11`` entry point) and ask for ``kcp_shard``.
+With pytest, load the plugin (``pytest_plugins = ["server.testing"]`` in a conftest) and ask for ``kcp_shard``.
+``installed_plugins`` installs virtual workspace plugin projects for a test, as users install them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import replace
@@ -158,6 +160,36 @@ def running_shard(config: ShardConfig | None = None, *, keep: bool = False) -> I
         running.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def installed_plugins(*projects: str | os.PathLike) -> Iterator[Path]:
+    """Virtual workspace plugin projects (directories with a ``pyproject.toml``) installed for the duration.
+
+    ``pip install`` puts them into a temporary directory that goes first on ``sys.path`` and ``PYTHONPATH``,
+    so an in-process shard and ``kcp virtual-workspaces`` subprocesses find them by entry point exactly as
+    they find a plugin a user installed; the virtual environment itself is left alone.
+    """
+    target = Path(tempfile.mkdtemp(prefix="kcp-plugins-"))
+    saved_path, saved_env = list(sys.path), os.environ.get("PYTHONPATH")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--no-deps", "--no-build-isolation", "--target", str(target), *map(str, projects)],
+                       check=True, capture_output=True, text=True)
+        sys.path.insert(0, str(target))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), saved_env]))
+        importlib.invalidate_caches()
+        yield target
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"pip could not install {', '.join(map(str, projects))}:\n{exc.stderr}") from None
+    finally:
+        sys.path[:] = saved_path
+        if saved_env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_env
+        importlib.invalidate_caches()
+        shutil.rmtree(target, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- pytest plugin

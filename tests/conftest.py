@@ -1,3 +1,17 @@
-"""Every test can ask for a real shard (``kcp_shard``, ``kcp_shard_module``) from the public harness."""
+"""Every test can ask for a real shard (``kcp_shard``, ``kcp_shard_module``) from the public harness, and for the
+demo virtual workspaces installed as plugins (``demo_plugins``)."""
+
+import pytest
 
 pytest_plugins = ["server.testing"]
+
+
+@pytest.fixture(scope="session")
+def demo_plugins():
+    """tests/demo_plugin installed (not into the venv) for the session: ``demo``, ``demo-view``, ``demo-proxy``
+    are then found by entry point, in-process and by ``kcp virtual-workspaces`` subprocesses."""
+    from server.testing import installed_plugins  # here: pytest must import server.testing first, as a plugin
+    from tests.vw_demo import DEMO_PLUGIN_PROJECT
+
+    with installed_plugins(DEMO_PLUGIN_PROJECT) as target:
+        yield target

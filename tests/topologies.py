@@ -8,8 +8,9 @@
 
 ``running_topology(name, config)`` starts one and yields ``(VWTopology, shard, external process or
 None)``; the ``VWTopology`` differs between them only in its base URL, which is the point. The
-virtual workspaces of ``config.virtual_workspaces`` run in the external process as
-``--virtual-workspace module:factory``, so they must be importable module-level callables.
+virtual workspaces of ``config.virtual_workspaces`` run in the external process too: plugins by name
+(``--virtual-workspaces``), factories given directly as ``--virtual-workspace module:factory``, so those must
+be importable module-level callables.
 """
 
 from __future__ import annotations
@@ -42,22 +43,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def factory_spec(factory) -> str:
-    """``module:qualname`` of a virtual workspace factory, as ``--virtual-workspace`` takes it."""
-    return f"{factory.__module__}:{factory.__qualname__}"
+def virtual_workspace_args(virtual_workspaces) -> list[str]:
+    """The ``kcp virtual-workspaces`` flags serving what ``ShardConfig.virtual_workspaces`` serves in-process:
+    nothing for every installed plugin (None), else ``--virtual-workspaces=<plugin names>`` and one
+    ``--virtual-workspace module:qualname`` per factory given directly."""
+    if virtual_workspaces is None:
+        return []
+    names = [item if isinstance(item, str) else item.plugin_name for item in virtual_workspaces
+             if isinstance(item, str) or hasattr(item, "plugin_name")]
+    args = [f"--virtual-workspaces={','.join(names)}"]
+    for item in virtual_workspaces:
+        if not isinstance(item, str) and not hasattr(item, "plugin_name"):
+            args += ["--virtual-workspace", f"{item.__module__}:{item.__qualname__}"]
+    return args
 
 
 class ExternalVirtualWorkspaces:
     """A ``kcp virtual-workspaces`` subprocess for a test shard: ``start()``, ``stop()``, ``kill()`` (SIGKILL)."""
 
-    def __init__(self, shard: RunningShard, factories, port: int, *, extra_args: tuple[str, ...] = ()):
+    def __init__(self, shard: RunningShard, virtual_workspaces, port: int, *, extra_args: tuple[str, ...] = ()):
         self.shard = shard
         self.port = port
         self.url = f"https://127.0.0.1:{port}"
         self.command = [sys.executable, "-m", "server.cli", "virtual-workspaces", "--kubeconfig", shard.kubeconfig,
-                        "--root-directory", str(shard.root_directory), "--secure-port", str(port), *extra_args]
-        for factory in factories:
-            self.command += ["--virtual-workspace", factory_spec(factory)]
+                        "--root-directory", str(shard.root_directory), "--secure-port", str(port),
+                        *virtual_workspace_args(virtual_workspaces), *extra_args]
         self.log_path = shard.workdir / f"virtual-workspaces-{port}.log"
         self.process: subprocess.Popen | None = None
 

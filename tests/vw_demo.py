@@ -23,10 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from kcp_virtual.framework import (APIDefinition, ForwardingStorage, GroupVersionResource, ShardClient, Transformation,
-                                   User, VirtualWorkspace, cluster_path_resolver, proxy_virtual_workspace,
-                                   resource_virtual_workspace)
-from kcp_virtual.framework.table import Column
+from kcp_virtual import (APIDefinition, Column, ForwardingStorage, GroupVersionResource, ShardClient, Transformation,
+                         User, VirtualWorkspace, cluster_path_resolver, proxy_virtual_workspace,
+                         resource_virtual_workspace)
 
 DEMO_LABELS = {"demo": "true"}
 CONFIGMAPS = GroupVersionResource("", "v1", "configmaps")
@@ -86,6 +85,9 @@ def demo_proxy(shard: ShardClient) -> VirtualWorkspace:
 
 
 DEMO_VIRTUAL_WORKSPACES = (demo, demo_view, demo_proxy)
+#: The same three as plugins (tests/demo_plugin, installed by the ``demo_plugins`` fixture of tests/conftest.py).
+DEMO_PLUGINS = ("demo", "demo-view", "demo-proxy")
+DEMO_PLUGIN_PROJECT = Path(__file__).resolve().parent / "demo_plugin"
 
 
 @dataclass

@@ -82,7 +82,8 @@ class _BoundOnly:
 
 
 def apiexport(shard: ShardClient) -> VirtualWorkspace:
-    """The stock factory (``server.shard.STOCK_VIRTUAL_WORKSPACES``; ``kcp virtual-workspaces`` serves it too)."""
+    """The stock factory: an entry point of group ``kcp_virtual.virtual_workspaces`` (setup.cfg), so ``kcp start``
+    and ``kcp virtual-workspaces`` serve it."""
     exports = Exports(shard)
 
     def authorize(user: Any, attributes: Attributes, context: Context) -> Decision:

@@ -13,7 +13,6 @@ this package never imports ``server``.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Iterable
 
 import orjson
@@ -28,28 +27,11 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.httprequest import HTTPRequest
-from kcp_virtual.framework.shardclient import ShardClient
-from kcp_virtual.framework.virtualworkspace import VirtualWorkspace
+from kcp_virtual.framework.plugins import VirtualWorkspaceFactory
 
-__all__ = ["VirtualWorkspacesApp", "load_factory", "build_app", "VirtualWorkspaceFactory"]
+__all__ = ["VirtualWorkspacesApp", "build_app"]
 
 log = structlog.get_logger("kcp.virtual")
-
-VirtualWorkspaceFactory = Callable[[ShardClient], VirtualWorkspace]
-
-
-def load_factory(spec: str) -> VirtualWorkspaceFactory:
-    """``package.module:factory`` (a callable taking a ShardClient and returning a VirtualWorkspace)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"{spec!r}: expected module:factory")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"{spec!r} is not callable")
-    return target
-
 
 class VirtualWorkspacesApp:
     """WSGI app of the external process; ``readiness`` has ``ping``, ``shard`` and one check per virtual workspace."""

@@ -79,6 +79,10 @@ def _flag(args: Mapping[str, str], name: str) -> bool:
     return args.get(name, "").lower() in ("true", "1")
 
 
+def _and(selector: str, more: str) -> str:
+    return f"{selector},{more}" if selector and more else selector or more
+
+
 def list_limit(args: Mapping[str, str]) -> int:
     """The ``limit`` query parameter (0 when absent); anything but a non-negative integer is a 400."""
     limit = args.get("limit", "")
@@ -148,12 +152,13 @@ class ListQuery:
         return replace(query, allow_bookmarks=_flag(args, "allowWatchBookmarks"), send_initial_events=send_initial,
                        timeout_seconds=seconds, resource_version_match="")
 
-    def restricted(self, label_selector: str) -> "ListQuery":
-        """This query with ``label_selector`` ANDed to its own (how a view narrows what the shard returns)."""
-        if not label_selector:
+    def restricted(self, label_selector: str, field_selector: str = "") -> "ListQuery":
+        """This query with ``label_selector`` and ``field_selector`` ANDed to its own (how a view narrows what
+        the shard returns)."""
+        if not label_selector and not field_selector:
             return self
-        combined = f"{self.label_selector},{label_selector}" if self.label_selector else label_selector
-        return replace(self, label_selector=combined)
+        return replace(self, label_selector=_and(self.label_selector, label_selector),
+                       field_selector=_and(self.field_selector, field_selector))
 
     def query_params(self) -> dict[str, str]:
         """The query as URL parameters (for a remote client)."""

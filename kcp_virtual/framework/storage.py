@@ -8,6 +8,9 @@ narrows it to a view (kcp's ``forwardingregistry`` with its wrappers):
   that gains it as ADDED); a get, update, patch or delete of an object outside the view is a 404;
   creates and updates get the labels when they lack them and are refused (422) when they set
   another value, so a write never produces an object its writer cannot see.
+* **field restriction**: ``fields`` (e.g. ``{"type": "kubernetes.io/tls"}`` for Secrets) narrow the view
+  the same way through the shard's field selectors, for reads (a view restricted by fields is read-only:
+  a write could move an object out of it). Such views read live, never from an informer.
 * **identity**: the ``GroupVersionResource`` may name an APIExport identity, and ``act_as``
   chooses whose permissions the shard applies: the virtual workspace's own (privileged, the
   default) or the caller's.
@@ -70,11 +73,12 @@ class Transformation:
     """Rewrites objects between the shard and the view. Neither function may change its arguments.
 
     ``to_view(stored, context)`` for objects read and watched; ``from_view(obj, stored, context)`` for
-    objects written, where ``stored`` is the current stored object (None on create).
+    objects written, where ``stored`` is the current stored object (None on create). A read-only view
+    (``verbs`` within ``READ_VERBS``) needs no ``from_view``.
     """
 
     to_view: Callable[[dict, Context], dict]
-    from_view: Callable[[dict, "dict | None", Context], dict]
+    from_view: Callable[[dict, "dict | None", Context], dict] | None = None
 
 
 def _rv(obj: dict) -> str:
@@ -94,6 +98,7 @@ class ForwardingStorage:
     """One resource of the shard behind a view; see the module docstring."""
 
     def __init__(self, shard: ShardClient, gvr: GroupVersionResource, *, labels: Mapping[str, str] | None = None,
+                 fields: Mapping[str, str] | None = None,
                  transform: Transformation | None = None, verbs: Iterable[str] = ALL_VERBS,
                  subresources: Mapping[str, Iterable[str]] | None = None,
                  act_as: Callable[[Request], Any] = as_virtual_workspace):
@@ -101,6 +106,8 @@ class ForwardingStorage:
         self.gvr = gvr
         self.labels = dict(labels or {})
         self.selector = ",".join(f"{k}={v}" for k, v in self.labels.items())
+        self.fields = dict(fields or {})
+        self.field_selector = ",".join(f"{k}={v}" for k, v in self.fields.items())
         self.transform = transform
         self.verbs = frozenset(verbs)
         unknown = self.verbs - set(ALL_VERBS)
@@ -111,11 +118,20 @@ class ForwardingStorage:
             if name != "status" or not sub_verbs <= set(SUBRESOURCE_VERBS):
                 raise ValueError(f"unsupported subresource {name} {sorted(sub_verbs)}: only status with "
                                  f"{', '.join(SUBRESOURCE_VERBS)}")
+        writes = sorted((self.verbs - set(READ_VERBS)) | {f"{name} {verb}" for name, sub_verbs in
+                                                          self.subresources.items() for verb in sub_verbs - {"get"}})
+        if self.fields and writes:
+            raise ValueError(f"a view restricted by fields is read-only: {writes}")
+        if transform is not None and transform.from_view is None and writes:
+            raise ValueError(f"a transformation without from_view makes the view read-only: {writes}")
         self.act_as = act_as
 
     # ------------------------------------------------------------------ the view
 
     def in_view(self, obj: dict) -> bool:
+        for path, value in self.fields.items():
+            if _field(obj, path) != value:
+                return False
         if not self.labels:
             return True
         labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -123,6 +139,10 @@ class ForwardingStorage:
             if labels.get(key) != value:
                 return False
         return True
+
+    def _narrow(self, query: ListQuery) -> ListQuery:
+        """``query`` restricted to the view: the shard filters lists and watches by the view's selectors."""
+        return query.restricted(self.selector, self.field_selector)
 
     def _out(self, obj: dict, request: Request) -> dict:
         return obj if self.transform is None else self.transform.to_view(obj, request.context)
@@ -184,7 +204,7 @@ class ForwardingStorage:
             result = self._cached(request, lambda informer: informer.list(request.context.cluster, namespace,
                                                                           request.fresh_as_of))
         if result is None:
-            result = self.shard.list(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+            result = self.shard.list(self.gvr, request.context.cluster, namespace, self._narrow(query),
                                      user=self.act_as(request))
         if self.transform is None:
             return result
@@ -194,7 +214,7 @@ class ForwardingStorage:
     def _cached(self, request: Request, read: Callable[[Any], Any]) -> Any:
         """``read(informer)`` when the shard client has an informer of this view and the request may be answered
         from it (see the module docstring); None: read live. The first use starts the informer."""
-        if request.fresh_as_of is None or self.act_as(request) is not None:
+        if request.fresh_as_of is None or self.act_as(request) is not None or self.fields:
             return None
         informer_of = getattr(self.shard, "informer", None)
         informer = informer_of(self.gvr, self.selector) if informer_of is not None else None
@@ -214,7 +234,7 @@ class ForwardingStorage:
                 allow_bookmarks=query.allow_bookmarks, timeout_seconds=query.timeout_seconds,
                 client_gone=client_gone))
         if events is None:
-            events = self.shard.watch(self.gvr, request.context.cluster, namespace, query.restricted(self.selector),
+            events = self.shard.watch(self.gvr, request.context.cluster, namespace, self._narrow(query),
                                       user=self.act_as(request), client_gone=client_gone)
         if self.transform is None:
             return events
@@ -328,7 +348,7 @@ class ForwardingStorage:
                           options: dict | None = None) -> dict:
         """Delete what a list of the view returns (as the apiserver does), each pinned to its listed version."""
         cluster, user = request.context.cluster, self.act_as(request)
-        listed = self.shard.list(self.gvr, cluster, namespace, query.restricted(self.selector), user=user)
+        listed = self.shard.list(self.gvr, cluster, namespace, self._narrow(query), user=user)
         deleted = []
         for obj in listed["items"]:
             meta = obj["metadata"]
@@ -342,6 +362,14 @@ class ForwardingStorage:
             deleted.append(self._out(obj if result.get("kind") == "Status" else result, request))
         return {"kind": listed["kind"], "apiVersion": listed["apiVersion"],
                 "metadata": {"resourceVersion": listed["metadata"].get("resourceVersion", "")}, "items": deleted}
+
+
+def _field(obj: dict, path: str) -> Any:
+    """The value at a field selector's dotted path (``type``, ``metadata.name``, ``spec.nodeName``)."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else value
 
 
 def _whole(query: ListQuery) -> bool:

@@ -62,7 +62,8 @@ def authorize(user: Any, attributes: Attributes, context: Context) -> tuple[bool
 
 
 def workspaces(shard: ShardClient) -> VirtualWorkspace:
-    """The stock factory (``server.shard.STOCK_VIRTUAL_WORKSPACES``; ``kcp virtual-workspaces`` serves it too)."""
+    """The stock factory: an entry point of group ``kcp_virtual.virtual_workspaces`` (setup.cfg), so ``kcp start``
+    and ``kcp virtual-workspaces`` serve it."""
     storage = WorkspaceStorage(shard)
     definitions = (APIDefinition(projection.GROUP, projection.VERSION, projection.KIND, projection.PLURAL,
                                  "workspace", False, storage, short_names=("ws",), categories=("kcp",),

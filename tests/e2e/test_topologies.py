@@ -25,17 +25,17 @@ from server.shard import ShardConfig
 from tests.e2e.test_authn import (bind, issue_cert, new_workspace, request_token, sa_subject, service_account, unique,
                                   user_subject)
 from tests.topologies import TOPOLOGIES, running_topology
-from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES
+from tests.vw_demo import DEMO_PLUGINS
 
 STATIC_TOKEN = "static-token-of-carol-topologies"
 LIST = "/api/v1/namespaces/default/configmaps"
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
-def topology(request, tmp_path_factory):
+def topology(request, tmp_path_factory, demo_plugins):
     token_file = tmp_path_factory.mktemp("tokens") / "tokens.csv"
     token_file.write_text(f'{STATIC_TOKEN},carol,carol-uid,"ops"\n')
-    config = ShardConfig(virtual_workspaces=DEMO_VIRTUAL_WORKSPACES, token_auth_file=str(token_file),
+    config = ShardConfig(virtual_workspaces=DEMO_PLUGINS, token_auth_file=str(token_file),
                          bookmark_interval=1.0)
     with running_topology(request.param, config) as running:
         yield running

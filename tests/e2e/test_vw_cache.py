@@ -18,7 +18,7 @@ import orjson
 import pytest
 import requests
 
-from kcp_virtual.framework import VirtualWorkspace, cluster_path_resolver
+from kcp_virtual import VirtualWorkspace, cluster_path_resolver
 from kcp_virtual.framework.negotiation import json_response
 from server.shard import ShardConfig
 from tests.topologies import running_topology

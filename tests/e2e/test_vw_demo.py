@@ -25,7 +25,7 @@ from kubernetes.dynamic import DynamicClient
 
 from server.shard import ShardConfig
 from tests.topologies import TOPOLOGIES, running_topology
-from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES
+from tests.vw_demo import DEMO_PLUGINS
 
 WILDCARD = "demo/clusters/*"
 ROOT = "demo/clusters/root"
@@ -34,8 +34,8 @@ HISTORY = 200  # watch events the shard remembers (the 410 test pushes a version
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
-def topology(request):
-    config = ShardConfig(virtual_workspaces=DEMO_VIRTUAL_WORKSPACES, bookmark_interval=1.0,
+def topology(request, demo_plugins):
+    config = ShardConfig(virtual_workspaces=DEMO_PLUGINS, bookmark_interval=1.0,
                          watch_history_events=HISTORY)
     with running_topology(request.param, config) as (vw, shard, _):
         shard.run(shard.shard.registry.ensure_logical_cluster, ORG)

@@ -14,8 +14,8 @@ import uuid
 import orjson
 import pytest
 
-from kcp_virtual.framework import (APIDefinition, ForwardingStorage, VirtualWorkspace, as_caller, cluster_path_resolver,
-                                   resource_virtual_workspace)
+from kcp_virtual import (APIDefinition, ForwardingStorage, VirtualWorkspace, as_caller, cluster_path_resolver,
+                         resource_virtual_workspace)
 from server.shard import ShardConfig
 from server.testing import running_shard
 from tests.vw_demo import CONFIGMAPS, DEMO_VIRTUAL_WORKSPACES, PROXY_GROUP

@@ -7,7 +7,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request as HTTPRequest, Response
 
-from kcp_virtual.framework import Context, Dispatcher, User, VirtualWorkspace, cluster_path_resolver, errors
+from kcp_virtual import Context, User, VirtualWorkspace, cluster_path_resolver, errors
+from kcp_virtual.framework.dispatcher import Dispatcher
 
 ADMIN = User("admin", groups=("system:masters", "system:authenticated"))
 ALICE = User("alice", groups=("system:authenticated",))

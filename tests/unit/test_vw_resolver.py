@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kcp_virtual.framework import Context, cluster_path_resolver
+from kcp_virtual import Context, cluster_path_resolver
 
 demo = cluster_path_resolver("demo")
 export = cluster_path_resolver("apiexport", 2)
