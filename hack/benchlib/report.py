@@ -43,8 +43,8 @@ def table(rows) -> str:
     for group, rs in groups.items():
         cols: list[str] = []
         for r in rs:
-            for k in r.metrics:
-                if k not in cols:
+            for k, v in r.metrics.items():
+                if k not in cols and not isinstance(v, dict):  # breakdowns (dicts) are in the JSON only
                     cols.append(k)
         header = ["", *cols, "target", "ok", "note"]
         lines = [[r.name, *(fmt(r.metrics.get(k)) for k in cols), r.target or "",

@@ -258,6 +258,7 @@ def compare_wrk(ctx: Context, group: str, targets: list[tuple[str, Callable[[], 
         split = [r["cpu_us"] for r in runs if r.get("cpu_us")]
         if split:
             m["cpu_us_req"] = median([sum(c.values()) for c in split])
+            m["cpu_us_by_process"] = {name: median([c[name] for c in split]) for name in split[0]}
             if len(split[0]) > 1:
                 notes.append("CPU/request: " + " + ".join(f"{name} {median([c[name] for c in split]):.0f} us"
                                                           for name in split[0]))

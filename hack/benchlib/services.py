@@ -213,7 +213,8 @@ class Shard(Service):
 
 class ExternalVW(Service):
     """``kcp virtual-workspaces`` for ``shard`` (its kubeconfig and root directory), pinned to the
-    server core like the shard itself; ``factories`` are ``module:factory`` specs.
+    server core like the shard itself, or with ``own_core`` to the other one (a deployment gives it a machine
+    of its own; on two cores that is the load generators' core); ``factories`` are ``module:factory`` specs.
 
     The port is chosen up front so that the shard it serves can be started first with
     ``--shard-virtual-workspace-url`` (``ExternalVW.url_for(port)``) for the forwarded topology."""
@@ -221,9 +222,11 @@ class ExternalVW(Service):
     name = "virtual-workspaces"
     ready_timeout = 60
 
-    def __init__(self, workdir: str, cores: Cores, shard: Shard, factories: list[str], port: int):
+    def __init__(self, workdir: str, cores: Cores, shard: Shard, factories: list[str], port: int, *,
+                 own_core: bool = False):
         super().__init__()
         self.cores, self.shard, self.factories, self.port = cores, shard, factories, port
+        self.own_core = own_core
         self.log_path = os.path.join(workdir, f"{shard.name}-virtual-workspaces.log")
 
     @staticmethod
@@ -238,7 +241,8 @@ class ExternalVW(Service):
             cmd += ["--virtual-workspace", spec]
         self.cmdline = " ".join(cmd)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log,
+            pinned = self.cores.client_cmd(cmd) if self.own_core else self.cores.server_cmd(cmd)
+            self.proc = subprocess.Popen(pinned, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.shard.workdir, env=repo_env())
         http = _http(self.shard.ca)

@@ -289,3 +289,38 @@ def test_the_plain_console_renderer_writes_console_renderer_s_exact_line(event_d
 
     expected = structlog.dev.ConsoleRenderer(colors=False)(None, "info", dict(event_dict))
     assert _PlainConsoleRenderer()(None, "info", dict(event_dict)) == expected
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_of_greenlets_are_written_once_per_loop_turn_and_the_main_greenlets_at_once():
+    import gevent
+
+    out = _CountingStream()
+    logs.configure("text", 0, stream=out)
+    try:
+        log = structlog.get_logger("kcp.test")
+        log.info("from the main greenlet")
+        assert out.writes == 1 and "from the main greenlet" in out.getvalue()
+        seen_before_the_turn_ended = []
+
+        def request(i):
+            log.info("request", n=i)
+            seen_before_the_turn_ended.append(out.getvalue().count("request "))
+
+        gevent.joinall([gevent.spawn(request, i) for i in range(50)])
+        gevent.sleep(0)  # the loop runs its callbacks
+        assert seen_before_the_turn_ended == [0] * 50  # nothing written while the turn went on
+        assert out.getvalue().count("request ") == 50 and out.writes == 2  # then all of them in one write
+        gevent.spawn(lambda: log.info("x" * 70_000)).join()
+        assert out.writes == 3  # past 64 KiB pending: written at once
+    finally:
+        logs.configure("text", 0)
