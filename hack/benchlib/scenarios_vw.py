@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from . import util
 from .scenarios import Context, Row, compare_wrk, ensure_namespace, scenario
-from .services import ExternalVW, Nginx, Shard, _http
+from .services import ExternalVW, Nginx, Shard, TrivialRelay, _http
 from .util import cpu_seconds, free_port, median, rss_kib
 
 DEMO = "tests.vw_demo:demo"
@@ -146,10 +146,11 @@ def nginx_in_front(ctx: Context, shard: Shard, external: ExternalVW, *, cached: 
     return ctx.service("vw-nginx-cached" if cached else "vw-nginx", build)
 
 
-def _get_setup(ctx: Context) -> tuple[Shard, Shard, ExternalVW, Nginx, Nginx, Shard, ExternalVW]:
+def _get_setup(ctx: Context) -> tuple[Shard, Shard, ExternalVW, Nginx, Nginx, Shard, ExternalVW, TrivialRelay]:
     a = embedded(ctx)
     b, e = two_process(ctx)
     d, de = two_process(ctx, "vw-deployed", own_core=True)
+    relay = ctx.service("vw-trivial-relay", lambda: TrivialRelay(ctx.workdir, ctx.cores, b.serving_cert(), b, e))
     n = nginx_in_front(ctx, b, e, cached=False)
     nc = nginx_in_front(ctx, b, e, cached=True)
     for shard in (a, b, d):
@@ -157,7 +158,7 @@ def _get_setup(ctx: Context) -> tuple[Shard, Shard, ExternalVW, Nginx, Nginx, Sh
     http = _http()  # three CAs in play; what is checked here is the answer
     for label, url, auth in (("in-process", a.url + VW_GET, a.auth), ("external", e.url + VW_GET, b.auth),
                              ("forwarded", b.url + VW_GET, b.auth), ("deployed", d.url + VW_GET, d.auth),
-                             ("nginx", n.url + VW_GET, b.auth),
+                             ("nginx", n.url + VW_GET, b.auth), ("trivial relay", relay.url + VW_GET, b.auth),
                              ("nginx cached", nc.url + VW_GET, b.auth)):
         r = http.request("GET", url, headers=auth)
         if r.status != 200:
@@ -166,11 +167,12 @@ def _get_setup(ctx: Context) -> tuple[Shard, Shard, ExternalVW, Nginx, Nginx, Sh
                                  "deployed shard": d.cmdline, "deployed external": de.cmdline,
                                  "pinning": "shards, external process and nginx on the server core; the deployed "
                                             "external process on the load generators' core"}
-    return a, b, e, n, nc, d, de
+    return a, b, e, n, nc, d, de, relay
 
 
 NGINX_LIVE, NGINX_CACHED = "nginx -> external (live)", "nginx -> external (cached)"
 DEPLOYED = "vw forwarded, external on its own core"
+RELAY = "trivial relay -> external (cached)"
 
 
 def _get_targets(a: Shard, b: Shard, e: ExternalVW, n: Nginx, nc: Nginx,
@@ -211,8 +213,8 @@ def _added_rows(group: str, p50: dict[str, float | None], target_ms: float | Non
 @scenario("vw-get", "GET one demo=true ConfigMap: direct vs the demo VW in-process / external / forwarded "
                     "vs nginx proxy_pass to the external process (wrk -c50)", needs_shard=False)
 def scen_vw_get(ctx: Context) -> Iterator[Row]:
-    a, b, e, n, nc, d, de = _get_setup(ctx)
-    targets = _get_targets(a, b, e, n, nc, d)
+    a, b, e, n, nc, d, de, relay = _get_setup(ctx)
+    targets = [*_get_targets(a, b, e, n, nc, d), (RELAY, lambda: relay.url + VW_GET, b.auth)]
     group = "GET through the demo VW (wrk -t1 -c50; all servers on the server core but the deployed external)"
     # CPU per request of every server process a target's requests go through (the external process reads the
     # shard live when called directly or by nginx without a freshness header; a request nginx forwarded with
@@ -222,7 +224,7 @@ def scen_vw_get(ctx: Context) -> Iterator[Row]:
            "vw forwarded": {"shard": b.pid, "external": e.pid},
            NGINX_LIVE: {"nginx": n.pid, "external": e.pid, "shard": b.pid},
            NGINX_CACHED: {"nginx": nc.pid, "external": e.pid},
-           DEPLOYED: {"shard": d.pid, "external": de.pid}}
+           DEPLOYED: {"shard": d.pid, "external": de.pid}, RELAY: {"relay": relay.pid, "external": e.pid}}
     p50, per_process = {}, {}
     # Forwarding is judged as deployed (issue 12): the external process has a core of its own (here shared with
     # wrk, so a lower bound), and the shard's CPU per forwarded request is held against nginx proxy_pass's.
@@ -235,10 +237,14 @@ def scen_vw_get(ctx: Context) -> Iterator[Row]:
         per_process[row.name] = row.metrics.get("cpu_us_by_process") or {}
         yield row
     ours, theirs = per_process.get("vw forwarded", {}).get("shard"), per_process.get(NGINX_CACHED, {}).get("nginx")
+    floor = per_process.get(RELAY, {}).get("relay")
     if ours and theirs:
         yield Row(group, "shard CPU per forwarded request / nginx proxy_pass's", {"ratio": ours / theirs},
                   target="<= 2.0", ok=ours / theirs <= 2.0,
                   note=f"shard {ours:.0f} us vs nginx {theirs:.0f} us per request, the same request (cached)")
+    if floor and theirs:
+        yield Row(group, "floor: trivial relay CPU per request / nginx proxy_pass's", {"ratio": floor / theirs},
+                  note=f"relay {floor:.0f} us: TLS both ways and the gevent loop, no auth, log, metrics or policy")
     yield from _added_rows(group, p50, None, note="under load (queueing on the shared core); target: vw-latency")
 
 
@@ -246,7 +252,7 @@ def scen_vw_get(ctx: Context) -> Iterator[Row]:
                         "proxy_pass, over the external process direct (wrk -c1)", needs_shard=False)
 def scen_vw_latency(ctx: Context) -> Iterator[Row]:
     group = "GET latency through the demo VW (wrk -t1 -c1; all servers on the server core)"
-    targets = _get_targets(*_get_setup(ctx)[:6])
+    targets = _get_targets(*_get_setup(ctx)[:6])  # the relay is a CPU floor, not a latency one
     for label, url, headers in targets:  # warm up (connections, caches, token review cache)
         util.run_wrk(ctx.cores, url(), connections=1, duration=1, headers=headers)
     runs: dict[str, list[dict]] = {}

@@ -322,6 +322,37 @@ class Trivial(Service):
         return self
 
 
+class TrivialRelay(Service):
+    """benchlib.trivial_relay: the floor of any forwarder on our stack, in front of ``external`` (see there)."""
+
+    name = "trivial-relay"
+
+    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str], shard: "Shard", external: "ExternalVW"):
+        super().__init__()
+        self.workdir, self.cores, self.cert, self.shard, self.external = workdir, cores, cert, shard, external
+        self.log_path = os.path.join(workdir, "trivial-relay.log")
+
+    def start(self):
+        self.port = free_port()
+        root = self.shard.root
+        cmd = [sys.executable, "-m", "benchlib.trivial_relay", "--port", str(self.port), "--cert", self.cert[0],
+               "--key", self.cert[1], "--upstream-port", str(self.external.port),
+               "--proxy-cert", os.path.join(root, "shard-proxy.crt"),
+               "--proxy-key", os.path.join(root, "shard-proxy.key"), "--ca", os.path.join(root, "ca.crt")]
+        env = {**os.environ, "PYTHONPATH": HACK_DIR}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+        http = _http()
+
+        def ready():
+            self._check_alive()
+            return http.request("GET", self.url + "/readyz", timeout=2).status in (200, 401, 403)
+
+        wait_until(ready, 30, 0.1, "trivial relay")
+        return self
+
+
 # ------------------------------------------------------------------------------------ nginx
 
 NGINX_CONF = """\
