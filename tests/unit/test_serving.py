@@ -411,3 +411,33 @@ def test_the_environ_says_whether_any_header_claims_an_identity(shard_pki, heade
     with Running(_identity_flag, shard_pki, tls=False) as srv:
         answer = _raw_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + header + b"Connection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(json.dumps(claims).encode())
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /services/x/a%20b/c?watch=true&q=%2F HTTP/1.1\r\nHost: h\r\nX-Multi: a\r\nX-Multi: b\r\n"
+    b"Cookie: c=1\r\nCookie: d=2\r\nAccept: application/json;as=Table;g=meta.k8s.io\r\nContent-Type: text/x\r\n"
+    b"X-Remote-User: spoof\r\nAuthorization: Bearer t\r\n\r\n",
+    b"DELETE /services/y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+], ids=["get", "delete"])
+def test_a_buffered_intercepted_request_sees_the_environ_pywsgi_would_build(shard_pki, head):
+    """The interceptor's fast path (``_Handler._intercept_buffered``) builds the environ without pywsgi: the same
+    keys and values as pywsgi's (what pywsgi adds for its own input stream aside), and one interceptor call."""
+    seen = []
+
+    def decline(environ, exchange):
+        seen.append(dict(environ))
+        return False
+
+    def app(environ, start_response):
+        seen.append(dict(environ))
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with Running(app, shard_pki, tls=False, intercept=decline, intercept_prefix="/services/") as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(head)
+            assert recv_until(s, b"ok").startswith(b"HTTP/1.1 200")
+    fast, pywsgi_env = seen  # declined once, then served by the app
+    assert fast["wsgi.input"].read() == b"" and not hasattr(fast["wsgi.input"], "content_length")  # the fast path
+    own = {"wsgi.input", "wsgi.input_terminated"}
+    assert {k: v for k, v in fast.items() if k not in own} == {k: v for k, v in pywsgi_env.items() if k not in own}
