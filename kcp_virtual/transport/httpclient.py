@@ -134,9 +134,18 @@ def environ_request_headers(environ: dict) -> list[tuple[str, str]]:
     return headers
 
 
+_QUOTED: dict[str, str] = {}  # paths repeat (a controller's lists and watches, a hot object): quote once
+_QUOTED_MAX = 4096
+
+
 def quote_path(path: str) -> str:
     """A decoded path (``PATH_INFO``) encoded again for a request line."""
-    return quote(path, safe=_PATH_SAFE)
+    quoted = _QUOTED.get(path)
+    if quoted is None:
+        if len(_QUOTED) >= _QUOTED_MAX:
+            _QUOTED.clear()
+        quoted = _QUOTED[path] = quote(path, safe=_PATH_SAFE)
+    return quoted
 
 
 def request_target(request) -> str:
