@@ -34,6 +34,7 @@ from server.http.logs import RequestLogMiddleware
 from server.http.metrics import Metrics
 from server.http.serving import Server
 from server.registry.generic import Registry
+from server.registry.repair import repair_stored_types
 from server.registry.resourcetype import Catalog
 from server.shardclient import InProcessShardClient
 from server.storage import SQLiteBackend, Store
@@ -96,6 +97,7 @@ class Shard:
         self.registry = Registry(self.store, self.catalog)
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
         self.registry.ensure_logical_cluster("root")
+        repair_stored_types(self.registry)
         self.authorizer = RBACAuthorizer(self.registry)
         authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
         if self.config.token_auth_file:

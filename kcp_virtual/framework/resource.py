@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from werkzeug.wrappers import Response
 
-from kcp_virtual.framework import discovery, errors, negotiation, table
+from kcp_virtual.framework import decoding, discovery, errors, negotiation, table
 from kcp_virtual.framework.authorization import Decision
 from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.openapi import OpenAPIIndex, group_version_path
@@ -112,7 +112,7 @@ def _decode_body(request: Request, accepted: Sequence[str], *, allow_empty: bool
         if allow_empty:
             return None
         raise errors.BadRequest("the request body is empty; expected a JSON object")
-    return kind, negotiation.parse_body(data, kind)
+    return kind, decoding.decode(data, kind).value
 
 
 def _dry_run(request: Request) -> bool:

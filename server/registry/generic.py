@@ -17,10 +17,10 @@ from typing import Callable, Iterator
 
 import orjson
 
-from kcp_virtual.framework import errors
+from kcp_virtual.framework import decoding, errors
 from server.registry import managedfields, patch as patches, strategicpatch, validation
 from server.registry.resourcetype import Catalog, ResourceType
-from server.registry.schema import builtins as builtin_schemas, structural
+from server.registry.schema import builtins as builtin_schemas, structural, typecheck
 from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
 from server.storage import ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError, Store
@@ -442,6 +442,8 @@ class Registry:
             patched = self._apply_patch(rt, _deep_copy(current), patch_type, patch_body)
             if not isinstance(patched, dict) or not isinstance(patched.get("metadata", {}), dict):
                 raise errors.BadRequest("the patched object is not a valid JSON object")
+            if patch_type == patches.JSON_PATCH:  # its paths, unlike a body, can nest an object deeper
+                decoding.check_nesting(patched, "the patched object: ")
             meta = patched.setdefault("metadata", {})
             # A patch that names another resourceVersion asked for optimistic locking: no retry then.
             if str(meta.get("resourceVersion", "")) != old["metadata"]["resourceVersion"]:
@@ -579,15 +581,29 @@ class Registry:
 
     @staticmethod
     def _conform(rt: ResourceType, obj: dict, field_validation: FieldValidation | None) -> None:
-        """Prune the fields the type's schema does not know (reporting them to ``field_validation``:
-        Strict refuses them), then apply the schema's defaults, as kube does when decoding a body."""
+        """Prune the fields the type's schema does not know, refuse values a built-in kind's Go types
+        refuse (400, ``server.registry.schema.typecheck``), report the unknown fields to
+        ``field_validation`` (Strict refuses them), then apply the schema's defaults, as kube does when
+        decoding a body."""
         schema = rt.structural_schema()
         if schema is None:
             return
         unknown = structural.prune(schema, obj, object_meta=builtin_schemas.object_meta())
+        Registry.check_decodable(rt, obj)
         if field_validation is not None:
             field_validation.report(unknown)
         structural.default(schema, obj)
+
+    @staticmethod
+    def check_decodable(rt: ResourceType, obj: dict) -> None:
+        """A 400 for a value of a built-in kind that its Go type refuses (``schema.typecheck``), as kube's
+        typed decoding answers; custom resources' types are judged by their own schema instead (422)."""
+        if rt.schema is not None:
+            return
+        schema = rt.structural_schema()
+        message = typecheck.decode_error(rt.kind, rt.version, schema, obj) if schema is not None else None
+        if message:
+            raise errors.BadRequest(message)
 
     def _delete_namespace_content(self, cluster: str, namespace: str) -> None:
         for rt in self.catalog.types(cluster):
