@@ -28,6 +28,7 @@ from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
+from server.controllers.serviceaccounts import ServiceAccountController
 from server.controllers.workspaces import WorkspaceController
 from server.http.forwarding import ServicesForwarder
 from server.http.logs import RequestLogMiddleware
@@ -139,6 +140,7 @@ class Shard:
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        self.controllers.append(ServiceAccountController(self.registry))
         self.controllers.append(CRDController(self.registry, self.crds))
         self.controllers.append(APIExportController(self.registry))
         self.controllers.append(APIBindingController(self.registry, self.bound))

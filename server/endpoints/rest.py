@@ -101,6 +101,9 @@ class ResourceAPI:
 
     def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType, user=None,
                services=None) -> Response:
+        refused = errors.MethodNotAllowed.for_request(info.verb, info.name, rt.plural, cluster == "*")
+        if refused is not None:
+            raise refused
         if info.subresource and info.subresource not in rt.subresources:
             raise errors.NotFound.path()
         custom = rt.handlers.get((info.verb, info.subresource))
@@ -117,8 +120,6 @@ class ResourceAPI:
             if info.verb not in ("get", "update", "patch") or any(s == info.subresource for _, s in rt.handlers):
                 raise errors.MethodNotAllowed.for_verb(info.verb, f"{rt.plural}/{info.subresource}")
         elif info.verb not in rt.verbs:
-            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
-        if cluster == "*" and info.verb not in ("list", "watch"):
             raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
         handler = getattr(self, "_" + info.verb)
         return handler(request, cluster, info, rt)

@@ -32,6 +32,8 @@ _GENERATE_NAME_ATTEMPTS = 8
 _PATCH_ATTEMPTS = 16
 #: How often a ``progress_notify`` watch reports progress (a BOOKMARK, only when it advanced).
 PROGRESS_NOTIFY_INTERVAL = 0.02
+#: Namespaces kube's NamespaceLifecycle admission never lets anyone delete (in every workspace here).
+IMMORTAL_NAMESPACES = frozenset(("default", "kube-system", "kube-public"))
 #: The field manager of writes that name none (in-process callers: controllers, virtual workspaces).
 DEFAULT_FIELD_MANAGER = "kcp"
 
@@ -516,6 +518,9 @@ class Registry:
         if policy not in (None, "Background", "Foreground", "Orphan"):
             raise errors.Invalid(f'DeleteOptions.propagationPolicy: Unsupported value: "{policy}": supported '
                                  'values: "Foreground", "Background", "Orphan"')
+        if rt.plural == "namespaces" and not rt.group and name in IMMORTAL_NAMESPACES:
+            raise errors.Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                                   details={"name": name, "kind": "namespaces"})
         key = self.key(rt, cluster, namespace, name)
         # Like kube's GuaranteedUpdate: a concurrent write (a controller updating status) between our
         # read and our write is retried against the new state; the preconditions are checked each time.

@@ -112,9 +112,11 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def table_columns(self) -> list:
+        """Name, the type's columns, Age, then the ``-o wide`` ones (priority > 0), as kube's printers order them."""
         if self.table:
             return list(self.table)
-        return [table.NAME_COLUMN, *self.columns, table.AGE_COLUMN]
+        return [table.NAME_COLUMN, *(c for c in self.columns if not c.priority), table.AGE_COLUMN,
+                *(c for c in self.columns if c.priority)]
 
     def structural_schema(self) -> Mapping | None:
         """The schema writes are pruned and judged against: a custom resource's, else the built-in kind's."""

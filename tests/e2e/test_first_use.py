@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kcp_virtual.framework.decoding import MAX_DEPTH
+from tests.e2e.test_apibinding import wait_for
 from tests.e2e.test_bad_input import CM, Raw, assert_status
 from tests.e2e.test_crd_kubectl import Cluster, widget
 from tests.unit.test_decoding import alias_bomb
@@ -184,3 +185,183 @@ def test_typed_errors_on_other_kinds(shard):
     status, answer, _ = Raw(shard).request("POST", "/clusters/root/apis/authorization.k8s.io/v1/"
                                            "selfsubjectaccessreviews", review)
     assert status == 400 and "cannot unmarshal array into Go struct field ResourceAttributes" in answer["message"]
+
+
+# ---------------------------------------------------------------------------------------------- 3: data keys and size
+
+SECRETS = "/clusters/root/api/v1/namespaces/default/secrets"
+
+
+@pytest.mark.parametrize("path, body, field", [
+    (CM, {"data": {"bad key!": "x"}}, "data[bad key!]"),
+    (CM, {"binaryData": {"..hidden": "eA=="}}, "binaryData[..hidden]"),
+    (SECRETS, {"stringData": {"bad key!": "x"}}, "data[bad key!]"),
+    (SECRETS, {"data": {"a/b": "eA=="}}, "data[a/b]"),
+])
+def test_data_keys_must_be_file_names(raw, path, body, field):
+    status, answer, _ = raw.request("POST", path, {"metadata": {"name": unique("keys")}, **body})
+    assert status == 422, answer
+    cause = answer["details"]["causes"][0]
+    assert cause["field"] == field and cause["reason"] == "FieldValueInvalid"
+    assert "a valid config key must consist of alphanumeric characters, '-', '_' or '.'" in cause["message"] \
+        or "must not start with '..'" in cause["message"]
+
+
+def test_configmap_and_secret_data_is_at_most_1_mib(raw):
+    name = unique("big")
+    two_mib = "x" * (2 * 1024 * 1024)
+    status, answer, _ = raw.request("POST", CM, {"metadata": {"name": name}, "data": {"a": two_mib}})
+    assert status == 422
+    assert answer["message"] == f'ConfigMap "{name}" is invalid: []: Too long: may not be more than 1048576 bytes'
+    status, answer, _ = raw.request("POST", SECRETS, {"metadata": {"name": name}, "stringData": {"a": two_mib}})
+    assert status == 422
+    assert answer["message"] == f'Secret "{name}" is invalid: data: Too long: may not be more than 1048576 bytes'
+    exactly = {"a": "x" * (1024 * 1024 - 1), "b": "y"}
+    assert raw.request("POST", CM, {"metadata": {"name": name}, "data": exactly})[0] == 201
+
+
+# ---------------------------------------------------------------------------------------------- 5: kube's answers
+
+def test_put_and_patch_on_a_collection_are_405(raw):
+    for method, content_type in (("PUT", "application/json"), ("PATCH", "application/merge-patch+json")):
+        status, body, _ = raw.request(method, CM, {"metadata": {"name": "x"}}, headers={"Content-Type": content_type})
+        assert status == 405, body
+        assert_status(body, 405, "MethodNotAllowed")
+        assert body["message"] == "the server does not allow this method on the requested resource"
+
+
+def test_writes_through_the_wildcard_cluster_say_what_to_do(raw):
+    status, body, _ = raw.request("POST", "/clusters/*/api/v1/namespaces/default/configmaps",
+                                  {"metadata": {"name": "x"}})
+    assert status == 405
+    assert body["message"] == ('create is not supported on resources of kind "configmaps" through /clusters/*, which '
+                               "serves list and watch across workspaces: name one workspace, /clusters/<workspace>, "
+                               "to read one object or write")
+
+
+# ---------------------------------------------------------------------------------------------- 8: / and /openapi/v2
+
+def test_root_lists_the_paths(raw):
+    status, body, _ = raw.request("GET", "/clusters/root/")
+    assert status == 200
+    for path in ("/api", "/api/v1", "/apis", "/apis/apps/v1", "/healthz", "/openapi/v2", "/openapi/v3", "/version"):
+        assert path in body["paths"]
+    assert raw.request("GET", "/")[1] == body  # the default workspace's
+
+
+def test_openapi_v2_is_a_document_client_go_parses(raw):
+    status, body, response = raw.request("GET", "/clusters/root/openapi/v2",
+                                         headers={"Accept": "application/com.github.proto-openapi.spec.v2@v1.0"
+                                                            "+protobuf"})
+    assert status == 200 and response.headers["Content-Type"].startswith("application/com.github.proto-openapi")
+    # swagger (1) "2.0", info (2) {title (1), version (2)}, paths (8): the wire format, field by field
+    assert body[:5] == b"\x0a\x032.0" and b"\x0aKubernetes\x12" in body and body.endswith(b"\x42\x00")
+    status, body, _ = raw.request("GET", "/clusters/root/openapi/v2")
+    assert status == 200 and body["swagger"] == "2.0" and body["definitions"] == {}
+
+
+def test_kubectl_says_what_users_know_for_a_kind_not_installed(shard):
+    done = shard.kubectl("apply", "-f", "-", check=False,
+                         input="apiVersion: nothere.example.com/v1\nkind: Foo\nmetadata:\n  name: f\n")
+    assert done.returncode != 0
+    assert 'no matches for kind "Foo" in version "nothere.example.com/v1"' in done.stderr, done.stderr
+    assert "ensure CRDs are installed first" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 9, 13: deployments
+
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 2
+  strategy: {{}}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+        ports: [{{containerPort: 80}}]
+      - name: sidecar
+        image: busybox
+"""
+
+
+def test_deployments_get_kube_defaults_scale_and_wide_columns(shard):
+    name = unique("web")
+    shard.kubectl("apply", "-f", "-", input=DEPLOYMENT.format(name=name))
+    described = shard.kubectl("describe", "deployment", name).stdout
+    assert "StrategyType:           RollingUpdate" in described
+    assert "RollingUpdateStrategy:  25% max unavailable, 25% max surge" in described
+    spec = json.loads(shard.kubectl("get", "deployment", name, "-o", "json").stdout)["spec"]
+    assert (spec["revisionHistoryLimit"], spec["progressDeadlineSeconds"]) == (10, 600)
+    pod = spec["template"]["spec"]
+    assert (pod["restartPolicy"], pod["dnsPolicy"], pod["schedulerName"], pod["terminationGracePeriodSeconds"]) == (
+        "Always", "ClusterFirst", "default-scheduler", 30)
+    web, sidecar = pod["containers"]
+    assert (web["imagePullPolicy"], sidecar["imagePullPolicy"]) == ("IfNotPresent", "Always")  # busybox: :latest
+    assert web["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    assert shard.kubectl("scale", "deployment", name, "--replicas=5").stdout.strip() == \
+        f"deployment.apps/{name} scaled"
+    scale = json.loads(shard.kubectl("get", "--raw", f"/clusters/root/apis/apps/v1/namespaces/default/deployments/"
+                                                      f"{name}/scale").stdout)
+    assert (scale["kind"], scale["apiVersion"], scale["spec"]["replicas"], scale["status"]["selector"]) == (
+        "Scale", "autoscaling/v1", 5, f"app={name}")
+    wide = shard.kubectl("get", "deployment", name, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
+    assert wide[1].split()[5:] == ["web,sidecar", "nginx:1.25,busybox", f"app={name}"]
+    assert shard.kubectl("get", "deployment", name).stdout.splitlines()[0].split() == [
+        "NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+
+
+def test_every_namespace_gets_a_default_service_account_back_even_after_deletion(shard):
+    core = client.CoreV1Api(shard.api_client())
+    name = unique("ns")
+    core.create_namespace({"metadata": {"name": name}})
+    def accounts():
+        return [sa.metadata.name for sa in core.list_namespaced_service_account(name).items]
+
+    wait_for(accounts, lambda names: "default" in names)
+    core.delete_namespaced_service_account("default", name)
+    wait_for(accounts, lambda names: "default" in names)
+    token = shard.kubectl("create", "token", "default", "-n", name).stdout.strip()
+    assert token.count(".") == 2  # a JWT: the tools that assume "default" work
+
+
+# ---------------------------------------------------------------------------------------------- 10: namespaces
+
+@pytest.mark.parametrize("namespace", ["default", "kube-system", "kube-public"])
+def test_the_system_namespaces_cannot_be_deleted(shard, raw, namespace):
+    status, body, _ = raw.request("DELETE", f"/clusters/root/api/v1/namespaces/{namespace}")
+    assert status == 403
+    assert body["message"] == f'namespaces "{namespace}" is forbidden: this namespace may not be deleted'
+    assert raw.request("GET", "/clusters/root/api/v1/namespaces/default")[0] == 200
+
+
+def test_kubectl_delete_namespace_default_is_refused(shard):
+    done = shard.kubectl("delete", "namespace", "default", check=False)
+    assert done.returncode != 0
+    assert 'Error from server (Forbidden): namespaces "default" is forbidden: this namespace may not be deleted' \
+        in done.stderr
+    assert "created" in shard.kubectl("create", "configmap", unique("after"), "--from-literal=a=b").stdout
+
+
+# ---------------------------------------------------------------------------------------------- 12: plain HTTP
+
+def test_plain_http_to_the_tls_port_is_told_so(shard):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", shard.shard.port), timeout=10) as sock:
+        sock.sendall(b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while piece := sock.recv(4096):
+            answer += piece
+    assert answer == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    done = shard.kubectl("--server", f"http://127.0.0.1:{shard.shard.port}", "get", "namespaces", check=False)
+    assert done.returncode != 0 and "the server rejected our request for an unknown reason" in done.stderr
+    assert Raw(shard).request("GET", "/readyz")[0] == 200
