@@ -14,23 +14,20 @@ workspace, so decoding is bounded in what it builds and in how long it holds the
 * Both: nesting deeper than ``MAX_DEPTH`` is a 400 (orjson cannot encode past 254 levels, and a
   stored object must stay encodable with its managedFields, in lists and in watch events), and
   duplicate keys are reported (``Decoded.duplicates``), for ``fieldValidation`` to judge.
-* Bodies larger than ``OFF_HUB_BYTES`` are decoded on a one-thread pool of the calling hub
-  (``off_hub``, which the shard's protobuf decoder uses too): the interpreter hands the GIL back
-  every switch interval (5 ms), so the hub keeps serving everyone else meanwhile.
+* Bodies larger than ``OFF_HUB_BYTES`` are decoded on the hub's worker thread (``off_hub``, which
+  the shard's protobuf decoder uses too; ``offhub`` says why that keeps the hub serving).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import weakref
 from typing import Any, Callable, NamedTuple, TypeVar
 
-import gevent
 import orjson
 import yaml
-from gevent.threadpool import ThreadPool
 
+from kcp_virtual.framework import offhub
 from kcp_virtual.framework.errors import BadRequest
 
 __all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "OFF_HUB_BYTES", "Decoded", "check_nesting", "decode", "decode_json",
@@ -41,8 +38,8 @@ __all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "OFF_HUB_BYTES", "Decoded", "check
 MAX_DEPTH = 128
 #: What a YAML body may expand to through aliases: about as many nodes as a plain 3 MiB body can hold.
 MAX_EXPANDED_NODES = 1_500_000
-#: Bodies above this size are decoded off the hub (a libyaml decode of 32 KiB takes about 4 ms).
-OFF_HUB_BYTES = 32 * 1024
+#: Bodies above this size are decoded off the hub.
+OFF_HUB_BYTES = offhub.THRESHOLD_BYTES
 
 _T = TypeVar("_T")
 
@@ -63,23 +60,10 @@ def decode(data: bytes, kind: str) -> Decoded:
                        else "error decoding patch: ")
 
 
-# ---------------------------------------------------------------------------------------------- off the hub
-
-_POOLS: "weakref.WeakKeyDictionary[object, ThreadPool]" = weakref.WeakKeyDictionary()
-
-
 def off_hub(decode: Callable[[bytes], _T], data: bytes) -> _T:
-    """``decode(data)``, on a worker thread when ``data`` is big enough to hold the hub for milliseconds.
-
-    One worker per hub: a second thread competing for the GIL would take turns from the hub too.
-    Exceptions are raised here, in the calling greenlet."""
-    if len(data) <= OFF_HUB_BYTES:
-        return decode(data)
-    hub = gevent.get_hub()
-    pool = _POOLS.get(hub)
-    if pool is None:
-        pool = _POOLS[hub] = ThreadPool(1, hub=hub, idle_task_timeout=30)
-    return pool.apply(decode, (data,))
+    """``decode(data)``, on the hub's worker thread when ``data`` is big enough to hold the hub for
+    milliseconds (``offhub``); exceptions are raised here, in the calling greenlet."""
+    return offhub.run_if(len(data), decode, data)
 
 
 # ---------------------------------------------------------------------------------------------- JSON

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from kcp_virtual.framework import decoding, errors
+from kcp_virtual.framework import decoding, errors, offhub
 from server.registry import managedfields, patch as patches, strategicpatch, validation
 from server.registry.resourcetype import Catalog, ResourceType
 from server.registry.schema import builtins as builtin_schemas, structural, typecheck
@@ -304,8 +304,8 @@ class Registry:
     def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False,
                field_validation: FieldValidation | None = None, field_manager: str | None = None,
                _applied: bool = False) -> dict:
-        obj = self._check_body(rt, body)
-        self._conform(rt, obj, field_validation)
+        obj, size = self._check_body(rt, body)
+        offhub.run_if(size, self._conform, rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         self._check_namespace(rt, cluster, namespace, meta)
         for server_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
@@ -322,14 +322,12 @@ class Registry:
             obj.pop("status", None)
         causes = rt.prepare(obj, None)
         generate = not meta.get("name") and meta.get("generateName")
-        causes += validation.validate_object_meta(obj, namespaced=rt.namespaced, name_rule=rt.name_rule)
-        causes += rt.validate(obj, None)
+        causes += offhub.run_if(size, _validation_causes, rt, obj, None)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, meta.get("name") or meta.get("generateName", ""),
                                             causes)
         if not _applied:  # server-side apply computed them already
-            _set_managed_fields(obj, managedfields.after_update(
-                rt, None, obj, field_manager or DEFAULT_FIELD_MANAGER, hidden=(CLUSTER_ANNOTATION,)))
+            _set_managed_fields(obj, offhub.run_if(size, _managed_fields, rt, None, obj, field_manager, ""))
         if rt.namespaced:
             self._require_namespace(cluster, namespace)
         for attempt in range(_GENERATE_NAME_ATTEMPTS if generate else 1):
@@ -355,8 +353,8 @@ class Registry:
                subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None,
                field_validation: FieldValidation | None = None, field_manager: str | None = None,
                _applied: bool = False) -> dict:
-        obj = self._check_body(rt, body)
-        self._conform(rt, obj, field_validation)
+        obj, size = self._check_body(rt, body)
+        offhub.run_if(size, self._conform, rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         if meta.get("name") and meta["name"] != name:
             raise errors.BadRequest(f"the name of the object ({meta['name']}) does not match the name on the URL "
@@ -378,17 +376,13 @@ class Registry:
             raise errors.Conflict.modified(rt.plural, rt.group, name)
         new = self._merge_update(rt, old, obj, subresource)
         causes = [] if subresource else rt.prepare(new, old)
-        causes += validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
-        causes += rt.validate(new, old)
-        causes += validation.validate_object_meta_update(new, old)
+        causes += offhub.run_if(size, _validation_causes, rt, new, old)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, name, causes)
         if _applied and subresource:
             _set_managed_fields(new, obj["metadata"].get("managedFields"))
         if not _applied:  # server-side apply computed them already
-            _set_managed_fields(new, managedfields.after_update(
-                rt, old, new, field_manager or DEFAULT_FIELD_MANAGER, subresource=subresource,
-                hidden=(CLUSTER_ANNOTATION,)))
+            _set_managed_fields(new, offhub.run_if(size, _managed_fields, rt, old, new, field_manager, subresource))
         if _same(old, new):
             return old
         if dry_run:  # as stored, but not: the version stays
@@ -642,10 +636,13 @@ class Registry:
         meta["namespace"] = namespace
 
     @staticmethod
-    def _check_body(rt: ResourceType, body) -> dict:
+    def _check_body(rt: ResourceType, body) -> tuple[dict, int]:
+        """A private copy of the body, and its size as JSON (what decides whether the work on it is heavy
+        enough for the hub's worker thread, ``kcp_virtual.framework.offhub``)."""
         if not isinstance(body, dict):
             raise errors.BadRequest(f"the body of the request is not a {rt.kind} object")
-        obj = _deep_copy(body)
+        encoded = orjson.dumps(body)
+        obj = offhub.run_if(len(encoded), orjson.loads, encoded)
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
         if api_version and api_version != rt.api_version:
             raise errors.BadRequest(f"the API version in the data ({api_version}) does not match the expected API "
@@ -655,7 +652,7 @@ class Registry:
         if "metadata" in obj and not isinstance(obj["metadata"], dict):
             raise errors.BadRequest("metadata must be an object")
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        return obj
+        return obj, len(encoded)
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -719,6 +716,21 @@ def _same(old: dict, new: dict) -> bool:
 def _spec_changed(old: dict, new: dict) -> bool:
     ignored = ("metadata", "status", "apiVersion", "kind")
     return ({k: v for k, v in old.items() if k not in ignored} != {k: v for k, v in new.items() if k not in ignored})
+
+
+def _validation_causes(rt: ResourceType, new: dict, old: dict | None) -> list[dict]:
+    """Why ``new`` is invalid (pure: it may run on the hub's worker thread, as the type hooks are)."""
+    causes = validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
+    causes += rt.validate(new, old)
+    if old is not None:
+        causes += validation.validate_object_meta_update(new, old)
+    return causes
+
+
+def _managed_fields(rt: ResourceType, old: dict | None, new: dict, manager: str | None, subresource: str):
+    """The managedFields of a write (pure: it may run on the hub's worker thread)."""
+    return managedfields.after_update(rt, old, new, manager or DEFAULT_FIELD_MANAGER, subresource=subresource,
+                                      hidden=(CLUSTER_ANNOTATION,))
 
 
 def _set_managed_fields(obj: dict, entries: list | None) -> None:

@@ -59,7 +59,7 @@ class ResourceType:
     field_selectors: Mapping = field(default_factory=lambda: DEFAULT_FIELDS)
     columns: tuple = ()                    # table.Column, after the NAME column
     prepare: Hook = _no_hook               # defaulting; may mutate the new object; returns causes
-    validate: Hook = _no_hook              # type-specific validation; returns causes
+    validate: Hook = _no_hook              # type-specific validation; returns causes; pure (may run off the hub)
     allow_unconditional_update: bool = True  # built-ins: True; custom resources: False
     name_rule: str = "subdomain"
     returns_deleted_object: bool = False   # DELETE answers the object instead of a Status

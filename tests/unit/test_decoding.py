@@ -154,3 +154,30 @@ def test_the_hub_keeps_running_while_a_big_body_decodes():
         tick.kill()
     assert len(decoded.value["data"]) == 40_000
     assert len(ticks) > 1  # other greenlets ran during the decode
+
+
+def test_the_worker_raises_in_the_caller_without_printing_and_pauses_the_collector_only_meanwhile():
+    import gc
+    import sys
+
+    from kcp_virtual.framework import offhub
+
+    seen = {}
+
+    def work():
+        seen["gc"] = gc.isenabled()
+        raise ValueError("from the worker")
+
+    def run():
+        with pytest.raises(ValueError, match="from the worker"):
+            offhub.run(work)
+        return gc.isenabled()
+
+    printed = []
+    hub = gevent.get_hub()
+    original, hub.print_exception = hub.print_exception, lambda *a: printed.append(a)
+    try:
+        assert gevent.spawn(run).get() is True
+    finally:
+        hub.print_exception = original
+    assert seen["gc"] is False and printed == [] and sys.exc_info() == (None, None, None)
