@@ -218,8 +218,8 @@ def configure(format: str = "text", verbosity: int = 0, *, stream=None) -> None:
     ``format`` is ``"text"`` (console renderer, colours only on a tty) or ``"json"`` (one orjson
     object per line). ``verbosity`` is klog-like: <0 warnings only, 0-3 info (from 2 with an access
     line per request, below it only for 5xx answers), >=4 debug, >=6 also HTTP chatter from
-    urllib3/kubernetes. ``stream`` defaults to stderr (like kube
-    components); JSON goes to its binary buffer when it has one.
+    urllib3/kubernetes. ``stream`` defaults to stderr (like kube components); JSON goes to its
+    binary buffer when it has one.
     """
     if format not in ("text", "json"):
         raise ValueError(f"unknown log format {format!r} (want text or json)")
