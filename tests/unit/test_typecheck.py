@@ -1,4 +1,4 @@
-"""Built-in kinds refuse values their Go types refuse (400, kube's words), on every write path; repair of stored ones."""
+"""Built-in kinds refuse what their Go types refuse (400, kube's words), on every write path; stored ones repaired."""
 
 from __future__ import annotations
 
