@@ -17,6 +17,7 @@ from werkzeug.wrappers import Request, Response
 from kcp_virtual.framework import discovery, errors, negotiation
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.httprequest import HTTPRequest
+from kcp_virtual.framework.openapi import v2_document
 from kcp_virtual.framework.requestinfo import RequestInfo, parse_request_info
 from server.auth import impersonation
 from server.auth.authn import Authenticator
@@ -32,6 +33,8 @@ log = structlog.get_logger("kcp.shard")
 VERSION_INFO = {"major": "1", "minor": "32", "gitVersion": "v1.32.0+kcp-virtual", "gitCommit": "kcp-virtual",
                 "gitTreeState": "clean", "buildDate": "2026-11-25T00:00:00Z", "goVersion": "python3.11",
                 "compiler": "cpython", "platform": "linux/amd64"}
+#: Served beside a workspace's API, listed by ``GET /``.
+_SHARD_PATHS = (*discovery.HEALTH_PATHS, "/metrics")
 _CLUSTER_NAME = re.compile(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$")
 DEFAULT_CLUSTER = "root"
 
@@ -147,11 +150,13 @@ class ShardApp:
             return json_response(VERSION_INFO)
         if path.startswith("/openapi/"):
             self.registry.require_cluster(cluster)
-            return self._openapi(cluster, path, prefix)
+            return self._openapi(request, cluster, path, prefix)
         self.registry.require_cluster(cluster)
         if not info.is_resource:
             if request.method not in ("GET", "HEAD"):
                 raise errors.MethodNotAllowed(f"{request.method} is not supported on {path}")
+            if path in ("", "/"):
+                return json_response({"paths": discovery.root_paths(self.catalog.types(cluster), _SHARD_PATHS)})
             return self._discovery(request, cluster, info)
         rt = self.catalog.lookup(cluster, info.group, info.version, resource)
         if rt is None:
@@ -198,8 +203,11 @@ class ShardApp:
             raise errors.NotFound.path()
         return json_response(body)
 
-    def _openapi(self, cluster: str, path: str, prefix: str) -> Response:
-        """``/openapi/v3[/<gv>]``; v2 is a 404 on purpose (kubectl only parses protobuf there)."""
+    def _openapi(self, request: Request, cluster: str, path: str, prefix: str) -> Response:
+        """``/openapi/v3[/<gv>]``, and ``/openapi/v2`` without definitions (``openapi.v2_document`` says why)."""
+        if path.rstrip("/") == "/openapi/v2":
+            body, content_type = v2_document(request.headers.get("Accept"), VERSION_INFO["gitVersion"])
+            return Response(body, content_type=content_type)
         index = OpenAPIIndex(self.catalog.types(cluster))  # documents are memoized per group/version
         if path.rstrip("/") == "/openapi/v3":
             return Response(index.root(prefix), content_type="application/json")

@@ -35,7 +35,8 @@ def _start_parser(sub) -> None:
     _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
-                       help="log verbosity (0 = info, 1+ = debug)")
+                       help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
+                            "per request; 4: debug)")
     start.set_defaults(func=run_start)
 
 
@@ -162,7 +163,8 @@ def _virtual_workspaces_parser(sub) -> None:
                          "(default 60)")
     vw.add_argument("--log-format", choices=("text", "json"), default="text")
     vw.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
-                    help="log verbosity (0 = info, 1+ = debug)")
+                    help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
+                         "per request; 4: debug)")
     vw.set_defaults(func=run_virtual_workspaces)
 
 

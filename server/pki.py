@@ -383,12 +383,50 @@ def write_kubeconfig(path: Path | str, *, server_base: str, ca_pem: bytes, cert_
 
 def write_admin_kubeconfig(root_dir: Path | str, pki: ShardPKI, host: str = "127.0.0.1",
                            port: int = 6443) -> Path:
-    """Write ``<root>/admin.kubeconfig``: context ``root`` (current) and ``base`` (no cluster path)."""
+    """Write ``<root>/admin.kubeconfig``: context ``root`` (current) and ``base`` (no cluster path).
+
+    A restart keeps what the user did with the file since (``kcp ws use`` adds a context and cluster per
+    workspace and switches to it): only the entries written here are renewed, entries on the previous
+    address follow the shard to its new one, and the current context stays."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     base = f"https://{host}:{port}"
     path = Path(root_dir) / "admin.kubeconfig"
+    previous = _read_kubeconfig(path)
     write_kubeconfig(path, server_base=base, ca_pem=pki.ca_pem, cert_pem=pki.admin_cert_pem,
                      key_pem=pki.admin_key_pem, contexts={"root": "/clusters/root", "base": base},
                      current="root", user="admin")
+    if previous is not None:
+        _keep_user_entries(path, previous, base)
     return path
+
+
+def _read_kubeconfig(path: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _keep_user_entries(path: Path, previous: dict, base: str) -> None:
+    """Carry the entries of ``previous`` that ``write_admin_kubeconfig`` does not own into the new file."""
+    fresh = yaml.safe_load(path.read_text())
+    old_base = next((c.get("cluster", {}).get("server") for c in previous.get("clusters") or ()
+                     if isinstance(c, dict) and c.get("name") == "base"), None)
+    ca = fresh["clusters"][0]["cluster"]["certificate-authority-data"]
+    for kind in ("clusters", "contexts", "users"):
+        owned = {entry["name"] for entry in fresh[kind]}
+        for entry in previous.get(kind) or ():
+            if not isinstance(entry, dict) or entry.get("name") in owned:
+                continue
+            cluster = entry.get("cluster") if kind == "clusters" else None
+            server = cluster.get("server") if isinstance(cluster, dict) else None
+            if old_base and isinstance(server, str) and (server == old_base or server.startswith(old_base + "/")):
+                cluster["server"] = base + server[len(old_base):]  # this shard's: it may listen elsewhere now
+                cluster["certificate-authority-data"] = ca
+            fresh[kind].append(entry)
+    current = previous.get("current-context")
+    if any(entry["name"] == current for entry in fresh["contexts"]):
+        fresh["current-context"] = current
+    _write_atomic(path, yaml.safe_dump(fresh, sort_keys=False).encode(), 0o600)

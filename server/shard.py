@@ -28,12 +28,14 @@ from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
+from server.controllers.serviceaccounts import ServiceAccountController
 from server.controllers.workspaces import WorkspaceController
 from server.http.forwarding import ServicesForwarder
 from server.http.logs import RequestLogMiddleware
 from server.http.metrics import Metrics
 from server.http.serving import Server
 from server.registry.generic import Registry
+from server.registry.repair import repair_stored_types
 from server.registry.resourcetype import Catalog
 from server.shardclient import InProcessShardClient
 from server.storage import SQLiteBackend, Store
@@ -96,6 +98,7 @@ class Shard:
         self.registry = Registry(self.store, self.catalog)
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
         self.registry.ensure_logical_cluster("root")
+        repair_stored_types(self.registry)
         self.authorizer = RBACAuthorizer(self.registry)
         authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
         if self.config.token_auth_file:
@@ -137,6 +140,7 @@ class Shard:
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        self.controllers.append(ServiceAccountController(self.registry))
         self.controllers.append(CRDController(self.registry, self.crds))
         self.controllers.append(APIExportController(self.registry))
         self.controllers.append(APIBindingController(self.registry, self.bound))

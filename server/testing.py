@@ -200,6 +200,12 @@ except ImportError:  # pragma: no cover - pytest is only needed for the fixtures
     pytest = None
 
 if pytest is not None:
+    def pytest_configure(config):
+        """Shard log lines go through ``logging``, which pytest captures per test and shows for failures."""
+        from server.http import logs
+
+        logs.route_to_stdlib()
+
     @pytest.fixture
     def kcp_shard():
         """A fresh shard for one test."""

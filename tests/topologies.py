@@ -1,4 +1,4 @@
-"""The three virtual-workspace topologies as test fixtures (DESIGN.md section 5).
+"""The three virtual-workspace topologies as test fixtures (README.md, "Virtual workspaces in their own process").
 
 * ``embedded``: the shard serves its virtual workspaces in-process (``kcp start``);
 * ``external``: ``kcp virtual-workspaces`` serves them as its own process (a real subprocess), and

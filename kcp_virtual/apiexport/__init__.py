@@ -1,4 +1,4 @@
-"""The ``apiexport`` virtual workspace (DESIGN.md section 4): an export's objects in every workspace bound to it.
+"""The ``apiexport`` virtual workspace : an export's objects in every workspace bound to it.
 
 Read in this order: ``virtualworkspace`` (URL, authorizer, binding check, the factory), ``exports``
 (the export's resources and bindings as the shard has them now).

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.negotiation import CR_PATCH_KINDS
 from kcp_virtual.framework.resource import APIDefinition
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, ShardClient
 from kcp_virtual.framework.storage import ALL_VERBS, READ_VERBS, SUBRESOURCE_VERBS, ForwardingStorage
@@ -154,7 +155,7 @@ class Exports:
                     group, version["name"], names.get("kind") or "", plural,
                     names.get("singular") or plural, spec.get("scope") != "Cluster", storage,
                     short_names=_strings(names.get("shortNames")), categories=_strings(names.get("categories")),
-                    columns=_columns(version), schema=version_schema(version)))
+                    columns=_columns(version), schema=version_schema(version), patch_kinds=CR_PATCH_KINDS))
         definitions.append(APIDefinition(GROUP, VERSION, "APIBinding", "apibindings", "apibinding", False,
                                          self.bindings_storage(export_cluster, export_name)))
         return tuple(definitions)

@@ -92,8 +92,8 @@ def apiexport(shard: ShardClient) -> VirtualWorkspace:
                                                                                   export_name))
         if allowed:
             return Decision(True)
-        return Decision(False, reason or f'no permission to {attributes.verb} apiexports/content "{export_name}" '
-                                         f'in workspace "{export_cluster}"')
+        needed = f'it needs {attributes.verb} on apiexports/content "{export_name}" in workspace "{export_cluster}"'
+        return Decision(False, f"{needed}: {reason}" if reason else needed)
 
     handler = ResourceHandler(lambda context: exports.definitions(*_export(context)), version=shard.version)
     return VirtualWorkspace(name=NAME, resolve=resolve, authorize=authorize, handler=_BoundOnly(exports, handler))

@@ -1,15 +1,19 @@
 """``kcp workspace`` (alias ``kcp ws``): move around workspaces the way people do, through the workspaces view.
 
-* ``kcp ws current`` -- the workspace the current kubeconfig context points at;
+* ``kcp ws`` or ``kcp ws current`` -- the workspace the current kubeconfig context points at;
 * ``kcp ws list [--personal]`` -- the workspaces of the current one that you may enter (the
   ``workspaces`` virtual workspace, so exactly those: never a list you cannot use);
 * ``kcp ws create NAME [--type T] [--enter]`` -- a new workspace in the current one, owned by you;
-* ``kcp ws use PATH`` -- point the current context's server at another workspace: an absolute path
-  (``root:org:team``), a child of the current one (``team``), or ``..`` for the parent.
+* ``kcp ws use PATH`` -- switch to another workspace: an absolute path (``root:org:team``), a child of
+  the current one (``team``), ``..`` for the parent, or ``-`` for the previous one.
 
-The workspace is read from and written to the server URL of the current context's cluster
-(``https://host:port/clusters/<path>``), the kubeconfig shape ``kcp start`` writes. The workspaces
-view is reached on the same host by convention (DESIGN.md section 4).
+The current workspace is read from the server URL of the current context's cluster
+(``https://host:port/clusters/<path>``), the kubeconfig shape ``kcp start`` writes. Switching never
+rewrites an entry to point elsewhere: it writes a cluster and a context named after the workspace
+(``root:org:team``, with the current context's user and certificate authority) and makes that context
+current, so every name in the kubeconfig stays true; the context left behind is kept as
+``workspace.kcp.io/previous`` (kcp's name), which ``use -`` returns to. The workspaces view is on the same
+host, at ``/services/workspaces/<parent>/all``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ GROUP, VERSION, PLURAL = "tenancy.kcp.dev", "v1beta1", "workspaces"
 _SERVER = re.compile(r"^(?P<base>https?://[^/]+(?:/.*?)?)/clusters/(?P<path>[a-z0-9:-]+)/?$")
 _PATH = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENTER_TIMEOUT = 30.0
+#: The context ``kcp ws use`` leaves behind, for ``kcp ws use -`` (the name kcp's kubectl plugin uses).
+PREVIOUS_CONTEXT = "workspace.kcp.io/previous"
 
 
 class WorkspaceError(Exception):
@@ -42,7 +48,7 @@ def add_parser(sub) -> None:
     _connection_options(ws, None)
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)  # also accepted after the command
-    commands = ws.add_subparsers(dest="workspace_command", required=True, metavar="COMMAND")
+    commands = ws.add_subparsers(dest="workspace_command", metavar="COMMAND")  # none: ``current``
     listing = commands.add_parser("list", parents=[common],
                                   help="the workspaces of the current workspace that you may enter")
     listing.add_argument("--personal", action="store_true", help="only those you own")
@@ -52,7 +58,8 @@ def add_parser(sub) -> None:
     create.add_argument("--type", default=None, help="WorkspaceType name, or <path>:<name> (default universal)")
     create.add_argument("--enter", action="store_true", help="wait until it is Ready and use it")
     use = commands.add_parser("use", parents=[common], help="switch the current context to another workspace")
-    use.add_argument("path", help="root:org:team (absolute), team (a child of the current one) or .. (the parent)")
+    use.add_argument("path", help="root:org:team (absolute), team (a child of the current one), .. (the parent) "
+                                  "or - (the previous one)")
     commands.add_parser("current", parents=[common], help="print the current workspace")
     ws.set_defaults(func=run)
 
@@ -67,7 +74,7 @@ def run(args, out=None) -> int:
     out = out or sys.stdout
     try:
         kubeconfig = Kubeconfig.load(args.kubeconfig, args.context)
-        handler: Callable[[Any, Kubeconfig, Any], None] = _COMMANDS[args.workspace_command]
+        handler: Callable[[Any, Kubeconfig, Any], None] = _COMMANDS[args.workspace_command or "current"]
         handler(args, kubeconfig, out)
     except WorkspaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,24 +110,52 @@ class Kubeconfig:
                 return entry
         raise WorkspaceError(f"{self.path}: no {kind[:-1]} {name!r}")
 
+    def _cluster_of(self, context: str) -> dict:
+        return self._entry("clusters", self._entry("contexts", context)["context"]["cluster"])["cluster"]
+
     @property
     def cluster(self) -> dict:
-        context = self._entry("contexts", self.context)["context"]
-        return self._entry("clusters", context["cluster"])["cluster"]
+        return self._cluster_of(self.context)
 
-    def location(self) -> tuple[str, str]:
-        """``(base URL, workspace path)`` of the current context's server."""
-        server = self.cluster.get("server", "")
+    def location(self, context: str | None = None) -> tuple[str, str]:
+        """``(base URL, workspace path)`` of the server of ``context`` (default: the current one)."""
+        context = context or self.context
+        server = self._cluster_of(context).get("server", "")
         match = _SERVER.match(server)
         if match is None:
-            raise WorkspaceError(f"the server of context {self.context!r} ({server}) is not a workspace URL "
+            raise WorkspaceError(f"the server of context {context!r} ({server}) is not a workspace URL "
                                  "(https://host:port/clusters/<workspace>)")
         return match["base"], match["path"]
 
+    def previous(self) -> str:
+        """The workspace ``kcp ws use`` left last."""
+        if not any(entry.get("name") == PREVIOUS_CONTEXT for entry in self.data.get("contexts") or ()):
+            raise WorkspaceError("no previous workspace: kcp ws use has not switched yet")
+        return self.location(PREVIOUS_CONTEXT)[1]
+
     def switch(self, path: str) -> None:
+        """Make the context named ``path`` current, creating it (and its cluster) from the current one."""
         base, _ = self.location()
-        self.cluster["server"] = f"{base}/clusters/{path}"
+        current = self._entry("contexts", self.context)["context"]
+        cluster = {**self.cluster, "server": f"{base}/clusters/{path}"}
+        self._put("clusters", path, "cluster", cluster)
+        existing = next((e["context"] for e in self.data.get("contexts") or () if e.get("name") == path), {})
+        context = {**existing, "cluster": path}
+        if "user" in current:
+            context["user"] = current["user"]
+        if self.context != path:
+            self._put("contexts", PREVIOUS_CONTEXT, "context", dict(current))
+        self._put("contexts", path, "context", context)
+        self.data["current-context"] = self.context = path
         self.path.write_text(yaml.safe_dump(self.data, default_flow_style=False, sort_keys=False))
+
+    def _put(self, kind: str, name: str, field: str, value: dict) -> None:
+        entries = self.data.setdefault(kind, [])
+        for entry in entries:
+            if entry.get("name") == name:
+                entry[field] = value
+                return
+        entries.append({"name": name, field: value})
 
     def workspaces(self, org: str, scope: str = "all"):
         """A ``CustomObjectsApi`` whose server is the workspaces view of ``org``."""
@@ -234,7 +269,7 @@ def resolve_path(current: str, target: str) -> str:
 
 def _use(args, kubeconfig: Kubeconfig, out) -> None:
     _, current = kubeconfig.location()
-    path = resolve_path(current, args.path)
+    path = kubeconfig.previous() if args.path == "-" else resolve_path(current, args.path)
     parent, _, name = path.rpartition(":")
     if parent:  # that it exists and that we may enter it: the view of its parent shows it
         _call(kubeconfig.workspaces(parent).get_cluster_custom_object, GROUP, VERSION, PLURAL, name)

@@ -1,5 +1,6 @@
 """The external virtual-workspace server (``kcp virtual-workspaces``): the virtual workspaces of ``kcp start``,
-in their own process, reaching the shard through the remote ShardClient (DESIGN.md section 5).
+in their own process, reaching the shard through the remote ShardClient
+(README.md, "Virtual workspaces in their own process").
 
 ``VirtualWorkspacesApp`` is the WSGI application: health and ``/version`` without credentials, then
 delegated authentication (``delegated.py``), impersonation for ``system:masters``, then the same

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 __all__ = ["AGGREGATED_CONTENT_TYPE", "api_versions", "api_group_list", "api_group", "api_resource_list",
-           "aggregated"]
+           "aggregated", "root_paths", "HEALTH_PATHS"]
 
 ResourceType = Any  # duck-typed, see the module docstring
 
@@ -24,6 +24,18 @@ def _by_group(types: Iterable[ResourceType]) -> "OrderedDict[str, OrderedDict[st
     for rt in types:
         groups.setdefault(rt.group, OrderedDict()).setdefault(rt.version, []).append(rt)
     return groups
+
+
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+
+
+def root_paths(types: Iterable[ResourceType], extra: Iterable[str] = HEALTH_PATHS) -> list[str]:
+    """``GET /``: every path served, as kube lists them (``{"paths": [...]}``)."""
+    paths = {"/api", "/api/v1", "/apis", "/openapi/v2", "/openapi/v3", "/version", *extra}
+    for rt in types:
+        if rt.group:
+            paths.update((f"/apis/{rt.group}", f"/apis/{rt.group}/{rt.version}"))
+    return sorted(paths)
 
 
 def api_versions(types: Iterable[ResourceType], server_address: str) -> dict:

@@ -104,6 +104,27 @@ class MethodNotAllowed(StatusError):
     def for_verb(cls, verb: str, resource: str) -> "MethodNotAllowed":
         return cls(f'{verb} is not supported on resources of kind "{resource}"')
 
+    @classmethod
+    def for_method(cls) -> "MethodNotAllowed":
+        """A method the path does not take at all, such as PUT or PATCH on a collection (kube's words)."""
+        return cls("the server does not allow this method on the requested resource")
+
+    @classmethod
+    def for_wildcard(cls, verb: str, resource: str) -> "MethodNotAllowed":
+        """Anything but list and watch through the cross-workspace ``/clusters/*`` URL."""
+        return cls(f'{verb} is not supported on resources of kind "{resource}" through /clusters/*, which serves '
+                   "list and watch across workspaces: name one workspace, /clusters/<workspace>, to read one "
+                   "object or write")
+
+    @classmethod
+    def for_request(cls, verb: str, name: str, resource: str, wildcard: bool) -> "MethodNotAllowed | None":
+        """The 405 every resource endpoint gives before looking at storage, or None."""
+        if verb in ("update", "patch") and not name:
+            return cls.for_method()
+        if wildcard and verb not in ("list", "watch"):
+            return cls.for_wildcard(verb, resource)
+        return None
+
 
 class NotAcceptable(StatusError):
     code, reason = 406, "NotAcceptable"

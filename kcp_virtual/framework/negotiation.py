@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import Iterable, Mapping, NamedTuple
 
 import orjson
-import yaml
 from werkzeug.wrappers import Response
 
 from kcp_virtual.framework.errors import BadRequest, NotAcceptable, RequestEntityTooLarge, UnsupportedMediaType
@@ -27,7 +26,7 @@ __all__ = ["JSON", "YAML", "PROTOBUF", "JSON_PATCH", "MERGE_PATCH", "STRATEGIC_M
            "DISCOVERY_KIND", "CONTENT_KINDS", "BODY_KINDS", "CR_BODY_KINDS", "PATCH_KINDS", "CR_PATCH_KINDS",
            "INCLUDE_OBJECT_VALUES", "MediaType", "Negotiated", "parse_accept", "negotiate", "wants_table",
            "negotiate_discovery", "wants_aggregated_discovery", "table_content_type", "discovery_content_type",
-           "include_object", "request_content_kind", "MAX_BODY_BYTES", "read_limited_body", "parse_body",
+           "include_object", "request_content_kind", "MAX_BODY_BYTES", "read_limited_body",
            "json_response"]
 
 JSON = "application/json"
@@ -296,19 +295,6 @@ def read_limited_body(stream, content_length: int | None) -> bytes:
     if len(data) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"Request entity too large: limit is {MAX_BODY_BYTES}")
     return data
-
-
-def parse_body(data: bytes, kind: str):
-    """A JSON or YAML body (``kind`` from ``request_content_kind``); malformed input is a 400 in kube's words."""
-    if kind in ("yaml", "apply-patch"):
-        try:
-            return yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise BadRequest(f"error converting YAML to JSON: {exc}") from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
 
 
 def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:

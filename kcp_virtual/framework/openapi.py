@@ -1,4 +1,4 @@
-"""OpenAPI v3 of a resource virtual workspace, computed from exactly the API definitions it serves.
+"""OpenAPI of a resource virtual workspace, computed from exactly the API definitions it serves (and v2 for all).
 
 kubectl downloads ``/openapi/v3`` before ``create -f``/``apply``/``edit``: finding a PATCH operation
 with a ``fieldValidation`` parameter for the object's kind, it leaves validation to the server; kcp's
@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import orjson
 
-__all__ = ["OpenAPIIndex", "group_version_path"]
+__all__ = ["OpenAPIIndex", "group_version_path", "v2_document", "V2_PROTOBUF", "V2_PROTOBUF_ACCEPT"]
 
 _QUERY = ("dryRun", "fieldManager", "fieldValidation", "pretty")
 _OPEN_OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -107,3 +107,38 @@ class OpenAPIIndex:
         return orjson.dumps({"paths": {
             path: {"serverRelativeURL": f"{prefix}/openapi/v3/{path}?hash={digest}"}
             for path, (_, digest) in self.documents.items()}})
+
+
+# ---------------------------------------------------------------------------------------------- v2
+
+#: What client-go asks ``/openapi/v2`` for, and the type kube answers it with.
+V2_PROTOBUF_ACCEPT = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    length, size = bytearray(), len(payload)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([number << 3 | 2]) + bytes(length) + payload
+
+
+def v2_document(accept: str | None, version: str) -> tuple[bytes, str]:
+    """``/openapi/v2``: ``(body, content type)``, a Swagger 2.0 document with no definitions.
+
+    The schemas live in v3. kubectl 1.32 reads v2 only when v3 cannot tell it that the server validates
+    a kind itself (a kind not installed; a view, like ``/clusters/*``, offering no PATCH for it), and
+    without v2 it stops with "failed to download openapi". An empty v2 tells it to leave validation to the
+    server, so users get kube's own answers: "resource mapping not found ... ensure CRDs are installed
+    first", or the server's Status. client-go asks for gnostic's protobuf ``openapi_v2.Document``;
+    others get the same document as JSON.
+    """
+    if accept and "protobuf" in accept:
+        info = _field(1, b"Kubernetes") + _field(2, version.encode())  # Info.title, Info.version
+        return _field(1, b"2.0") + _field(2, info) + _field(8, b""), V2_PROTOBUF  # swagger, info, paths
+    return orjson.dumps({"swagger": "2.0", "info": {"title": "Kubernetes", "version": version}, "paths": {},
+                         "definitions": {}}), "application/json"

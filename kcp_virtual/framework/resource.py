@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 
 from werkzeug.wrappers import Response
 
-from kcp_virtual.framework import discovery, errors, negotiation, table
+from kcp_virtual.framework import decoding, discovery, errors, negotiation, table
 from kcp_virtual.framework.authorization import Decision
 from kcp_virtual.framework.negotiation import json_response
-from kcp_virtual.framework.openapi import OpenAPIIndex, group_version_path
+from kcp_virtual.framework.openapi import OpenAPIIndex, v2_document
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
 from kcp_virtual.framework.virtualworkspace import Context, Request, VirtualWorkspace, always_ready
@@ -70,6 +70,7 @@ class APIDefinition:
     columns: tuple = ()
     schema: dict | None = None
     wildcard_view: bool = False   # the /clusters/* variant: list and watch only (see ``for_wildcard``)
+    patch_kinds: tuple = negotiation.PATCH_KINDS  # custom resources: CR_PATCH_KINDS (no strategic merge)
 
     @cached_property
     def verbs(self) -> tuple[str, ...]:
@@ -112,7 +113,7 @@ def _decode_body(request: Request, accepted: Sequence[str], *, allow_empty: bool
         if allow_empty:
             return None
         raise errors.BadRequest("the request body is empty; expected a JSON object")
-    return kind, negotiation.parse_body(data, kind)
+    return kind, decoding.decode(data, kind).value
 
 
 def _dry_run(request: Request) -> bool:
@@ -171,7 +172,7 @@ class ResourceHandler:
             if not info.api_prefix:
                 if path.strip("/"):
                     raise errors.NotFound.path()
-                return json_response({"paths": _root_paths(definitions)})
+                return json_response({"paths": discovery.root_paths(definitions)})
             return self._discovery(request, definitions)
         definition = None
         for d in definitions:
@@ -180,6 +181,9 @@ class ResourceHandler:
                 break
         if definition is None or (info.api_prefix == "api") != (definition.group == ""):
             raise errors.NotFound.path()
+        refused = errors.MethodNotAllowed.for_request(info.verb, info.name, definition.plural, definition.wildcard_view)
+        if refused is not None:
+            raise refused
         if not definition.namespaced and info.namespace and info.resource != "namespaces":
             raise errors.NotFound.path()
         verb = info.verb
@@ -246,7 +250,7 @@ class ResourceHandler:
         return self._object_response(request, d, obj)
 
     def _patch(self, request: Request, d: APIDefinition) -> Response:
-        kind, body = _decode_body(request, negotiation.PATCH_KINDS)
+        kind, body = _decode_body(request, d.patch_kinds)
         info = request.info
         obj = d.storage.patch(request, info.namespace, info.name, _PATCH_TYPES[kind], body,
                               subresource=info.subresource, dry_run=_dry_run(request))
@@ -300,7 +304,10 @@ class ResourceHandler:
         return json_response(body)
 
     def _serve_openapi(self, request: Request) -> Response:
-        """``/openapi/v3[/<gv>]``; v2 is a 404, as on the shard."""
+        """``/openapi/v3[/<gv>]``, and ``/openapi/v2`` without definitions (``openapi.v2_document`` says why)."""
+        if request.path.rstrip("/") == "/openapi/v2":
+            body, content_type = v2_document(request.http.headers.get("Accept"), self.version().get("gitVersion", ""))
+            return Response(body, content_type=content_type)
         definitions = tuple(self.definitions(request.context))
         index = self._openapi.get(definitions)
         if index is None:
@@ -317,16 +324,6 @@ class ResourceHandler:
             raise errors.NotFound.path()
         return Response(document[0], content_type=JSON,
                         headers={"Cache-Control": "public, immutable", "Etag": f'"{document[1]}"'})
-
-
-def _root_paths(definitions: Sequence[APIDefinition]) -> list[str]:
-    paths = {"/api", "/api/v1", "/apis", "/openapi/v3", "/version", "/healthz", "/livez", "/readyz"}
-    for d in definitions:
-        path = "/" + group_version_path(d)
-        paths.add(path)
-        if d.group:
-            paths.add(f"/apis/{d.group}")
-    return sorted(paths)
 
 
 def resource_virtual_workspace(name: str, *, resolve, apis: APIs, authorize: Callable[..., Decision | tuple],

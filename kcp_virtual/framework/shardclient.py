@@ -40,7 +40,7 @@ from kcp_virtual.framework.authorization import Attributes, Decision
 __all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient", "Informer",
            "NotFresh", "CLUSTER_ANNOTATION", "list_limit", "resource_version_match"]
 
-#: Every object the shard returns names its logical cluster in this annotation (DESIGN.md section 4).
+#: Every object the shard returns names its logical cluster in this annotation (``root:org:team``).
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
 
 

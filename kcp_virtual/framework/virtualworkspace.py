@@ -1,7 +1,7 @@
 """What a virtual workspace is: a name, a root path resolver, an authorizer, a readiness check and a handler.
 
 A virtual workspace is a proxy-like API server under ``/services/<name>/...`` that serves a computed
-view of real workspaces (DESIGN.md section 4). The dispatcher (``dispatcher.py``) asks each one's
+view of real workspaces (README.md lists the stock ones). The dispatcher (``dispatcher.py``) asks each one's
 resolver whether it serves a path; the winner's authorizer decides, then its handler answers the
 request with the resolver's prefix stripped. Plain functions are enough::
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import gevent
 import gevent.ssl
+import orjson
 import structlog
 from werkzeug.wrappers import Response
 
@@ -192,16 +193,43 @@ def interrupted_when_client_leaves(client_sock, upstream) -> Iterator[None]:
             watcher.close()
 
 
-def _stream(upstream: http1.Response, environ: dict, what: str) -> Iterator[bytes]:
+def is_watch_query(query: str) -> bool:
+    """Whether a query string asks for a watch (``watch=true`` or ``watch=1``)."""
+    return "watch=" in query and any(p in ("watch=true", "watch=1") for p in query.split("&"))
+
+
+def broken_stream_end(watch: bool, tail: bytes, what: str, exc: BaseException) -> bytes | None:
+    """What a client gets when its upstream stream breaks (the virtual-workspace server died): a watch
+    whose last event is complete ends with an ERROR event carrying a 503 Status, as kube ends a watch on a
+    server error, so clients (``kubectl get -w``, informers) report it and relist; anything else, None:
+    the stream is cut short (no last chunk), which a client sees as an error too, not as the end."""
+    if not watch or (tail and not tail.endswith(b"\n")):
+        return None
+    status = unavailable(what, exc).status()
+    status["message"] = f"the watch ended early: {status['message']}"
+    return orjson.dumps({"type": "ERROR", "object": status}) + b"\n"
+
+
+class StreamCut(ConnectionAbortedError):
+    """Raised into the WSGI server to close a response without its last chunk (``broken_stream_end``)."""
+
+
+def _stream(upstream: http1.Response, environ: dict, what: str, watch: bool) -> Iterator[bytes]:
     """One upstream piece, one downstream chunk; see ``interrupted_when_client_leaves``. Closing the
     generator (the server noticed a failed write, or is stopping) drops the upstream too."""
+    tail = b""
     try:
         with interrupted_when_client_leaves(environ.get("kcp.socket"), upstream):
             for chunk in upstream.stream():
                 if chunk:
+                    tail = chunk
                     yield chunk
     except UPSTREAM_ERRORS as exc:
         log.debug("stream from upstream ended early", upstream=what, error=repr(exc))
+        end = broken_stream_end(watch, tail, what, exc)
+        if end is None:
+            raise StreamCut(f"stream from {what} ended early") from None
+        yield end
     finally:
         upstream.close()  # a no-op once the body was read to its end (the connection is back in the pool)
 
@@ -221,5 +249,6 @@ def relay(upstream: http1.Response, environ: dict, what: str,
         if rewrite is not None:
             data = rewrite(data)
         return Response(data, status=upstream.status, headers=headers)
-    return WatchResponse(_stream(upstream, environ, what), status=upstream.status, headers=headers,
-                         direct_passthrough=True)
+    watch = is_watch_query(environ.get("QUERY_STRING", ""))
+    return WatchResponse(_stream(upstream, environ, what, watch and upstream.status == 200), status=upstream.status,
+                         headers=headers, direct_passthrough=True)

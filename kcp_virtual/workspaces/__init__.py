@@ -1,4 +1,4 @@
-"""The ``workspaces`` virtual workspace (DESIGN.md section 4): ``kubectl get workspaces`` shows only the
+"""The ``workspaces`` virtual workspace: ``kubectl get workspaces`` shows only the
 workspaces the caller may access, computed from the live RBAC state on every request.
 
 Read in this order: ``virtualworkspace`` (URL, authorizer, the factory), ``visibility`` (rules to

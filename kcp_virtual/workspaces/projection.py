@@ -4,7 +4,7 @@ A Workspace is a projection, never stored: the ClusterWorkspace's metadata (with
 which describe the other version's fields), ``spec.type`` and, of the status, the phase and the URL
 of the workspace's own API server (``status.baseURL`` of the ClusterWorkspace). A Workspace created
 through the view becomes a ClusterWorkspace with the same name, labels, annotations and type, owned
-by the caller (the annotation the shard uses for owners, DESIGN.md section 3).
+by the caller (the ``experimental.tenancy.kcp.dev/owner`` annotation, from which the shard grants its access).
 """
 
 from __future__ import annotations

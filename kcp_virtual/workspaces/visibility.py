@@ -1,6 +1,6 @@
 """Which workspaces of an org a user sees: the user's rules there, evaluated once and matched by name.
 
-The tenancy rule (DESIGN.md section 3): a user may enter ``<org>:<name>`` with verb ``access`` or
+The tenancy rule (``server.auth.workspace_access``): a user may enter ``<org>:<name>`` with verb ``access`` or
 ``admin`` on ``clusterworkspaces/content`` named ``<name>`` in ``<org>``; ``system:masters`` enters
 everything. So the set of workspaces a user sees in ``<org>`` is a function of the user's
 cluster-wide rules in ``<org>`` and of names alone: a rule with ``resourceNames`` adds those names, a

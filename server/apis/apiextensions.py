@@ -26,7 +26,8 @@ from kcp_virtual.framework import errors, table
 from kcp_virtual.framework.negotiation import CR_PATCH_KINDS
 from server.registry import patch as patches
 from server.registry.generic import Registry, cluster_of
-from server.registry.resourcetype import RequestContext, ResourceType
+from server.apis.scale import get_path, scale_handlers
+from server.registry.resourcetype import ResourceType
 from server.registry.schema import structural
 from server.registry.selectors import with_default_fields
 from server.registry.validation import (forbidden, invalid, is_dns1123_label, is_dns1123_subdomain,
@@ -38,9 +39,6 @@ log = structlog.get_logger("kcp.apiextensions")
 GROUP = "apiextensions.k8s.io"
 VERSION = "v1"
 FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
-SCALE_API_VERSION = "autoscaling/v1"
-
-
 # ---------------------------------------------------------------------------------------------- the CRD type
 
 def default_names(spec: dict) -> None:
@@ -264,20 +262,6 @@ def _path_steps(json_path: str) -> list[str]:
     return [step for step in json_path.strip().lstrip(".").split(".") if step]
 
 
-def _get_path(obj, steps: list[str]):
-    for step in steps:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(step)
-    return obj
-
-
-def _set_path(obj: dict, steps: list[str], value) -> None:
-    for step in steps[:-1]:
-        obj = obj.setdefault(step, {})
-    obj[steps[-1]] = value
-
-
 def custom_resource_types(crd: dict, *, terminating: bool = False, identity: str = "") -> list[ResourceType]:
     """The served versions of a CRD as resource types, in kube's version priority (the first is preferred).
     ``identity``: stored under an APIExport's identity (a bound resource, ``server.apis.bound``)."""
@@ -311,7 +295,13 @@ def custom_resource_types(crd: dict, *, terminating: bool = False, identity: str
             return obj if obj.get("apiVersion") == _api_version else {**obj, "apiVersion": _api_version}
 
         selectable = [_path_steps(f["jsonPath"]) for f in version.get("selectableFields") or ()]
-        handlers = _scale_handlers(rt_holder, subresources["scale"]) if "scale" in present else {}
+        handlers = {}
+        if "scale" in present:
+            scale = subresources["scale"]
+            selector_path = _path_steps(scale.get("labelSelectorPath") or "")
+            handlers = scale_handlers(rt_holder, _path_steps(scale["specReplicasPath"]),
+                                      _path_steps(scale["statusReplicasPath"]),
+                                      (lambda obj, _p=selector_path: get_path(obj, _p)) if selector_path else None)
         rt = ResourceType(
             group, version["name"], names["kind"], names["plural"], names["singular"],
             spec["scope"] == "Namespaced", short_names=tuple(names.get("shortNames") or ()),
@@ -324,61 +314,6 @@ def custom_resource_types(crd: dict, *, terminating: bool = False, identity: str
         rt_holder.append(rt)
         out.append(rt)
     return out
-
-
-def _scale_handlers(holder: list[ResourceType], scale: dict) -> dict:
-    """The ``scale`` subresource: an ``autoscaling/v1`` Scale view of the replicas paths (kubectl scale)."""
-    spec_path = _path_steps(scale["specReplicasPath"])
-    status_path = _path_steps(scale["statusReplicasPath"])
-    selector_path = _path_steps(scale.get("labelSelectorPath") or "")
-
-    def to_scale(obj: dict) -> dict:
-        meta = obj["metadata"]
-        status = {"replicas": _get_path(obj, status_path) or 0}
-        if selector_path and _get_path(obj, selector_path) is not None:
-            status["selector"] = _get_path(obj, selector_path)
-        return {"kind": "Scale", "apiVersion": SCALE_API_VERSION,
-                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                                  "creationTimestamp") if k in meta},
-                "spec": {"replicas": _get_path(obj, spec_path) or 0}, "status": status}
-
-    def write(ctx: RequestContext, scale_obj) -> tuple[int, dict]:
-        rt = holder[0]
-        if not isinstance(scale_obj, dict) or not isinstance(scale_obj.get("spec"), dict):
-            raise errors.BadRequest("the body of the request is not a Scale object")
-        replicas = scale_obj["spec"].get("replicas")
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise errors.Invalid.for_fields("Scale", "autoscaling", ctx.name, [
-                invalid("spec.replicas", replicas, "must be greater than or equal to 0")])
-        registry: Registry = ctx.services.registry
-        current = orjson.loads(orjson.dumps(registry.get(rt, ctx.cluster, ctx.namespace, ctx.name)))
-        wanted_rv = (scale_obj.get("metadata") or {}).get("resourceVersion")
-        if wanted_rv:
-            current["metadata"]["resourceVersion"] = wanted_rv
-        _set_path(current, spec_path, replicas)
-        updated = registry.update(rt, ctx.cluster, ctx.namespace, ctx.name, current)
-        return 200, to_scale(updated)
-
-    def get(ctx: RequestContext) -> tuple[int, dict]:
-        return 200, to_scale(ctx.services.registry.get(holder[0], ctx.cluster, ctx.namespace, ctx.name))
-
-    def update(ctx: RequestContext) -> tuple[int, dict]:
-        return write(ctx, ctx.body)
-
-    def patch(ctx: RequestContext) -> tuple[int, dict]:
-        current = to_scale(ctx.services.registry.get(holder[0], ctx.cluster, ctx.namespace, ctx.name))
-        content_type = ctx.request.headers.get("Content-Type", "")
-        if "json-patch" in content_type:
-            patched = patches.json_patch(current, ctx.body)
-        elif "merge-patch" in content_type or "strategic-merge-patch" in content_type:
-            patched = patches.merge_patch(current, ctx.body)
-        else:
-            raise errors.UnsupportedMediaType(
-                "the body of the request was in an unknown format - accepted media types include: "
-                "application/json-patch+json, application/merge-patch+json")
-        return write(ctx, patched)
-
-    return {("get", "scale"): get, ("update", "scale"): update, ("patch", "scale"): patch}
 
 
 # ---------------------------------------------------------------------------------------------- the index

@@ -1,4 +1,4 @@
-"""The tenancy rule: who may enter a workspace's content at all (DESIGN.md section 3).
+"""The tenancy rule: who may enter a workspace's content at all.
 
 Entering ``root:org:team`` requires verb ``access`` or ``admin`` on ``clusterworkspaces/content``
 named ``team`` (group ``tenancy.kcp.dev``) in the parent ``root:org``, evaluated by the parent's

@@ -12,7 +12,7 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from kcp_virtual.framework import errors, negotiation, table
+from kcp_virtual.framework import decoding, errors, negotiation, table
 from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.requestinfo import RequestInfo
 from kcp_virtual.framework.shardclient import list_limit, resource_version_match
@@ -43,27 +43,38 @@ def read_body(request: Request) -> bytes:
 
 
 def decode_body(request: Request, *, allow_empty: bool = False):
-    """Parse a JSON or YAML request body; malformed input is a 400, never a crash."""
+    """Parse a JSON, YAML or protobuf request body; malformed input is a 400, never a crash."""
+    decoded = _decode_request(request, allow_empty=allow_empty)
+    return None if decoded is None else decoded.value
+
+
+def _decode_request(request: Request, *, allow_empty: bool = False) -> decoding.Decoded | None:
     data = read_body(request)
     if not data.strip():
         if allow_empty:
             return None
         raise errors.BadRequest("the request body is empty; expected a JSON object")
-    kind = negotiation.request_content_kind(request.headers.get("Content-Type", JSON))
-    return _decode(data, kind)
+    return _decode(data, negotiation.request_content_kind(request.headers.get("Content-Type", JSON)))
 
 
-def _decode(data: bytes, kind: str):
+def _decode(data: bytes, kind: str) -> decoding.Decoded:
     if kind == "protobuf":
         try:
-            return protobuf.decode(data)
+            return decoding.Decoded(decoding.off_hub(protobuf.decode, data))
         except protobuf.ProtobufError as exc:
             raise errors.BadRequest(f"the protobuf request body could not be decoded: {exc}") from None
         except protobuf.UnknownKind as exc:
             raise errors.UnsupportedMediaType(
                 f'protobuf request bodies of kind "{exc.kind}" (apiVersion "{exc.api_version}") are not supported; '
                 "send this object as application/json") from None
-    return negotiation.parse_body(data, kind)
+    return decoding.decode(data, kind)
+
+
+def _field_validation(request: Request, decoded: decoding.Decoded) -> FieldValidation:
+    """The request's ``fieldValidation``, told about the body's duplicate keys (Strict refuses them)."""
+    fields = FieldValidation.from_query(request.args.get("fieldValidation"))
+    fields.report_duplicates(decoded.duplicates)
+    return fields
 
 
 def _flag(query, name: str) -> bool:
@@ -90,11 +101,16 @@ class ResourceAPI:
 
     def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType, user=None,
                services=None) -> Response:
+        refused = errors.MethodNotAllowed.for_request(info.verb, info.name, rt.plural, cluster == "*")
+        if refused is not None:
+            raise refused
         if info.subresource and info.subresource not in rt.subresources:
             raise errors.NotFound.path()
         custom = rt.handlers.get((info.verb, info.subresource))
         if custom is not None:
             body = decode_body(request) if request.method in ("POST", "PUT", "PATCH") else None
+            if isinstance(body, dict) and not info.subresource:  # reviews: nothing stored, still typed
+                self.registry.check_decodable(rt, body)
             status, result = custom(RequestContext(user=user, cluster=cluster, namespace=info.namespace,
                                                    name=info.name, subresource=info.subresource, body=body,
                                                    request=request, services=services))
@@ -104,8 +120,6 @@ class ResourceAPI:
             if info.verb not in ("get", "update", "patch") or any(s == info.subresource for _, s in rt.handlers):
                 raise errors.MethodNotAllowed.for_verb(info.verb, f"{rt.plural}/{info.subresource}")
         elif info.verb not in rt.verbs:
-            raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
-        if cluster == "*" and info.verb not in ("list", "watch"):
             raise errors.MethodNotAllowed.for_verb(info.verb, rt.plural)
         handler = getattr(self, "_" + info.verb)
         return handler(request, cluster, info, rt)
@@ -176,17 +190,18 @@ class ResourceAPI:
     def _create(self, request, cluster, info, rt) -> Response:
         if info.name:
             raise errors.MethodNotAllowed.for_verb("create", rt.plural)
-        body = decode_body(request)
-        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
-        obj = self.registry.create(rt, cluster, info.namespace, body, dry_run=self._dry_run(request),
+        decoded = _decode_request(request)
+        fields = _field_validation(request, decoded)
+        obj = self.registry.create(rt, cluster, info.namespace, decoded.value, dry_run=self._dry_run(request),
                                    field_validation=fields,
                                    field_manager=self._field_manager(request, "CreateOptions"))
         return self._object_response(request, rt, obj, status=201, warnings=fields)
 
     def _update(self, request, cluster, info, rt) -> Response:
-        body = decode_body(request)
-        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
-        obj = self.registry.update(rt, cluster, info.namespace, info.name, body, subresource=info.subresource,
+        decoded = _decode_request(request)
+        fields = _field_validation(request, decoded)
+        obj = self.registry.update(rt, cluster, info.namespace, info.name, decoded.value,
+                                   subresource=info.subresource,
                                    dry_run=self._dry_run(request), field_validation=fields,
                                    field_manager=self._field_manager(request, "UpdateOptions"))
         return self._object_response(request, rt, obj, warnings=fields)
@@ -201,9 +216,10 @@ class ResourceAPI:
         if patch_type == patches.APPLY_PATCH:
             manager = request.args.get("fieldManager", "")
             managedfields.check_field_manager(manager, "PatchOptions", required=True)
-            body = _decode(read_body(request), kind)
-            fields = FieldValidation.from_query(request.args.get("fieldValidation"))
-            obj, created = self.registry.apply(rt, cluster, info.namespace, info.name, body, field_manager=manager,
+            decoded = _decode(read_body(request), kind)
+            fields = _field_validation(request, decoded)
+            obj, created = self.registry.apply(rt, cluster, info.namespace, info.name, decoded.value,
+                                               field_manager=manager,
                                                force=_flag(request.args, "force"), subresource=info.subresource,
                                                dry_run=self._dry_run(request), field_validation=fields)
             return self._object_response(request, rt, obj, status=201 if created else 200, warnings=fields)
@@ -211,9 +227,9 @@ class ResourceAPI:
             raise errors.Invalid.for_fields("PatchOptions", "meta.k8s.io", "", [{
                 "type": "FieldValueForbidden", "field": "force",
                 "message": "Forbidden: may not be specified for non-apply patch"}])
-        body = _decode(read_body(request), kind)
-        fields = FieldValidation.from_query(request.args.get("fieldValidation"))
-        obj = self.registry.patch(rt, cluster, info.namespace, info.name, patch_type, body,
+        decoded = _decode(read_body(request), kind)
+        fields = _field_validation(request, decoded)
+        obj = self.registry.patch(rt, cluster, info.namespace, info.name, patch_type, decoded.value,
                                   subresource=info.subresource, dry_run=self._dry_run(request),
                                   field_validation=fields, field_manager=self._field_manager(request, "PatchOptions"))
         return self._object_response(request, rt, obj, warnings=fields)

@@ -141,7 +141,7 @@ class ServicesForwarder:
                 return False  # the WSGI path answers 400/413
             body = environ["wsgi.input"].read(int(length))
         query = environ.get("QUERY_STRING", "")
-        watch = "watch=" in query and any(p in ("watch=true", "watch=1") for p in query.split("&"))
+        watch = httpclient.is_watch_query(query)
         if watch:
             structlog.contextvars.bind_contextvars(verb="watch")
         target = httpclient.quote_path(environ["PATH_INFO"])
@@ -153,10 +153,11 @@ class ServicesForwarder:
             self._write_status(exchange, exc)
             return True
         del headers, body  # a watch keeps this frame for as long as it runs
-        if isinstance(upstream, http2.Stream) and self._park(exchange, upstream):
+        watch = watch and upstream.status == 200
+        if isinstance(upstream, http2.Stream) and self._park(exchange, upstream, watch):
             return True
         try:
-            self._relay(environ, exchange, upstream)
+            self._relay(environ, exchange, upstream, watch)
         except OSError as exc:  # the client is gone (a failed write): nobody to answer
             log.debug("client left during a forwarded response", error=repr(exc))
             exchange.close_connection = True
@@ -166,7 +167,7 @@ class ServicesForwarder:
             exchange.close_connection = True
         return True
 
-    def _relay(self, environ: dict, exchange: RawExchange, upstream) -> None:
+    def _relay(self, environ: dict, exchange: RawExchange, upstream, watch: bool) -> None:
         headers = httpclient.response_headers(upstream)
         length = upstream.length
         if length is not None and length <= httpclient.BUFFERED_RESPONSE_BYTES:
@@ -182,20 +183,27 @@ class ServicesForwarder:
         exchange.start_stream()
         exchange.write(_head(upstream.status, upstream.reason, headers, "Transfer-Encoding: chunked"))
         pieces = upstream.stream()
+        tail = b""
         with httpclient.interrupted_when_client_leaves(exchange.socket, upstream):
             while True:
                 try:
                     piece = next(pieces, None)
                 except httpclient.UPSTREAM_ERRORS as exc:  # also how a client leaving shows (interrupted)
                     log.debug("stream from upstream ended early", upstream=self._what, error=repr(exc))
+                    piece = httpclient.broken_stream_end(watch, tail, self._what, exc)
+                    if piece is None:  # cut short: no last chunk, and the connection closes
+                        exchange.close_connection = True
+                        return
+                    exchange.write(b"%x\r\n%b\r\n" % (len(piece), piece))
                     break
                 if piece is None:
                     break
                 if piece:  # a failed write (the client is gone) raises to forward_raw
+                    tail = piece
                     exchange.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         exchange.write(b"0\r\n\r\n")
 
-    def _park(self, exchange: RawExchange, upstream: http2.Stream) -> bool:
+    def _park(self, exchange: RawExchange, upstream: http2.Stream, watch: bool) -> bool:
         """Relay a stream from callbacks of the HTTP/2 reader into the parked client connection, so that
         no greenlet waits through an idle watch (``server.http.parking``); False: the caller relays it."""
         parked = exchange.park()
@@ -208,12 +216,20 @@ class ServicesForwarder:
         parked.on_gone = upstream.interrupt
         context = contextvars.copy_context()  # the request's log context, for the end
 
+        tail = [b""]
+
         def on_data(piece: bytes) -> None:
+            tail[0] = piece
             parked.write(b"%x\r\n%b\r\n" % (len(piece), piece))
 
         def on_end(error: BaseException | None) -> None:
             if error is not None and not parked.done:
                 context.run(log.debug, "stream from upstream ended early", upstream=self._what, error=repr(error))
+                end = httpclient.broken_stream_end(watch, tail[0], self._what, error)
+                if end is None:
+                    parked.abort("the upstream stream broke")  # no last chunk: the client sees it cut short
+                    return
+                parked.write(b"%x\r\n%b\r\n" % (len(end), end))
             parked.write(b"0\r\n\r\n")
             parked.finish()
 

@@ -32,6 +32,18 @@ CHATTY_LIBRARY_VERBOSITY = 6
 CHATTY_LIBRARIES = ("urllib3", "kubernetes", "requests")
 #: Verbosity (klog-style ``-v``) from which debug lines are emitted.
 DEBUG_VERBOSITY = 4
+#: Verbosity from which every request gets its access line; below it only server errors (5xx) do, so a
+#: developer running kcp sees the shard's own news, not kubectl's traffic (``kcp start -v 2`` for it).
+ACCESS_LOG_VERBOSITY = 2
+
+
+class _Access:
+    """Whether every request is logged (set by ``configure``; read once per request)."""
+
+    every_request = True  # until configured: embedders and tests that never call configure() see them all
+
+
+_access = _Access()
 
 
 def _level(verbosity: int) -> int:
@@ -204,14 +216,16 @@ def configure(format: str = "text", verbosity: int = 0, *, stream=None) -> None:
     """Configure structlog and stdlib logging for the process.
 
     ``format`` is ``"text"`` (console renderer, colours only on a tty) or ``"json"`` (one orjson
-    object per line). ``verbosity`` is klog-like: <0 warnings only, 0-3 info, >=4 debug, >=6
-    also HTTP chatter from urllib3/kubernetes. ``stream`` defaults to stderr (like kube
-    components); JSON goes to its binary buffer when it has one.
+    object per line). ``verbosity`` is klog-like: <0 warnings only, 0-3 info (from 2 with an access
+    line per request, below it only for 5xx answers), >=4 debug, >=6 also HTTP chatter from
+    urllib3/kubernetes. ``stream`` defaults to stderr (like kube components); JSON goes to its
+    binary buffer when it has one.
     """
     if format not in ("text", "json"):
         raise ValueError(f"unknown log format {format!r} (want text or json)")
     stream = stream if stream is not None else sys.stderr
     level = _level(verbosity)
+    _access.every_request = verbosity >= ACCESS_LOG_VERBOSITY
     timestamper = _UTCStamper()
     shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, timestamper]
 
@@ -255,6 +269,27 @@ def configure(format: str = "text", verbosity: int = 0, *, stream=None) -> None:
     chatty = level if verbosity >= CHATTY_LIBRARY_VERBOSITY else max(level, logging.WARNING)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(chatty)
+
+
+def route_to_stdlib(verbosity: int = 0) -> None:
+    """Send every structlog line through the stdlib ``logging`` module, rendered as ``configure`` renders
+    text, and add no handler: whoever owns logging decides where lines go. The test harness uses it, so
+    pytest captures a shard's lines with each test (shown when it fails) instead of their leaking into
+    its output from the shard's threads."""
+    level = _level(verbosity)
+    _access.every_request = verbosity >= ACCESS_LOG_VERBOSITY
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, _UTCStamper(),
+                    structlog.processors.StackInfoRenderer(), _PlainConsoleRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OwnHandler)]:
+        root.removeHandler(old)
+    root.setLevel(level)
 
 
 # A random per-process prefix plus a counter: unique across restarts, ~10x cheaper than uuid4.
@@ -360,8 +395,9 @@ class RequestLogMiddleware:
     def _record(self, environ: dict, start: float, code: int, nbytes: int, vw: str | None, watch: bool) -> None:
         """The access line and the metrics of a finished request."""
         elapsed = time.perf_counter() - start
-        self._logger().info(self.event, method=environ.get("REQUEST_METHOD"), path=environ.get("PATH_INFO"),
-                            code=code, latency_ms=round(elapsed * 1000.0, 3), bytes=nbytes)
+        if _access.every_request or code >= 500:
+            self._logger().info(self.event, method=environ.get("REQUEST_METHOD"), path=environ.get("PATH_INFO"),
+                                code=code, latency_ms=round(elapsed * 1000.0, 3), bytes=nbytes)
         metrics = self.metrics
         if metrics is not None:
             verb = _VERB.get()

@@ -621,6 +621,9 @@ class _WSGIServer(pywsgi.WSGIServer):
         fd = client_socket.fileno()
         self.kcp_handshaking.add(fd)
         try:
+            if _plain_http(client_socket):
+                self.kcp_log.debug("plain HTTP on the TLS port", peer=address)
+                return None
             ssl_socket = self.wrap_socket(client_socket, **self.ssl_args)
         except (OSError, ValueError) as exc:
             self.kcp_log.debug("TLS handshake failed", peer=address, error=repr(exc))
@@ -640,6 +643,25 @@ class _WSGIServer(pywsgi.WSGIServer):
             serving_h2.serve_connection(ssl_socket, address, self, _peer_certificate(ssl_socket))
         finally:
             self.kcp_h2_greenlets.discard(greenlet)
+
+
+_PLAIN_HTTP_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
+
+def _plain_http(sock) -> bool:
+    """A client speaking plain HTTP to the TLS port gets Go's (kube's) answer instead of a silent close:
+    a TLS record starts with its content type (20-24), an HTTP request with a method's capital letter."""
+    first = sock.recv(1, socket.MSG_PEEK)
+    if not first or not (b"A" <= first <= b"Z"):
+        return False
+    try:
+        sock.recv(65536)  # what the request sent so far: closing with it unread would reset the connection
+        sock.sendall(_PLAIN_HTTP_ANSWER)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+    return True
 
 
 def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str],

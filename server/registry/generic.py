@@ -17,10 +17,10 @@ from typing import Callable, Iterator
 
 import orjson
 
-from kcp_virtual.framework import errors
+from kcp_virtual.framework import decoding, errors, offhub
 from server.registry import managedfields, patch as patches, strategicpatch, validation
 from server.registry.resourcetype import Catalog, ResourceType
-from server.registry.schema import builtins as builtin_schemas, structural
+from server.registry.schema import builtins as builtin_schemas, structural, typecheck
 from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
 from server.storage import ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError, Store
@@ -32,6 +32,8 @@ _GENERATE_NAME_ATTEMPTS = 8
 _PATCH_ATTEMPTS = 16
 #: How often a ``progress_notify`` watch reports progress (a BOOKMARK, only when it advanced).
 PROGRESS_NOTIFY_INTERVAL = 0.02
+#: Namespaces kube's NamespaceLifecycle admission never lets anyone delete (in every workspace here).
+IMMORTAL_NAMESPACES = frozenset(("default", "kube-system", "kube-public"))
 #: The field manager of writes that name none (in-process callers: controllers, virtual workspaces).
 DEFAULT_FIELD_MANAGER = "kcp"
 
@@ -302,8 +304,8 @@ class Registry:
     def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False,
                field_validation: FieldValidation | None = None, field_manager: str | None = None,
                _applied: bool = False) -> dict:
-        obj = self._check_body(rt, body)
-        self._conform(rt, obj, field_validation)
+        obj, size = self._check_body(rt, body)
+        offhub.run_if(size, self._conform, rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         self._check_namespace(rt, cluster, namespace, meta)
         for server_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
@@ -320,14 +322,12 @@ class Registry:
             obj.pop("status", None)
         causes = rt.prepare(obj, None)
         generate = not meta.get("name") and meta.get("generateName")
-        causes += validation.validate_object_meta(obj, namespaced=rt.namespaced, name_rule=rt.name_rule)
-        causes += rt.validate(obj, None)
+        causes += offhub.run_if(size, _validation_causes, rt, obj, None)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, meta.get("name") or meta.get("generateName", ""),
                                             causes)
         if not _applied:  # server-side apply computed them already
-            _set_managed_fields(obj, managedfields.after_update(
-                rt, None, obj, field_manager or DEFAULT_FIELD_MANAGER, hidden=(CLUSTER_ANNOTATION,)))
+            _set_managed_fields(obj, offhub.run_if(size, _managed_fields, rt, None, obj, field_manager, ""))
         if rt.namespaced:
             self._require_namespace(cluster, namespace)
         for attempt in range(_GENERATE_NAME_ATTEMPTS if generate else 1):
@@ -353,8 +353,8 @@ class Registry:
                subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None,
                field_validation: FieldValidation | None = None, field_manager: str | None = None,
                _applied: bool = False) -> dict:
-        obj = self._check_body(rt, body)
-        self._conform(rt, obj, field_validation)
+        obj, size = self._check_body(rt, body)
+        offhub.run_if(size, self._conform, rt, obj, field_validation)
         meta = obj.setdefault("metadata", {})
         if meta.get("name") and meta["name"] != name:
             raise errors.BadRequest(f"the name of the object ({meta['name']}) does not match the name on the URL "
@@ -376,17 +376,13 @@ class Registry:
             raise errors.Conflict.modified(rt.plural, rt.group, name)
         new = self._merge_update(rt, old, obj, subresource)
         causes = [] if subresource else rt.prepare(new, old)
-        causes += validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
-        causes += rt.validate(new, old)
-        causes += validation.validate_object_meta_update(new, old)
+        causes += offhub.run_if(size, _validation_causes, rt, new, old)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, name, causes)
         if _applied and subresource:
             _set_managed_fields(new, obj["metadata"].get("managedFields"))
         if not _applied:  # server-side apply computed them already
-            _set_managed_fields(new, managedfields.after_update(
-                rt, old, new, field_manager or DEFAULT_FIELD_MANAGER, subresource=subresource,
-                hidden=(CLUSTER_ANNOTATION,)))
+            _set_managed_fields(new, offhub.run_if(size, _managed_fields, rt, old, new, field_manager, subresource))
         if _same(old, new):
             return old
         if dry_run:  # as stored, but not: the version stays
@@ -442,6 +438,8 @@ class Registry:
             patched = self._apply_patch(rt, _deep_copy(current), patch_type, patch_body)
             if not isinstance(patched, dict) or not isinstance(patched.get("metadata", {}), dict):
                 raise errors.BadRequest("the patched object is not a valid JSON object")
+            if patch_type == patches.JSON_PATCH:  # its paths, unlike a body, can nest an object deeper
+                decoding.check_nesting(patched, "the patched object: ")
             meta = patched.setdefault("metadata", {})
             # A patch that names another resourceVersion asked for optimistic locking: no retry then.
             if str(meta.get("resourceVersion", "")) != old["metadata"]["resourceVersion"]:
@@ -514,6 +512,9 @@ class Registry:
         if policy not in (None, "Background", "Foreground", "Orphan"):
             raise errors.Invalid(f'DeleteOptions.propagationPolicy: Unsupported value: "{policy}": supported '
                                  'values: "Foreground", "Background", "Orphan"')
+        if rt.plural == "namespaces" and not rt.group and name in IMMORTAL_NAMESPACES:
+            raise errors.Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                                   details={"name": name, "kind": "namespaces"})
         key = self.key(rt, cluster, namespace, name)
         # Like kube's GuaranteedUpdate: a concurrent write (a controller updating status) between our
         # read and our write is retried against the new state; the preconditions are checked each time.
@@ -579,15 +580,29 @@ class Registry:
 
     @staticmethod
     def _conform(rt: ResourceType, obj: dict, field_validation: FieldValidation | None) -> None:
-        """Prune the fields the type's schema does not know (reporting them to ``field_validation``:
-        Strict refuses them), then apply the schema's defaults, as kube does when decoding a body."""
+        """Prune the fields the type's schema does not know, refuse values a built-in kind's Go types
+        refuse (400, ``server.registry.schema.typecheck``), report the unknown fields to
+        ``field_validation`` (Strict refuses them), then apply the schema's defaults, as kube does when
+        decoding a body."""
         schema = rt.structural_schema()
         if schema is None:
             return
         unknown = structural.prune(schema, obj, object_meta=builtin_schemas.object_meta())
+        Registry.check_decodable(rt, obj)
         if field_validation is not None:
             field_validation.report(unknown)
         structural.default(schema, obj)
+
+    @staticmethod
+    def check_decodable(rt: ResourceType, obj: dict) -> None:
+        """A 400 for a value of a built-in kind that its Go type refuses (``schema.typecheck``), as kube's
+        typed decoding answers; custom resources' types are judged by their own schema instead (422)."""
+        if rt.schema is not None:
+            return
+        schema = rt.structural_schema()
+        message = typecheck.decode_error(rt.kind, rt.version, schema, obj) if schema is not None else None
+        if message:
+            raise errors.BadRequest(message)
 
     def _delete_namespace_content(self, cluster: str, namespace: str) -> None:
         for rt in self.catalog.types(cluster):
@@ -621,10 +636,13 @@ class Registry:
         meta["namespace"] = namespace
 
     @staticmethod
-    def _check_body(rt: ResourceType, body) -> dict:
+    def _check_body(rt: ResourceType, body) -> tuple[dict, int]:
+        """A private copy of the body, and its size as JSON (what decides whether the work on it is heavy
+        enough for the hub's worker thread, ``kcp_virtual.framework.offhub``)."""
         if not isinstance(body, dict):
             raise errors.BadRequest(f"the body of the request is not a {rt.kind} object")
-        obj = _deep_copy(body)
+        encoded = orjson.dumps(body)
+        obj = offhub.run_if(len(encoded), orjson.loads, encoded)
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
         if api_version and api_version != rt.api_version:
             raise errors.BadRequest(f"the API version in the data ({api_version}) does not match the expected API "
@@ -634,7 +652,7 @@ class Registry:
         if "metadata" in obj and not isinstance(obj["metadata"], dict):
             raise errors.BadRequest("metadata must be an object")
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        return obj
+        return obj, len(encoded)
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -698,6 +716,21 @@ def _same(old: dict, new: dict) -> bool:
 def _spec_changed(old: dict, new: dict) -> bool:
     ignored = ("metadata", "status", "apiVersion", "kind")
     return ({k: v for k, v in old.items() if k not in ignored} != {k: v for k, v in new.items() if k not in ignored})
+
+
+def _validation_causes(rt: ResourceType, new: dict, old: dict | None) -> list[dict]:
+    """Why ``new`` is invalid (pure: it may run on the hub's worker thread, as the type hooks are)."""
+    causes = validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
+    causes += rt.validate(new, old)
+    if old is not None:
+        causes += validation.validate_object_meta_update(new, old)
+    return causes
+
+
+def _managed_fields(rt: ResourceType, old: dict | None, new: dict, manager: str | None, subresource: str):
+    """The managedFields of a write (pure: it may run on the hub's worker thread)."""
+    return managedfields.after_update(rt, old, new, manager or DEFAULT_FIELD_MANAGER, subresource=subresource,
+                                      hidden=(CLUSTER_ANNOTATION,))
 
 
 def _set_managed_fields(obj: dict, entries: list | None) -> None:

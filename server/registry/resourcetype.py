@@ -59,7 +59,7 @@ class ResourceType:
     field_selectors: Mapping = field(default_factory=lambda: DEFAULT_FIELDS)
     columns: tuple = ()                    # table.Column, after the NAME column
     prepare: Hook = _no_hook               # defaulting; may mutate the new object; returns causes
-    validate: Hook = _no_hook              # type-specific validation; returns causes
+    validate: Hook = _no_hook              # type-specific validation; returns causes; pure (may run off the hub)
     allow_unconditional_update: bool = True  # built-ins: True; custom resources: False
     name_rule: str = "subdomain"
     returns_deleted_object: bool = False   # DELETE answers the object instead of a Status
@@ -112,9 +112,11 @@ class ResourceType:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def table_columns(self) -> list:
+        """Name, the type's columns, Age, then the ``-o wide`` ones (priority > 0), as kube's printers order them."""
         if self.table:
             return list(self.table)
-        return [table.NAME_COLUMN, *self.columns, table.AGE_COLUMN]
+        return [table.NAME_COLUMN, *(c for c in self.columns if not c.priority), table.AGE_COLUMN,
+                *(c for c in self.columns if c.priority)]
 
     def structural_schema(self) -> Mapping | None:
         """The schema writes are pruned and judged against: a custom resource's, else the built-in kind's."""

@@ -126,6 +126,29 @@ def is_qualified_name(value: str) -> tuple[str, ...]:
     return tuple(errs)
 
 
+CONFIG_MAP_KEY_FMT = "[-._a-zA-Z0-9]+"
+_config_map_key = re.compile(CONFIG_MAP_KEY_FMT).fullmatch
+_CONFIG_MAP_KEY_REGEX_ERR = regex_error("a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                                        CONFIG_MAP_KEY_FMT, "key.name", "KEY_NAME", "key-name")
+
+
+@lru_cache(maxsize=8192)
+def is_config_map_key(value: str) -> tuple[str, ...]:
+    """``validation.IsConfigMapKey``: the keys of ConfigMap and Secret data (they become file names)."""
+    errs = []
+    if _byte_len(value) > DNS1123_SUBDOMAIN_MAX_LENGTH:
+        errs.append(max_len_error(DNS1123_SUBDOMAIN_MAX_LENGTH))
+    if not _config_map_key(value):
+        errs.append(_CONFIG_MAP_KEY_REGEX_ERR)
+    if value == ".":
+        errs.append("must not be '.'")
+    elif value == "..":
+        errs.append("must not be '..'")
+    elif value.startswith(".."):
+        errs.append("must not start with '..'")
+    return tuple(errs)
+
+
 @lru_cache(maxsize=8192)
 def is_valid_label_value(value: str) -> tuple[str, ...]:
     errs = []

@@ -84,8 +84,10 @@ def test_client_side_apply_twice_removes_a_container_an_env_var_and_a_label(shar
                                   "ports": [{"containerPort": 80}]}]))
     obj = get(shard, ns, "deployment", "web")
     assert obj["metadata"]["labels"] == {"app": "web"}
-    assert obj["spec"]["template"]["spec"]["containers"] == [
-        {"name": "app", "image": "nginx:2", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 80}]}]
+    assert obj["spec"]["template"]["spec"]["containers"] == [  # with the defaults kube fills in
+        {"name": "app", "image": "nginx:2", "env": [{"name": "B", "value": "2"}],
+         "ports": [{"containerPort": 80, "protocol": "TCP"}], "imagePullPolicy": "IfNotPresent", "resources": {},
+         "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}]
     spec = managers(obj)[("kubectl-client-side-apply", "Update")]["f:spec"]["f:template"]["f:spec"]
     assert list(spec["f:containers"]) == ['k:{"name":"app"}']
 

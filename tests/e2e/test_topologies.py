@@ -14,6 +14,7 @@ import http.client
 import json
 import re
 import ssl
+import subprocess
 import threading
 import time
 
@@ -173,11 +174,11 @@ def _wait(predicate, timeout: float = 10.0) -> float:
     return time.monotonic() - start
 
 
-def _open_watch(shard, base_port: int, path: str) -> http.client.HTTPSConnection:
+def _open_watch(shard, base_port: int, path: str, headers: dict | None = None) -> http.client.HTTPSConnection:
     context = ssl.create_default_context(cafile=shard.ca_file)
     context.load_cert_chain(*admin(shard))
     connection = http.client.HTTPSConnection("127.0.0.1", base_port, context=context, timeout=20)
-    connection.request("GET", path)
+    connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
     assert response.status == 200
     connection.watch_response = response
@@ -211,20 +212,33 @@ def test_forwarding_while_the_external_process_is_killed_and_restarted(topology)
     core = client.CoreV1Api(vw.api_client("demo/clusters/root"))
     assert core.list_namespaced_config_map("default").kind == "ConfigMapList"
     connection = _open_watch(shard, shard.shard.port, demo("root") + "?watch=true")
+    impersonating = _open_watch(shard, shard.shard.port, demo("root") + "?watch=true",  # the WSGI path
+                                headers={"Impersonate-User": "someone", "Impersonate-Group": "system:masters"})
     ended = threading.Event()
+    received: dict[str, bytes] = {}
 
-    def drain():
+    def drain(name, connection):
+        data = b""
         try:
-            while connection.watch_response.read(1024):
-                pass
-        except OSError:
+            while piece := connection.watch_response.read1(65536):
+                data += piece
+        except (OSError, http.client.HTTPException):
             pass
-        ended.set()
+        received[name] = data
+        if len(received) == 2:
+            ended.set()
 
-    threading.Thread(target=drain, daemon=True).start()
+    for name, watching in (("parked", connection), ("wsgi", impersonating)):
+        threading.Thread(target=drain, args=(name, watching), daemon=True).start()
     external.kill()
     assert ended.wait(5), "the forwarded watch did not end with its upstream"
+    for name, data in received.items():  # ended the way kube ends a watch on a server error, so clients can tell
+        event = json.loads(data.splitlines()[-1])
+        assert event["type"] == "ERROR", (name, data)
+        assert (event["object"]["code"], event["object"]["reason"]) == (503, "ServiceUnavailable"), (name, event)
+        assert event["object"]["message"].startswith("the watch ended early: "), (name, event)
     connection.close()
+    impersonating.close()
     started = time.monotonic()
     response = call(shard.url, shard, demo("root"), cert=admin(shard))
     assert time.monotonic() - started < 1
@@ -235,3 +249,21 @@ def test_forwarding_while_the_external_process_is_killed_and_restarted(topology)
     external.start()
     assert core.list_namespaced_config_map("default").kind == "ConfigMapList"  # no shard restart needed
     assert vw.kubectl("demo/clusters/root", "get", "configmaps", "-n", "default").returncode == 0
+
+
+@forwarded_only
+def test_kubectl_watching_through_a_dying_external_process_exits_with_an_error(topology):
+    vw, shard, external = topology
+    watch = subprocess.Popen(vw.kubectl_command("demo/clusters/root", "get", "configmaps", "-n", "default", "-w"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=vw.kubectl_env())
+    try:
+        _wait(lambda: shard.shard.metrics.open_watches >= 1)
+        external.kill()
+        _, stderr = watch.communicate(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        external.start()
+    assert watch.returncode != 0, stderr
+    # kubectl reports the ERROR event, or (relisting after it) the 503 of the process now gone; never a clean end
+    assert "Error from server (ServiceUnavailable)" in stderr and "the virtual workspace server at" in stderr, stderr

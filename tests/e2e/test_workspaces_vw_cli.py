@@ -77,3 +77,40 @@ def test_ws_create_use_list_current(env, capsys):
     code, _, err = kcp(capsys, kubeconfig, "create", "team")
     assert code == 1 and "already exists" in err
     assert kcp(capsys, kubeconfig, "current")[1] == f'Current workspace is "{org}".\n'
+
+
+def servers(kubeconfig: Path) -> tuple[str, dict[str, str]]:
+    """The current context, and the server of each context's cluster."""
+    data = yaml.safe_load(kubeconfig.read_text())
+    clusters = {c["name"]: c["cluster"]["server"] for c in data["clusters"]}
+    return data["current-context"], {c["name"]: clusters[c["context"]["cluster"]] for c in data["contexts"]}
+
+
+def test_ws_switches_contexts_named_after_workspaces_and_back(env, capsys):
+    org = env.new_org()
+    env.grant(org, "alice-creates", [("User", "alice")], names=None, verbs=("create",), resource="clusterworkspaces")
+    kubeconfig = user_kubeconfig(env, "alice", org)
+    assert kcp(capsys, kubeconfig, "create", "team", "--enter")[0] == 0
+    current, by_context = servers(kubeconfig)
+    # the context the user had still points where its name says; the new one is named after its workspace
+    assert current == f"{org}:team"
+    assert by_context["kcp"] == f"{env.shard.url}/clusters/{org}"
+    assert by_context[f"{org}:team"] == f"{env.shard.url}/clusters/{org}:team"
+    assert by_context["workspace.kcp.io/previous"] == f"{env.shard.url}/clusters/{org}"
+    assert kcp(capsys, kubeconfig)[1] == f'Current workspace is "{org}:team".\n'  # kcp ws alone: the current one
+
+    assert kcp(capsys, kubeconfig, "use", "-")[1] == f'Current workspace is "{org}".\n'
+    assert servers(kubeconfig)[0] == org
+    assert kcp(capsys, kubeconfig, "use", "-")[1] == f'Current workspace is "{org}:team".\n'  # and back, as cd -
+    assert kcp(capsys, kubeconfig, "use", "..")[0] == 0
+    current, by_context = servers(kubeconfig)
+    assert (current, by_context[org], by_context[f"{org}:team"]) == (
+        org, f"{env.shard.url}/clusters/{org}", f"{env.shard.url}/clusters/{org}:team")
+    data = yaml.safe_load(kubeconfig.read_text())
+    assert {c["name"]: c["context"]["user"] for c in data["contexts"]}[org] == "alice"
+
+
+def test_ws_use_dash_without_history_is_a_clear_error(env, capsys):
+    kubeconfig = user_kubeconfig(env, "alice", env.new_org())
+    code, _, err = kcp(capsys, kubeconfig, "use", "-")
+    assert code == 1 and "no previous workspace" in err

@@ -1,8 +1,8 @@
 """Property: for random workspaces, owners, roles and bindings, what each user lists through the workspaces view
 is exactly what an independent reference evaluation of the tenancy rule says it may enter.
 
-The reference below is written from the rule (DESIGN.md section 3) and kube's RBAC matching, not from
-the implementation: a workspace is visible to a user if some ClusterRoleBinding naming the user (or
+The reference below is written from the rule (``server.auth.workspace_access``'s docstring) and kube's RBAC
+matching, not from the implementation: a workspace is visible to a user if some ClusterRoleBinding naming the user (or
 one of its groups) refers to an existing ClusterRole with a rule whose verbs include access, admin or
 ``*``, whose apiGroups include tenancy.kcp.dev or ``*``, whose resources include
 clusterworkspaces/content, ``*/content`` or ``*``, and whose resourceNames are empty or name the

@@ -23,9 +23,9 @@ FIELDS = {"request_id", "user", "cluster", "virtual_workspace", "verb", "resourc
 @pytest.fixture
 def stream():
     out = io.StringIO()
-    logs.configure("json", 0, stream=out)
+    logs.configure("json", logs.ACCESS_LOG_VERBOSITY, stream=out)
     yield out
-    logs.configure("text", 0)
+    logs.route_to_stdlib()  # as the test harness has it
 
 
 def lines(stream: io.StringIO) -> list[dict]:
@@ -192,7 +192,7 @@ def test_metrics_render_and_separate_registries(stream):
 
 
 def test_stdlib_loggers_share_the_format_and_context(stream):
-    logs.configure("json", 0, stream=stream)
+    logs.configure("json", logs.ACCESS_LOG_VERBOSITY, stream=stream)
     seen = []
 
     def app(environ, start_response):
@@ -224,15 +224,38 @@ def test_verbosity_levels(stream):
 
 def test_text_format_without_colours_off_a_tty():
     out = io.StringIO()
-    logs.configure("text", 0, stream=out)
+    logs.configure("text", logs.ACCESS_LOG_VERBOSITY, stream=out)
     try:
         call(logs.RequestLogMiddleware(api), "/clusters/root/api")
     finally:
-        logs.configure("text", 0)
+        logs.route_to_stdlib()
     text = out.getvalue()
     assert "\x1b[" not in text
     request_line = text.splitlines()[-1]
     assert "request" in request_line and "cluster=root" in request_line and "code=200" in request_line
+
+
+def test_by_default_only_server_errors_get_an_access_line(stream):
+    logs.configure("json", 0, stream=stream)
+
+    def app(environ, start_response):
+        code = environ["PATH_INFO"].rsplit("/", 1)[1]
+        start_response(f"{code} X", [])
+        return [b""]
+
+    for code in (200, 404, 500, 503):
+        call(logs.RequestLogMiddleware(app), f"/clusters/root/{code}")
+    assert [line["code"] for line in lines(stream)] == [500, 503]
+    logs.configure("json", logs.ACCESS_LOG_VERBOSITY, stream=stream)  # kcp start -v 2: one line per request
+    call(logs.RequestLogMiddleware(app), "/clusters/root/200")
+    assert lines(stream)[-1]["code"] == 200
+
+
+def test_the_test_harness_routes_lines_through_logging(caplog):
+    logs.route_to_stdlib()
+    with caplog.at_level(logging.INFO):
+        structlog.get_logger("kcp.test").info("hello", a=1)
+    assert any("hello" in record.getMessage() and "a=1" in record.getMessage() for record in caplog.records)
 
 
 def test_exceptions_are_rendered_in_json(stream):
@@ -247,7 +270,7 @@ def test_exceptions_are_rendered_in_json(stream):
 def test_middleware_overhead_is_small():
     """Overhead per request of logging + metrics (target < 15 µs; asserted loosely, machines are noisy)."""
     with open(os.devnull, "w") as devnull:
-        logs.configure("json", 0, stream=devnull)
+        logs.configure("json", logs.ACCESS_LOG_VERBOSITY, stream=devnull)
         try:
             body = [b"{}"]
 
@@ -272,7 +295,7 @@ def test_middleware_overhead_is_small():
 
             overhead = per_request(logs.RequestLogMiddleware(bare, Metrics())) - per_request(bare)
         finally:
-            logs.configure("text", 0)
+            logs.route_to_stdlib()
     print(f"RequestLogMiddleware overhead: {overhead * 1e6:.1f} µs/request")
     assert overhead < 100e-6
 

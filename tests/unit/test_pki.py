@@ -165,6 +165,30 @@ def test_admin_kubeconfig_loads_into_client_configuration(tmp_path):
     assert cfg.host == servers["root"]
 
 
+def test_a_restart_keeps_the_current_workspace_and_the_contexts_kcp_ws_wrote(tmp_path):
+    from kcp_virtual.cli.workspace import Kubeconfig
+
+    shard = pki.ensure_shard_pki(tmp_path, "127.0.0.1")
+    path = pki.write_admin_kubeconfig(tmp_path, shard, port=7443)
+    kubeconfig = Kubeconfig.load(str(path), None)
+    kubeconfig.switch("root:team")  # what kcp ws use root:team writes
+    doc = yaml.safe_load(path.read_text())
+    doc["contexts"].append({"name": "elsewhere", "context": {"cluster": "other", "user": "admin"}})
+    doc["clusters"].append({"name": "other", "cluster": {"server": "https://other.example:1/clusters/x"}})
+    path.write_text(yaml.safe_dump(doc))
+
+    pki.write_admin_kubeconfig(tmp_path, shard, port=7444)  # kcp start again, on another port
+    doc = yaml.safe_load(path.read_text())
+    assert doc["current-context"] == "root:team"
+    servers = {c["name"]: c["cluster"]["server"] for c in doc["clusters"]}
+    assert servers == {"root": "https://127.0.0.1:7444/clusters/root", "base": "https://127.0.0.1:7444",
+                       "root:team": "https://127.0.0.1:7444/clusters/root:team",
+                       "other": "https://other.example:1/clusters/x"}  # not this shard's: left alone
+    assert [c["name"] for c in doc["contexts"]] == ["root", "base", "workspace.kcp.io/previous", "root:team",
+                                                    "elsewhere"]
+    assert Kubeconfig.load(str(path), None).location() == ("https://127.0.0.1:7444", "root:team")
+
+
 def test_write_kubeconfig_relative_urls_and_validation(tmp_path):
     ca = pki.CA.create("ca")
     cert, key = ca.issue("bob", ["g"])

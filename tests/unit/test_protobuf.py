@@ -84,7 +84,7 @@ def test_secret_bytes_become_base64_and_binary_configmap_data_too():
 
 
 def test_rest_decode_accepts_protobuf():
-    body = _decode(bytes.fromhex(load("namespace")["protobuf_hex"]), "protobuf")
+    body = _decode(bytes.fromhex(load("namespace")["protobuf_hex"]), "protobuf").value
     assert body["metadata"]["name"] == "x" and body["kind"] == "Namespace"
 
 

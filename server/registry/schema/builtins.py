@@ -42,6 +42,16 @@ def resource_schema(group: str, version: str, kind: str) -> dict | None:
     return _linked()[name] if name else None
 
 
+@lru_cache(maxsize=1)
+def _names_by_identity() -> dict[int, str]:
+    return {id(schema): name for name, schema in _linked().items()}
+
+
+def component_name(linked_schema: dict) -> str | None:
+    """The component a linked schema is (``io.k8s.api.apps.v1.DeploymentSpec``), or None for inline ones."""
+    return _names_by_identity().get(id(linked_schema))
+
+
 def object_meta() -> dict:
     """The linked ObjectMeta schema (custom resources' and embedded resources' ``metadata``)."""
     return _linked()[OBJECT_META]

@@ -25,6 +25,17 @@ META_KINDS = {"ObjectMeta", "ListMeta", "LabelSelector", "LabelSelectorRequireme
               "Condition"}
 # Fields the client types as ``object`` that upstream declares IntOrString (everything else ``object`` is free JSON).
 INT_OR_STRING = {"maxSurge", "maxUnavailable", "port", "targetPort"}
+# Fields the client types as ``str`` (or maps of it) that upstream declares a resource.Quantity, which
+# takes a JSON string or number (``cpu: 1``); (model, attribute) pairs of the kinds we serve.
+QUANTITY_FIELDS = {("V1ResourceRequirements", "limits"), ("V1ResourceRequirements", "requests"),
+                   ("V1VolumeResourceRequirements", "limits"), ("V1VolumeResourceRequirements", "requests"),
+                   ("V1EmptyDirVolumeSource", "size_limit"), ("V1PodSpec", "overhead"),
+                   ("V1ResourceFieldSelector", "divisor")}
+QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
+# Upstream's OpenAPI v3 form of a Quantity (kube-openapi's OpenAPIV3OneOfTypes: string or number).
+QUANTITY_SCHEMA = {"description": "Quantity is a fixed-point representation of a number: a string such as "
+                                  "\"100m\", \"1.5Gi\" or \"2\", or a JSON number.",
+                   "oneOf": [{"type": "string"}, {"type": "number"}]}
 
 # (group, version, kind) -> client model, for every built-in kind we serve, plus the Scale of scale subresources.
 ROOTS = {
@@ -92,16 +103,19 @@ class Generator:
             self.schemas[name] = self.model(getattr(self.models, cls_name), group)
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def type_schema(self, type_name: str, field: str, group: str) -> dict:
+    def type_schema(self, type_name: str, field: str, group: str, quantity: bool = False) -> dict:
+        if quantity and type_name == "str":
+            self.schemas[QUANTITY] = QUANTITY_SCHEMA
+            return {"$ref": f"#/components/schemas/{QUANTITY}"}
         if type_name in _SCALARS:
             return dict(_SCALARS[type_name])
         if type_name == "object":
             return {"x-kubernetes-int-or-string": True} if field in INT_OR_STRING else \
                 {"x-kubernetes-preserve-unknown-fields": True}
         if m := _LIST.match(type_name):
-            return {"type": "array", "items": self.type_schema(m.group(1), field, group)}
+            return {"type": "array", "items": self.type_schema(m.group(1), field, group, quantity)}
         if m := _DICT.match(type_name):
-            return {"type": "object", "additionalProperties": self.type_schema(m.group(1), field, group)}
+            return {"type": "object", "additionalProperties": self.type_schema(m.group(1), field, group, quantity)}
         return self.ref(type_name, group)
 
     def model(self, cls, group: str) -> dict:
@@ -110,7 +124,7 @@ class Generator:
         for attr, type_name in cls.openapi_types.items():
             json_name = cls.attribute_map[attr]
             info = cls.model_fields.get(attr)
-            schema = self.type_schema(type_name, json_name, group)
+            schema = self.type_schema(type_name, json_name, group, (cls.__name__, attr) in QUANTITY_FIELDS)
             description = info.description if info is not None else None
             if description:
                 schema = {"allOf": [schema], "description": description} if "$ref" in schema else \
