@@ -414,9 +414,9 @@ class RequestLogMiddleware:
 
         try:
             state.result = self.app(environ, capture)
-        except BaseException:
-            if state.status is None:
-                state.status = "500"
+        except BaseException as exc:
+            if state.status is None:  # what the server answers for it (server.http.serving.BodyTimeout: 408)
+                state.status = getattr(exc, "http_status", "500")
             state.finish()
             raise
         if metrics is not None:
