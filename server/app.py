@@ -15,6 +15,7 @@ import structlog
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework import discovery, errors, negotiation
+from kcp_virtual.framework.audit import AUTHENTICATED_USER, note_decision
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.inflight import IN_FLIGHT_SLOT, InFlightLimiter, answer
 from kcp_virtual.framework.httprequest import HTTPRequest
@@ -117,7 +118,10 @@ class ShardApp:
         if user is None:
             raise errors.Unauthorized()
         cluster = request.environ.get("kcp.cluster", "")
-        user = impersonation.impersonate(request.environ, user, self.authorizer, cluster)
+        impersonated = impersonation.impersonate(request.environ, user, self.authorizer, cluster)
+        if impersonated is not user:
+            request.environ[AUTHENTICATED_USER] = user
+            user = impersonated
         structlog.contextvars.bind_contextvars(user=user.name)
         request.environ["kcp.user"] = user
         return user
@@ -130,7 +134,7 @@ class ShardApp:
         resource = info.resource
         if ":" in resource:  # <resource>:<identity>, an APIExport's copy (server.apis.bound): RBAC names <resource>
             info.resource = resource.partition(":")[0]
-        self._authorize(user, cluster, info)  # every path of a workspace, /version and /openapi included
+        self._authorize(request.environ, user, cluster, info)  # every path of a workspace, /version and /openapi too
         if path in ("/version", "/version/"):
             return json_response(VERSION_INFO)
         if path.startswith("/openapi/"):
@@ -148,12 +152,13 @@ class ShardApp:
             raise errors.NotFound.path()
         return self.api.handle(request, cluster, info, rt, user, self)
 
-    def _authorize(self, user: UserInfo, cluster: str, info: RequestInfo) -> None:
+    def _authorize(self, environ: dict, user: UserInfo, cluster: str, info: RequestInfo) -> None:
         attributes = Attributes(user=user, verb=info.verb, cluster=cluster, is_resource=info.is_resource,
                                 path=info.path, api_group=info.group, api_version=info.version,
                                 namespace=info.namespace, resource=info.resource, subresource=info.subresource,
                                 name=info.name)
         decision = self.authorizer.authorize(attributes)
+        note_decision(environ, info, decision.allowed, decision.reason)
         if not decision.allowed:
             message, details = forbidden_message(attributes, decision.reason)
             raise errors.Forbidden(message, details=details or None)

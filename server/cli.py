@@ -70,6 +70,9 @@ def _limit_arguments(parser) -> None:
                              "exempt; 0 = no limit; default 400)")
     parser.add_argument("--max-mutating-requests-inflight", type=int, default=200, metavar="N",
                         help="mutating requests served at once; more get 429 (0 = no limit; default 200)")
+    parser.add_argument("--audit-log-path", default=None, metavar="FILE",
+                        help="append one audit.k8s.io/v1 Event (JSON line, level Metadata) per request: who, what, "
+                             "where, the authorization decision and its reason; - is standard output")
     parser.add_argument("--max-connections", type=int, default=20000, metavar="N",
                         help="open connections (parked watches included); more are refused at once (default 20000)")
     # Defaults (None here): server.http.serving's HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT, not imported for `kcp ws`.
@@ -119,7 +122,8 @@ def run_start(args) -> int:
                          run_virtual_workspaces=args.run_virtual_workspaces,
                          max_requests_in_flight=args.max_requests_inflight,
                          max_mutating_requests_in_flight=args.max_mutating_requests_inflight,
-                         max_connections=args.max_connections, **_timeouts(args),
+                         max_connections=args.max_connections, audit_log_path=args.audit_log_path,
+                         **_timeouts(args),
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
                          virtual_workspaces=virtual_workspaces)
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
@@ -206,6 +210,7 @@ def run_virtual_workspaces(args) -> int:
     from kcp_virtual.framework.plugins import PluginError
     from kcp_virtual.framework.inflight import InFlightLimiter
     from server.http import logs
+    from server.http.audit import AuditLog
     from server.http.metrics import Metrics
     from server.http.serving import Server
 
@@ -228,7 +233,9 @@ def run_virtual_workspaces(args) -> int:
                         limiter=limiter,
                         bookmark_interval=args.bookmark_interval,
                         allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()])
-        server = Server(logs.RequestLogMiddleware(app, metrics), host=args.bind_address, port=args.secure_port,
+        audit = AuditLog(args.audit_log_path) if args.audit_log_path else None
+        server = Server(logs.RequestLogMiddleware(app, metrics, audit=audit), host=args.bind_address,
+                        port=args.secure_port,
                         certfile=args.tls_cert_file or str(root / "virtual-workspaces.crt"),
                         keyfile=args.tls_private_key_file or str(root / "virtual-workspaces.key"),
                         client_ca_files=[client_ca, requestheader_ca], http2=True,  # the shard's watches

@@ -30,6 +30,7 @@ from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
 from server.controllers.workspaces import WorkspaceController
+from server.http.audit import AuditLog
 from server.http.forwarding import ServicesForwarder
 from server.http.logs import RequestLogMiddleware
 from server.http.metrics import Metrics
@@ -68,6 +69,7 @@ class ShardConfig:
     virtual_workspaces: tuple[str | VirtualWorkspaceFactory, ...] | None = None
     run_virtual_workspaces: bool = True       # False: /services/* is forwarded to shard_virtual_workspace_url
     shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
+    audit_log_path: str | None = None         # kube's --audit-log-path: one audit.k8s.io/v1 Event per request
 
     def storage_path(self) -> Path:
         if self.storage:
@@ -81,6 +83,7 @@ class Shard:
         self.root = Path(config.root_directory)
         self.server: Server | None = None
         self.store: Store | None = None
+        self.audit: AuditLog | None = None
         self.controllers: list[Controller] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,7 +133,8 @@ class Shard:
                 self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
                 cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
                 current_resource_version=self.registry.current_resource_version)
-        access_log = RequestLogMiddleware(self.app, self.metrics)
+        self.audit = AuditLog(self.config.audit_log_path) if self.config.audit_log_path else None
+        access_log = RequestLogMiddleware(self.app, self.metrics, audit=self.audit)
         # Forwarded /services/* skip the WSGI stack (server.http.forwarding.ServicesForwarder.forward_raw).
         intercept = access_log.intercepting(self.app.intercept) if self.virtual_workspaces is None else None
         self.server = Server(access_log, intercept=intercept, intercept_prefix="/services/",
@@ -167,6 +171,9 @@ class Shard:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
 
     def serve_forever(self) -> None:
         self.server.serve_forever()

@@ -24,6 +24,7 @@ from kcp_virtual.external.delegated import (DEFAULT_ALLOWED_NAMES, FRESH_AS_OF, 
 from kcp_virtual.external.informer import BOOKMARK_INTERVAL
 from kcp_virtual.external.remote import RemoteShardClient
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.audit import AUTHENTICATED_USER
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.httprequest import HTTPRequest
@@ -60,7 +61,10 @@ class VirtualWorkspacesApp:
         user = self.authenticator.authenticate(environ)
         if user is None:
             raise errors.Unauthorized()
-        user = impersonate(environ, user)
+        impersonated = impersonate(environ, user)
+        if impersonated is not user:
+            environ[AUTHENTICATED_USER] = user
+            user = impersonated
         structlog.contextvars.bind_contextvars(user=user.name)
         environ["kcp.user"] = user
         environ[IN_FLIGHT_SLOT] = self.limiter.admit(environ, user.groups)

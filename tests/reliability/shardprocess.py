@@ -5,14 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.topologies import REPOSITORY, free_port
+from tests.topologies import REPOSITORY, ServerProcess, free_port
 
 START_TIMEOUT = 30.0
 
@@ -25,8 +24,9 @@ def https_connection(port: int, ca_file: str, timeout: float = 10.0, cert: tuple
     return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
 
 
-class ShardProcess:
-    """A shard in its own process: ``start()`` (seconds until /readyz answers 200), ``kill()`` (SIGKILL), ``stop()``."""
+class ShardProcess(ServerProcess):
+    """A shard in its own process: ``start()`` (seconds until /readyz answers 200; again after a kill: same port and
+    data), ``kill()`` (SIGKILL), ``stop()``."""
 
     def __init__(self, workdir: Path, *args: str, port: int | None = None):
         self.workdir = Path(workdir)
@@ -76,22 +76,6 @@ class ShardProcess:
             return False
         finally:
             connection.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 class RestClient:
