@@ -32,6 +32,9 @@ def _start_parser(sub) -> None:
     start.add_argument("--shard-virtual-workspace-url", default=None,
                        help="base URL of this shard's virtual workspaces, published in status "
                             "(default: the shard's own URL)")
+    start.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="the longest a forwarded /services/* request waits for the virtual-workspace server "
+                            "(a watch: for its response head), else 504 (default 60)")
     _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
     _limit_arguments(start)
     start.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -123,6 +126,7 @@ def run_start(args) -> int:
                          max_requests_in_flight=args.max_requests_inflight,
                          max_mutating_requests_in_flight=args.max_mutating_requests_inflight,
                          max_connections=args.max_connections, audit_log_path=args.audit_log_path,
+                         request_timeout=args.request_timeout,
                          **_timeouts(args),
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
                          virtual_workspaces=virtual_workspaces)

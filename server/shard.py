@@ -69,6 +69,7 @@ class ShardConfig:
     virtual_workspaces: tuple[str | VirtualWorkspaceFactory, ...] | None = None
     run_virtual_workspaces: bool = True       # False: /services/* is forwarded to shard_virtual_workspace_url
     shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
+    request_timeout: float = 60.0             # kube's --request-timeout: the longest a forwarded request waits upstream
     audit_log_path: str | None = None         # kube's --audit-log-path: one audit.k8s.io/v1 Event per request
 
     def storage_path(self) -> Path:
@@ -132,7 +133,7 @@ class Shard:
             self.app.services = ServicesForwarder(
                 self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
                 cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
-                current_resource_version=self.registry.current_resource_version)
+                current_resource_version=self.registry.current_resource_version, timeout=self.config.request_timeout)
         self.audit = AuditLog(self.config.audit_log_path) if self.config.audit_log_path else None
         access_log = RequestLogMiddleware(self.app, self.metrics, audit=self.audit)
         # Forwarded /services/* skip the WSGI stack (server.http.forwarding.ServicesForwarder.forward_raw).
