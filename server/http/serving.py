@@ -515,6 +515,11 @@ class _Handler(pywsgi.WSGIHandler):
                 return
         super().handle_one_response()
 
+    def finalize_headers(self):
+        super().finalize_headers()
+        if self.command == "HEAD":  # no body, so no chunk framing either: a stray "0\r\n\r\n" would be taken for
+            self.response_use_chunked = False  # the next response's status line on a keep-alive connection
+
     def _write_with_headers(self, data):
         # pywsgi's sends the head and the first body bytes separately: two TLS records, two
         # syscalls, and a reader on the same host woken twice per response (the shard forwarding

@@ -492,3 +492,23 @@ def test_a_buffered_intercepted_request_sees_the_environ_pywsgi_would_build(shar
     assert fast["wsgi.input"].read() == b"" and not hasattr(fast["wsgi.input"], "content_length")  # the fast path
     own = {"wsgi.input", "wsgi.input_terminated"}
     assert {k: v for k, v in fast.items() if k not in own} == {k: v for k, v in pywsgi_env.items() if k not in own}
+
+
+def _stream(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])  # no Content-Length: a stream
+    return iter([b'{"a":1}\n'])
+
+
+def test_a_head_of_a_stream_sends_no_chunk_framing_and_keeps_the_connection_usable(shard_pki):
+    with Running(_stream, shard_pki, tls=False) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += s.recv(1)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"0\r\n\r\n"):
+                answer += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert answer.startswith(b"HTTP/1.1 200") and b'{"a":1}' in answer  # not a stray "0\r\n\r\n" first
