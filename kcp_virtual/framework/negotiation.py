@@ -302,8 +302,12 @@ def parse_body(data: bytes, kind: str):
     """A JSON or YAML body (``kind`` from ``request_content_kind``); malformed input is a 400 in kube's words."""
     if kind in ("yaml", "apply-patch"):
         try:
-            return yaml.safe_load(data)
+            value = yaml.safe_load(data)
         except yaml.YAMLError as exc:
+            raise BadRequest(f"error converting YAML to JSON: {exc}") from None
+        try:  # what JSON can say: timestamps become strings; a non-string key or a lone surrogate is refused
+            return orjson.loads(orjson.dumps(value))
+        except (TypeError, orjson.JSONDecodeError) as exc:
             raise BadRequest(f"error converting YAML to JSON: {exc}") from None
     try:
         return orjson.loads(data)

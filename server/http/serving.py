@@ -520,6 +520,10 @@ class _Handler(pywsgi.WSGIHandler):
         if self.command == "HEAD":  # no body, so no chunk framing either: a stray "0\r\n\r\n" would be taken for
             self.response_use_chunked = False  # the next response's status line on a keep-alive connection
 
+    def _write(self, data, *args):
+        if self.command != "HEAD":  # pywsgi would send an app's body after a HEAD's head
+            super()._write(data, *args)
+
     def _write_with_headers(self, data):
         # pywsgi's sends the head and the first body bytes separately: two TLS records, two
         # syscalls, and a reader on the same host woken twice per response (the shard forwarding
@@ -527,6 +531,8 @@ class _Handler(pywsgi.WSGIHandler):
         # ordinary size; a large body is not copied.
         self.headers_sent = True
         self.finalize_headers()
+        if self.command == "HEAD":
+            data = b""
         towrite = bytearray(b"HTTP/1.1 ")
         towrite += self.status
         towrite += b"\r\n"

@@ -219,6 +219,12 @@ def test_generated_requests_get_no_5xx_no_crash_and_no_hang(target):
 REGRESSIONS: list[tuple[str, str, dict, bytes | None]] = [
     # A HEAD of a watch got the chunked body's terminator, taken for the next answer's status line.
     ("HEAD", "/clusters/root/api/v1/namespaces/default/configmaps?timeoutSeconds=1&watch=true", {}, None),
+    # YAML that JSON cannot say (a lone surrogate, a non-string key, binary) was a 500; a timestamp a datetime.
+    *[("POST", "/clusters/root/api/v1/namespaces/fuzz/configmaps", {"Content-Type": "application/yaml"}, body)
+      for body in (b'metadata: {name: x}\ndata: {a: "\\ud800"}', b"metadata: {name: y}\n1: a",
+                   b"metadata: {name: z}\ndata: {a: !!binary aGVsbG8=}", b"metadata: {name: 2001-12-14}")],
+    ("POST", "/clusters/root/api/v1/namespaces/fuzz/configmaps", {"Content-Type": "application/json"},
+     b'{"metadata": {"name": "s"}, "data": {"a": "\\ud800"}}'),
 ]
 
 
