@@ -67,6 +67,9 @@ INCLUDE_OBJECT_VALUES = ("Metadata", "None", "Object")
 
 #: Request bodies accepted (kube-apiserver's limit for a single JSON object).
 MAX_BODY_BYTES = 3 * 1024 * 1024
+#: Deepest nesting of a body, well inside what orjson serializes (254 levels) once an answer wraps the object
+#: in a list or a watch event; a deeper body would be stored and then fail every answer with a 500.
+MAX_DEPTH = 100
 
 
 class MediaType(NamedTuple):
@@ -306,13 +309,29 @@ def parse_body(data: bytes, kind: str):
         except yaml.YAMLError as exc:
             raise BadRequest(f"error converting YAML to JSON: {exc}") from None
         try:  # what JSON can say: timestamps become strings; a non-string key or a lone surrogate is refused
-            return orjson.loads(orjson.dumps(value))
+            value = orjson.loads(orjson.dumps(value))
         except (TypeError, orjson.JSONDecodeError) as exc:
             raise BadRequest(f"error converting YAML to JSON: {exc}") from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
+        deep = _too_deep(value)
+    else:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"couldn't get version/kind; json parse error: {exc}") from None
+        deep = data.count(b"{") + data.count(b"[") > MAX_DEPTH and _too_deep(value)  # a cheap count first
+    if deep:
+        raise BadRequest(f"couldn't get version/kind; json parse error: nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _too_deep(value) -> bool:
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return False
+    return any(isinstance(node, (dict, list)) for node in level)
 
 
 def json_response(body, status: int = 200, content_type: str = JSON, headers: dict | None = None) -> Response:

@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 LONG = os.environ.get("KCP_RELIABILITY", "") == "long"
 
@@ -41,3 +42,14 @@ def percentile(values: list[float], p: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))]
+
+
+def wait(get: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+    """``get()`` once ``ok`` of it holds, polled; an AssertionError showing the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, value
+        time.sleep(0.05)
