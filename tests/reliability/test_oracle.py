@@ -6,7 +6,8 @@ is built through the API; then thousands of probes (``oracle.views``: one module
 random callers -- sometimes with forged ``X-Remote-*`` requestheaders (a client that is not the shard's
 proxy: they must change nothing) or an impersonation they were never granted (403), sometimes with the
 token of a service account deleted halfway (401) -- while grants are added and revoked and objects
-created between them. A leak is an answer showing more than the model allows; a wrong denial one showing
+created between them. Some lists are checked as watches: their initial events must be the list, and an
+object created while the watch is open must arrive exactly when the caller may see it. A leak is an answer showing more than the model allows; a wrong denial one showing
 less. Right after a change the server may lag the model for a moment (kube's RBAC does too): a GET that
 disagrees is asked again for up to ``CONVERGE_S``, and only what stays wrong is a mismatch; how often and
 how long it lagged is reported. Checks: 2,000 per topology in CI, 10,000 with ``KCP_RELIABILITY=long``.
@@ -14,6 +15,7 @@ how long it lagged is reported. Checks: 2,000 per topology in CI, 10,000 with ``
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from urllib.parse import urlparse
@@ -25,12 +27,15 @@ from tests.reliability.conditions import record, scale
 from tests.reliability.oracle.views import VIEWS, Probe
 from tests.reliability.oracle.world import World
 from kcp_virtual.external.delegated import TOKEN_TTL
-from tests.reliability.shardprocess import RestClient
+from tests.reliability.shardprocess import RestClient, https_connection
 from tests.topologies import TOPOLOGIES, running_topology
 
 CHECKS = scale(2000, 10_000)
 MUTATE_EVERY = 20
 CONVERGE_S = 2.0
+WATCH_EVERY = 7       # of the checks, those that are a watchable list's: checked as a watch instead
+WATCH_WAIT_S = 5.0    # for an event that must come
+ABSENCE_S = 0.1       # for events that must not
 SPOOFS = {
     "none": {},
     "requestheader": {"X-Remote-User": "kcp-admin", "X-Remote-Group": "system:masters",
@@ -67,6 +72,7 @@ class Checker:
         self.checks: dict[str, int] = {}
         self.mismatches: list[dict] = []
         self.converged: list[float] = []
+        self.watched_arrivals = 0  # watches that had to see an object created while they were open
         self.outcomes: dict[str, int] = {}  # view:status(+items, capped at 3): that the probes reach both sides
 
     def client(self, via: str, caller: str) -> RestClient:
@@ -87,6 +93,63 @@ class Checker:
         if self.direct_to_external and time.monotonic() - self.world.revoked[probe.caller] < TOKEN_TTL + 1:
             return [(401, None), answer]
         return [(401, None)]
+
+    def check_watch(self, probe: Probe, spoof: str) -> None:
+        """The list as a watch: its initial events are the list, then what ``probe.during`` creates arrives
+        exactly when the model says the caller sees it (waiting ``ABSENCE_S`` for what must not come)."""
+        label = f"{probe.view}-watch/{spoof}"
+        self.checks[label] = self.checks.get(label, 0) + 1
+        connection = https_connection(self.ports[probe.via], self.ca_file, timeout=10)
+        separator = "&" if "?" in probe.path else "?"
+        connection.request("GET", f"{probe.path}{separator}watch=true&sendInitialEvents=true&allowWatchBookmarks=true"
+                                  "&resourceVersionMatch=NotOlderThan&timeoutSeconds=10",
+                           headers={"Authorization": f"Bearer {self.world.tokens[probe.caller]}", **SPOOFS[spoof]})
+        try:
+            response = connection.getresponse()
+            if response.status != 200:
+                response.read()
+                self._compare(probe, spoof, label, (response.status, None), self.expected(probe, spoof))
+                return
+            seen: list[dict] = []
+            for event in _events(response):
+                if event["type"] == "BOOKMARK":
+                    if (event["object"]["metadata"].get("annotations") or {}).get("k8s.io/initial-events-end"):
+                        break
+                    continue
+                seen.append(event["object"])
+            else:
+                raise AssertionError(f"{label}: the watch ended before its initial events did")
+            initial = (200, probe.names({"items": seen}))
+            outcome = f"{label.split('/')[0]}:200+{min(len(initial[1]), 3)}"
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            if not self._compare(probe, spoof, label, initial, self.expected(probe, spoof)) or probe.during is None:
+                return
+            probe.during()
+            expected = [(status, names) for status, names in self.expected(probe, spoof) if status == 200]
+            coming = expected[0][1] - initial[1] if expected else frozenset()
+            if coming:
+                self.watched_arrivals += 1
+            arrived: list[dict] = []
+            connection.sock.settimeout(WATCH_WAIT_S if coming else ABSENCE_S)
+            try:
+                for event in _events(response):
+                    if event["type"] != "BOOKMARK":
+                        arrived.append(event["object"])
+                        if coming <= probe.names({"items": arrived}):
+                            break
+            except TimeoutError:
+                pass
+            self._compare(probe, spoof, label, (200, initial[1] | probe.names({"items": arrived})), expected)
+        finally:
+            connection.close()
+
+    def _compare(self, probe: Probe, spoof: str, label: str, observed, expected: list) -> bool:
+        if observed in expected:
+            return True
+        self.mismatches.append({"kind": classify(expected[0], observed), "view": label, "spoof": spoof,
+                                "caller": probe.caller, "request": f"WATCH {probe.via}:{probe.path}",
+                                "expected": describe(expected[0]), "observed": describe(observed)})
+        return False
 
     def observe(self, probe: Probe, spoof: str) -> tuple[int, frozenset | None]:
         status, answer = self.client(probe.via, probe.caller).call(
@@ -117,6 +180,14 @@ class Checker:
         self.mismatches.append({"kind": classify(expected, observed), "view": probe.view, "spoof": spoof,
                                 "caller": probe.caller, "request": f"{probe.method} {probe.via}:{probe.path}",
                                 "expected": describe(expected), "observed": describe(observed)})
+
+
+def _events(response):
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        yield json.loads(line)
 
 
 def classify(expected, observed) -> str:
@@ -152,7 +223,11 @@ def test_no_caller_sees_or_does_more_or_less_than_the_model_allows(topology):
         caller = world.callers[rng.choice(callers)]
         view = rng.choice(VIEWS)
         spoof = rng.choices(list(SPOOFS), weights=(6, 2, 1, 1))[0]
-        checker.check(view.probe(world, caller, rng), spoof)
+        probe = view.probe(world, caller, rng)
+        if probe.watchable and n % WATCH_EVERY == 0:
+            checker.check_watch(probe, spoof)
+        else:
+            checker.check(probe, spoof)
         if len(checker.mismatches) >= 10:
             break  # enough to show; each one waited CONVERGE_S
     seconds = time.monotonic() - started
@@ -164,11 +239,11 @@ def test_no_caller_sees_or_does_more_or_less_than_the_model_allows(topology):
            by_view_and_spoof=dict(sorted(checker.checks.items())), outcomes=dict(sorted(checker.outcomes.items())),
            leaks=kinds["leak"],
            wrong_denials=kinds["wrong denial"], other_mismatches=kinds["other"],
-           lagged_then_converged=len(checker.converged),
+           watches_with_a_live_arrival=checker.watched_arrivals, lagged_then_converged=len(checker.converged),
            lag_max_ms=round(max(checker.converged) * 1000) if checker.converged else 0,
            mismatch_examples=checker.mismatches[:5])
     assert not checker.mismatches, f"{len(checker.mismatches)} mismatches, e.g. {checker.mismatches[:5]}"
-    assert set(label.split("/")[0] for label in checker.checks) == {view.name for view in VIEWS}
+    assert {label.split("/")[0].removesuffix("-watch") for label in checker.checks} == {view.name for view in VIEWS}
     for view in VIEWS:  # every view was seen both allowing and refusing, or the checks prove little
         statuses = {int(o.split(":")[1][:3]) for o in checker.outcomes if o.startswith(f"{view.name}:")}
         assert any(s < 300 for s in statuses) and any(s >= 400 for s in statuses), (view.name, statuses)

@@ -156,6 +156,7 @@ class World:
         self.admin.ok("POST", f"/clusters/{cluster}/api/v1/namespaces/{ns}/configmaps",
                       {"metadata": {"name": name}, "data": {"k": "v"}})
         self.configmaps[(cluster, ns)].add(name)
+        self.mutations += 1
 
     def _subject(self, broad: bool) -> Subject:
         """A user, a group (``broad``: also everyone authenticated or every service account) or a service account."""
@@ -222,12 +223,13 @@ class World:
         if pick < 0.9:
             cluster, ns = cluster_of(self.rng.choice(TENANTS)), self.rng.choice(NAMESPACES)
             self.create_configmap(cluster, ns)
-            self.mutations += 1
             return f"configmap in {cluster}/{ns}"
-        cluster = cluster_of(self.rng.choice(BOUND))
+        return f"widget {self.create_widget(cluster_of(self.rng.choice(BOUND)))}"
+
+    def create_widget(self, cluster: str) -> str:
         name = f"w-{self.serial()}"
         self.admin.ok("POST", self.widget_path(cluster), self._widget_body(name))
         self.widgets[cluster].add(name)
         self.mutations += 1
-        return f"widget {cluster}/{name}"
+        return f"{cluster}/{name}"
 

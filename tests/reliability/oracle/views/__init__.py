@@ -34,6 +34,8 @@ class Probe:
     names: Callable[[dict], frozenset] | None = None
     done: Callable[[int], None] | None = None
     headers: dict = field(default_factory=dict)
+    watchable: bool = False
+    during: Callable[[], None] | None = None
 
 
 def items(answer: dict) -> frozenset:

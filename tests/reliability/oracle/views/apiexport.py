@@ -32,6 +32,7 @@ class APIExportView(View):
 
         if rng.random() < 0.5:
             return Probe(self.name, caller.key, "GET", f"{BASE}/*/{WIDGETS}", via="vw", names=cluster_names,
+                         watchable=True, during=lambda: world.create_widget(cluster_of(rng.choice(BOUND))),
                          expect=lambda: (200, widgets(cluster_of(ws) for ws in BOUND)) if content("list")
                          else (403, None))
         ws = rng.choice(TENANTS)

@@ -26,7 +26,9 @@ class ShardView(View):
 
         if kind == "list":
             return Probe(self.name, caller.key, "GET", f"{base}/namespaces/{ns}/configmaps",
-                         expect_list("configmaps", ns, lambda: world.configmaps.get((cluster, ns), set())), names=items)
+                         expect_list("configmaps", ns, lambda: world.configmaps.get((cluster, ns), set())), names=items,
+                         watchable=True, during=(lambda: world.create_configmap(cluster, ns))
+                         if (cluster, ns) in world.configmaps else None)
         if kind == "secrets":
             return Probe(self.name, caller.key, "GET", f"{base}/namespaces/{ns}/secrets",
                          expect_list("secrets", ns, lambda: world.secrets.get((cluster, ns), set())), names=items)

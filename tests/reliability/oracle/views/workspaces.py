@@ -28,6 +28,7 @@ class WorkspacesView(View):
         if rng.random() < 0.6:
             scope = rng.choice(("all", "all", "personal"))
             return Probe(self.name, caller.key, "GET", f"{BASE}/{scope}/{RESOURCE}", via="vw", names=items,
+                         watchable=True,
                          expect=lambda: (403, None) if denied_org() else
                          (200, visible() if scope == "all" else frozenset()))  # the admin owns them all
         ws = rng.choice((*TENANTS, PROVIDER))
