@@ -108,18 +108,28 @@ class Target:
 
     def send(self, who: str, method: str, path: str, headers: dict, body: bytes | None) -> tuple[int, dict, bytes]:
         """One request; raises AssertionError for a hang, a crash or an answer without a status."""
-        connection = self.connection(who)
         self.sent += 1
-        if connection._HTTPConnection__state != "Idle":  # a request left half-sent by a failure before: start afresh
-            self.drop(who)
+        for attempt in (0, 1):
             connection = self.connection(who)
+            if connection._HTTPConnection__state != "Idle":  # left half-sent by a failure before: start afresh
+                self.drop(who)
+                connection = self.connection(who)
+            reused = connection.sock is not None
+            try:
+                connection.putrequest(method, path, skip_accept_encoding=True)
+                for name, value in headers.items():
+                    connection.putheader(name, value)
+                if body is not None:
+                    connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body)
+                break
+            except OSError:  # a keep-alive connection the server had closed: once more on a new one, as clients do
+                self.drop(who)
+                if body is not None and len(body) > 3 * 1024 * 1024:
+                    return 413, {}, b""  # refused before the whole body was sent
+                if attempt or not reused:
+                    raise AssertionError(f"could not send {method} {path}")
         try:
-            connection.putrequest(method, path, skip_accept_encoding=True)
-            for name, value in headers.items():
-                connection.putheader(name, value)
-            if body is not None:
-                connection.putheader("Content-Length", str(len(body)))
-            connection.endheaders(body)
             response = connection.getresponse()
             data = response.read()
         except TimeoutError:
@@ -177,6 +187,8 @@ def generated_request(draw, paths: list[fuzzing.Path]):
 def check(target: Target, who, method, url, headers, data, server) -> None:
     status, response_headers, body = target.send(who, method, url, headers, data)
     target.servers[server] = target.servers.get(server, 0) + 1
+    if status == 504 and method == "HEAD":  # the same as a GET, whose body says why
+        body = target.send(who, "GET", url, headers, data)[2]
     if status == 504 and b"ResourceVersionTooLarge" in body:
         target.too_large_rv += 1  # kube's answer to a read of a resourceVersion the shard has not reached yet
     else:
