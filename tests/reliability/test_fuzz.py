@@ -169,7 +169,9 @@ def generated_request(draw, paths: list[fuzzing.Path]):
         method = "POST"  # #18: PUT to a collection answers 404
     url = fuzzing.mangle(fuzzing.fill(path.template, draw), draw)
     query = draw(fuzzing.query())
-    data, content_type = draw(fuzzing.body()) if method not in ("GET", "HEAD") or draw(st.integers(0, 9)) == 0 \
+    # A HEAD with a body is refused (400) and its connection closed while the client may still be sending it:
+    # not an answer a client can read, so HEADs go without.
+    data, content_type = draw(fuzzing.body()) if method != "HEAD" and (method != "GET" or draw(st.integers(0, 9)) == 0) \
         else (None, "")
     if fuzzing.EXCLUDED_UNTIL_18 and path.server == "apiexport" and "strategic" in content_type:
         content_type = "application/merge-patch+json"  # #18: the apiexport VW's 415 listing strategic merge patch
