@@ -197,7 +197,16 @@ class StalledWatch(_Attack):
 
 class ConnectionFlood(_Attack):
     """Plain TCP connections opened as fast as possible and held (no TLS): past ``--max-connections`` they must be
-    refused at once, not queued."""
+    refused at once, not queued (``refused_after``: seconds from connecting to the refusal)."""
+
+    def __init__(self, port: int, ca_file: str, connections: int):
+        super().__init__(port, ca_file, connections)
+        self.refused_after: list[float] = []
+
+    def _refused(self, started: float) -> None:
+        with self._lock:
+            self.report.refused += 1
+            self.refused_after.append(time.monotonic() - started)
 
     def one(self, i: int) -> None:
         sock = socket.socket()
@@ -212,14 +221,12 @@ class ConnectionFlood(_Attack):
             except socket.timeout:
                 data = None  # held open by the server: accepted
             if data == b"":
-                self.count("cut", time.monotonic() - started)
+                self._refused(started)
                 return
             self.count("opened")
-            self._wait_for_cut(sock, started)
+            self._wait_for_cut(sock, started)  # accepted: the server's handshake timeout cuts it
         except ConnectionResetError:
-            with self._lock:
-                self.report.refused += 1
-                self.report.cut.append(time.monotonic() - started)
+            self._refused(started)
         finally:
             sock.close()
 
