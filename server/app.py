@@ -15,7 +15,9 @@ import structlog
 from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework import discovery, errors, negotiation
+from kcp_virtual.framework.audit import AUTHENTICATED_USER, note_decision
 from kcp_virtual.framework.health import health_response, is_health_path
+from kcp_virtual.framework.inflight import IN_FLIGHT_SLOT, InFlightLimiter, answer
 from kcp_virtual.framework.httprequest import HTTPRequest
 from kcp_virtual.framework.openapi import v2_document
 from kcp_virtual.framework.requestinfo import RequestInfo, parse_request_info
@@ -41,26 +43,9 @@ DEFAULT_CLUSTER = "root"
 ServiceHandler = Callable[[Request, UserInfo], Response]
 
 
-class InFlightLimiter:
-    """kube's max-requests-inflight: short requests beyond the limit get 429 instead of queueing forever."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.current = 0
-
-    def __enter__(self):
-        if self.current >= self.limit:
-            raise errors.TooManyRequests()
-        self.current += 1
-        return self
-
-    def __exit__(self, *exc):
-        self.current -= 1
-
-
 class ShardApp:
     def __init__(self, registry: Registry, catalog: Catalog, authenticator: Authenticator, authorizer: Authorizer,
-                 *, metrics=None, server_address: str = "127.0.0.1:6443", max_requests_in_flight: int = 400,
+                 *, metrics=None, server_address: str = "127.0.0.1:6443", limiter: InFlightLimiter | None = None,
                  bookmark_interval: float = 60.0):
         self.registry = registry
         self.catalog = catalog
@@ -69,7 +54,7 @@ class ShardApp:
         self.metrics = metrics
         self.server_address = server_address
         self.api = ResourceAPI(registry, bookmark_interval=bookmark_interval)
-        self.limiter = InFlightLimiter(max_requests_in_flight)
+        self.limiter = limiter if limiter is not None else InFlightLimiter()
         self.readiness: dict[str, Callable[[], bool]] = {"ping": lambda: True, "storage": self._storage_ready}
         self.services: ServiceHandler | None = None
         self.token_issuer = None  # server.auth.serviceaccounts.ServiceAccountTokens (TokenRequest, TokenReview)
@@ -77,8 +62,7 @@ class ShardApp:
     # ------------------------------------------------------------------ WSGI
 
     def __call__(self, environ, start_response):
-        response = errors.respond(self.dispatch, HTTPRequest(environ), log)
-        return response(environ, start_response)
+        return answer(environ, start_response, lambda: errors.respond(self.dispatch, HTTPRequest(environ), log))
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
@@ -98,6 +82,7 @@ class ShardApp:
             cluster = ""
         request.environ["kcp.cluster"] = cluster  # service-account tokens are only valid in their cluster
         user = self.authenticate(request)
+        request.environ[IN_FLIGHT_SLOT] = self.limiter.admit(request.environ, user.groups)
         if path == "/metrics" and self.metrics is not None:
             return self.metrics.wsgi_response(request.environ)
         if path.startswith("/services/") or path == "/services":
@@ -108,8 +93,8 @@ class ShardApp:
 
     def intercept(self, environ: dict, exchange) -> bool:
         """``/services/*`` straight to a raw-capable services handler (the forwarder), before WSGI, when the
-        caller authenticates as itself; everything else (no or bad credentials, impersonation) is left to
-        ``dispatch``, which answers it the usual way."""
+        caller authenticates as itself and the in-flight limit admits it; everything else (no or bad
+        credentials, impersonation, a 429) is left to ``dispatch``, which answers it the usual way."""
         forward_raw = getattr(self.services, "forward_raw", None)
         if forward_raw is None or not environ.get("PATH_INFO", "").startswith("/services/"):
             return False
@@ -122,9 +107,13 @@ class ShardApp:
             return False
         if user is None:
             return False
+        slot = self.limiter.try_admit(environ, user.groups)
+        if slot is None:
+            return False  # dispatch answers the 429
         structlog.contextvars.bind_contextvars(user=user.name)
         environ["kcp.user"] = user
-        return forward_raw(environ, exchange, user)
+        with slot:
+            return forward_raw(environ, exchange, user)
 
     def authenticate(self, request: Request) -> UserInfo:
         """The caller's identity (impersonated, if asked and allowed), or 401. ``environ["kcp.user"]`` carries it."""
@@ -132,7 +121,10 @@ class ShardApp:
         if user is None:
             raise errors.Unauthorized()
         cluster = request.environ.get("kcp.cluster", "")
-        user = impersonation.impersonate(request.environ, user, self.authorizer, cluster)
+        impersonated = impersonation.impersonate(request.environ, user, self.authorizer, cluster)
+        if impersonated is not user:
+            request.environ[AUTHENTICATED_USER] = user
+            user = impersonated
         structlog.contextvars.bind_contextvars(user=user.name)
         request.environ["kcp.user"] = user
         return user
@@ -145,7 +137,7 @@ class ShardApp:
         resource = info.resource
         if ":" in resource:  # <resource>:<identity>, an APIExport's copy (server.apis.bound): RBAC names <resource>
             info.resource = resource.partition(":")[0]
-        self._authorize(user, cluster, info)  # every path of a workspace, /version and /openapi included
+        self._authorize(request.environ, user, cluster, info)  # every path of a workspace, /version and /openapi too
         if path in ("/version", "/version/"):
             return json_response(VERSION_INFO)
         if path.startswith("/openapi/"):
@@ -163,17 +155,15 @@ class ShardApp:
             raise errors.NotFound.path()
         if rt.namespaced is False and info.namespace and info.resource != "namespaces":
             raise errors.NotFound.path()
-        if info.verb == "watch":
-            return self.api.handle(request, cluster, info, rt, user, self)
-        with self.limiter:
-            return self.api.handle(request, cluster, info, rt, user, self)
+        return self.api.handle(request, cluster, info, rt, user, self)
 
-    def _authorize(self, user: UserInfo, cluster: str, info: RequestInfo) -> None:
+    def _authorize(self, environ: dict, user: UserInfo, cluster: str, info: RequestInfo) -> None:
         attributes = Attributes(user=user, verb=info.verb, cluster=cluster, is_resource=info.is_resource,
                                 path=info.path, api_group=info.group, api_version=info.version,
                                 namespace=info.namespace, resource=info.resource, subresource=info.subresource,
                                 name=info.name)
         decision = self.authorizer.authorize(attributes)
+        note_decision(environ, info, decision.allowed, decision.reason)
         if not decision.allowed:
             message, details = forbidden_message(attributes, decision.reason)
             raise errors.Forbidden(message, details=details or None)

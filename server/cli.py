@@ -32,7 +32,11 @@ def _start_parser(sub) -> None:
     start.add_argument("--shard-virtual-workspace-url", default=None,
                        help="base URL of this shard's virtual workspaces, published in status "
                             "(default: the shard's own URL)")
+    start.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="the longest a forwarded /services/* request waits for the virtual-workspace server "
+                            "(a watch: for its response head), else 504 (default 60)")
     _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
+    _limit_arguments(start)
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                        help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
@@ -60,6 +64,36 @@ def _virtual_workspaces(args) -> list:
     if names is None:
         names = sorted(plugins.installed())
     return plugins.select([*names, *extra])
+
+
+def _limit_arguments(parser) -> None:
+    """kube's in-flight limits (``kcp_virtual.framework.inflight``), the same for the shard and the external process,
+    and the shard's connection limits (``server.http.serving``)."""
+    parser.add_argument("--max-requests-inflight", type=int, default=400, metavar="N",
+                        help="read-only requests served at once; more get 429 (watches and system:masters are "
+                             "exempt; 0 = no limit; default 400)")
+    parser.add_argument("--max-mutating-requests-inflight", type=int, default=200, metavar="N",
+                        help="mutating requests served at once; more get 429 (0 = no limit; default 200)")
+    parser.add_argument("--audit-log-path", default=None, metavar="FILE",
+                        help="append one audit.k8s.io/v1 Event (JSON line, level Metadata) per request: who, what, "
+                             "where, the authorization decision and its reason; - is standard output")
+    parser.add_argument("--max-connections", type=int, default=20000, metavar="N",
+                        help="open connections (parked watches included); more are refused at once (default 20000)")
+    # Defaults (None here): server.http.serving's HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT, not imported for `kcp ws`.
+    parser.add_argument("--request-header-timeout", type=float, default=None, metavar="SECONDS",
+                        help="from a request's first byte to the end of its head (default 32)")
+    parser.add_argument("--request-body-timeout", type=float, default=None, metavar="SECONDS",
+                        help="from the end of a request head to the end of its body, else 408 (default 60)")
+    parser.add_argument("--idle-connection-timeout", type=float, default=None, metavar="SECONDS",
+                        help="silence between requests, and the longest a single read or write may block "
+                             "(a client that stops reading) (default 120)")
+
+
+def _timeouts(args) -> dict[str, float]:
+    """The connection timeouts given on the command line, as ``Server``/``ShardConfig`` keywords."""
+    given = {"header_timeout": args.request_header_timeout, "body_timeout": args.request_body_timeout,
+             "idle_timeout": args.idle_connection_timeout}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _boolean(value: str) -> bool:
@@ -90,6 +124,11 @@ def run_start(args) -> int:
                          requestheader_allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",")
                                                       if n.strip()],
                          run_virtual_workspaces=args.run_virtual_workspaces,
+                         max_requests_in_flight=args.max_requests_inflight,
+                         max_mutating_requests_in_flight=args.max_mutating_requests_inflight,
+                         max_connections=args.max_connections, audit_log_path=args.audit_log_path,
+                         request_timeout=args.request_timeout,
+                         **_timeouts(args),
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
                          virtual_workspaces=virtual_workspaces)
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
@@ -161,6 +200,7 @@ def _virtual_workspaces_parser(sub) -> None:
     vw.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
                     help="BOOKMARKs of the watches it serves from its cache, as often as the shard's "
                          "(default 60)")
+    _limit_arguments(vw)
     vw.add_argument("--log-format", choices=("text", "json"), default="text")
     vw.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                     help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
@@ -174,7 +214,9 @@ def run_virtual_workspaces(args) -> int:
 
     from kcp_virtual.external.process import build_app
     from kcp_virtual.framework.plugins import PluginError
+    from kcp_virtual.framework.inflight import InFlightLimiter
     from server.http import logs
+    from server.http.audit import AuditLog
     from server.http.metrics import Metrics
     from server.http.serving import Server
 
@@ -190,14 +232,20 @@ def run_virtual_workspaces(args) -> int:
         return 2
     try:
         metrics = Metrics()
+        limiter = InFlightLimiter(args.max_requests_inflight, args.max_mutating_requests_inflight)
+        metrics.track_in_flight_limit(limiter)
         app = build_app(args.kubeconfig, factories=factories, client_ca_file=client_ca,
                         requestheader_ca_file=requestheader_ca, context=args.context, metrics=metrics,
+                        limiter=limiter,
                         bookmark_interval=args.bookmark_interval,
                         allowed_names=[n.strip() for n in args.requestheader_allowed_names.split(",") if n.strip()])
-        server = Server(logs.RequestLogMiddleware(app, metrics), host=args.bind_address, port=args.secure_port,
+        audit = AuditLog(args.audit_log_path) if args.audit_log_path else None
+        server = Server(logs.RequestLogMiddleware(app, metrics, audit=audit), host=args.bind_address,
+                        port=args.secure_port,
                         certfile=args.tls_cert_file or str(root / "virtual-workspaces.crt"),
                         keyfile=args.tls_private_key_file or str(root / "virtual-workspaces.key"),
-                        client_ca_files=[client_ca, requestheader_ca], http2=True)  # the shard's watches
+                        client_ca_files=[client_ca, requestheader_ca], http2=True,  # the shard's watches
+                        max_connections=args.max_connections, **_timeouts(args))
         server.start()
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import structlog
 from kcp_virtual.framework import plugins
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.plugins import VirtualWorkspaceFactory
+from kcp_virtual.framework.inflight import InFlightLimiter
 from server import pki
 from server.apis import builtin_types
 from server.apis.apiextensions import CustomResourceIndex
@@ -30,10 +31,11 @@ from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
 from server.controllers.serviceaccounts import ServiceAccountController
 from server.controllers.workspaces import WorkspaceController
+from server.http.audit import AuditLog
 from server.http.forwarding import ServicesForwarder
 from server.http.logs import RequestLogMiddleware
 from server.http.metrics import Metrics
-from server.http.serving import Server
+from server.http.serving import BODY_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, Server
 from server.registry.generic import Registry
 from server.registry.repair import repair_stored_types
 from server.registry.resourcetype import Catalog
@@ -52,8 +54,13 @@ class ShardConfig:
     storage: str | None = None           # a SQLite file; default <root>/kcp.db
     token_auth_file: str | None = None
     max_connections: int = 20000
-    max_requests_in_flight: int = 400
+    max_requests_in_flight: int = 400            # read-only requests (kube's --max-requests-inflight); 0: no limit
+    max_mutating_requests_in_flight: int = 200   # kube's --max-mutating-requests-inflight; 0: no limit
     bookmark_interval: float = 60.0
+    # Slow clients (server.http.serving): keep-alive silence and any blocked read or write, request head, body.
+    idle_timeout: float = IDLE_TIMEOUT
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
     watch_history_seconds: float = 300.0     # how far back a watch may resume; older gets 410 Expired
     watch_history_events: int = 100_000
     extra_client_ca_files: list[str] = field(default_factory=list)
@@ -64,6 +71,8 @@ class ShardConfig:
     virtual_workspaces: tuple[str | VirtualWorkspaceFactory, ...] | None = None
     run_virtual_workspaces: bool = True       # False: /services/* is forwarded to shard_virtual_workspace_url
     shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
+    request_timeout: float = 60.0             # kube's --request-timeout: the longest a forwarded request waits upstream
+    audit_log_path: str | None = None         # kube's --audit-log-path: one audit.k8s.io/v1 Event per request
 
     def storage_path(self) -> Path:
         if self.storage:
@@ -77,6 +86,7 @@ class Shard:
         self.root = Path(config.root_directory)
         self.server: Server | None = None
         self.store: Store | None = None
+        self.audit: AuditLog | None = None
         self.controllers: list[Controller] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,9 +119,10 @@ class Shard:
         authenticators.append(RequestHeaderAuthenticator.from_file(requestheader_ca,
                                                                    self.config.requestheader_allowed_names))
         self.metrics = Metrics()
+        limiter = InFlightLimiter(self.config.max_requests_in_flight, self.config.max_mutating_requests_in_flight)
+        self.metrics.track_in_flight_limit(limiter)
         self.app = ShardApp(self.registry, self.catalog, UnionAuthenticator(authenticators),
-                            self.authorizer, metrics=self.metrics,
-                            max_requests_in_flight=self.config.max_requests_in_flight,
+                            self.authorizer, metrics=self.metrics, limiter=limiter,
                             bookmark_interval=self.config.bookmark_interval)
         self.app.token_issuer = self.service_account_tokens
         self.shard_client = InProcessShardClient(self.app)
@@ -125,8 +136,9 @@ class Shard:
             self.app.services = ServicesForwarder(
                 self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
                 cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
-                current_resource_version=self.registry.current_resource_version)
-        access_log = RequestLogMiddleware(self.app, self.metrics)
+                current_resource_version=self.registry.current_resource_version, timeout=self.config.request_timeout)
+        self.audit = AuditLog(self.config.audit_log_path) if self.config.audit_log_path else None
+        access_log = RequestLogMiddleware(self.app, self.metrics, audit=self.audit)
         # Forwarded /services/* skip the WSGI stack (server.http.forwarding.ServicesForwarder.forward_raw).
         intercept = access_log.intercepting(self.app.intercept) if self.virtual_workspaces is None else None
         self.server = Server(access_log, intercept=intercept, intercept_prefix="/services/",
@@ -136,7 +148,8 @@ class Shard:
                              client_ca_files=[*self.pki.client_ca_files, *self.config.extra_client_ca_files,
                                               *([requestheader_ca] if self.config.requestheader_client_ca_file
                                                 else [])],
-                             max_connections=self.config.max_connections)
+                             max_connections=self.config.max_connections, idle_timeout=self.config.idle_timeout,
+                             header_timeout=self.config.header_timeout, body_timeout=self.config.body_timeout)
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
         self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
@@ -163,6 +176,9 @@ class Shard:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
 
     def serve_forever(self) -> None:
         self.server.serve_forever()

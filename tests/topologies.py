@@ -58,7 +58,32 @@ def virtual_workspace_args(virtual_workspaces) -> list[str]:
     return args
 
 
-class ExternalVirtualWorkspaces:
+class ServerProcess:
+    """A server subprocess (``process``) logging to ``log_path``: ``stop()`` (SIGTERM), ``kill()`` (SIGKILL)."""
+
+    process: subprocess.Popen | None = None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+class ExternalVirtualWorkspaces(ServerProcess):
     """A ``kcp virtual-workspaces`` subprocess for a test shard: ``start()``, ``stop()``, ``kill()`` (SIGKILL)."""
 
     def __init__(self, shard: RunningShard, virtual_workspaces, port: int, *, extra_args: tuple[str, ...] = ()):
@@ -97,23 +122,6 @@ class ExternalVirtualWorkspaces:
         finally:
             connection.close()
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
 
 
 @contextlib.contextmanager

@@ -25,10 +25,12 @@ from kcp_virtual.external.delegated import (DEFAULT_ALLOWED_NAMES, FRESH_AS_OF, 
 from kcp_virtual.external.informer import BOOKMARK_INTERVAL
 from kcp_virtual.external.remote import RemoteShardClient
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.audit import AUTHENTICATED_USER
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.health import health_response, is_health_path
 from kcp_virtual.framework.httprequest import HTTPRequest
 from kcp_virtual.framework.plugins import VirtualWorkspaceFactory
+from kcp_virtual.framework.inflight import IN_FLIGHT_SLOT, InFlightLimiter, answer
 
 __all__ = ["VirtualWorkspacesApp", "build_app"]
 
@@ -38,8 +40,9 @@ class VirtualWorkspacesApp:
     """WSGI app of the external process; ``readiness`` has ``ping``, ``shard`` and one check per virtual workspace."""
 
     def __init__(self, dispatcher: Dispatcher, authenticator: DelegatedAuthenticator, shard: RemoteShardClient, *,
-                 metrics: Any = None):
+                 metrics: Any = None, limiter: InFlightLimiter | None = None):
         self.dispatcher = dispatcher
+        self.limiter = limiter if limiter is not None else InFlightLimiter()
         self.authenticator = authenticator
         self.shard = shard
         self.metrics = metrics
@@ -47,8 +50,7 @@ class VirtualWorkspacesApp:
                                                          **dispatcher.readiness()}
 
     def __call__(self, environ, start_response):
-        response = errors.respond(self.dispatch, HTTPRequest(environ), log)
-        return response(environ, start_response)
+        return answer(environ, start_response, lambda: errors.respond(self.dispatch, HTTPRequest(environ), log))
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
@@ -60,9 +62,13 @@ class VirtualWorkspacesApp:
         user = self.authenticator.authenticate(environ)
         if user is None:
             raise errors.Unauthorized()
-        user = impersonate(environ, user)
+        impersonated = impersonate(environ, user)
+        if impersonated is not user:
+            environ[AUTHENTICATED_USER] = user
+            user = impersonated
         structlog.contextvars.bind_contextvars(user=user.name)
         environ["kcp.user"] = user
+        environ[IN_FLIGHT_SLOT] = self.limiter.admit(environ, user.groups)
         if path == "/metrics" and self.metrics is not None:
             return self.metrics.wsgi_response(environ)
         if path.startswith("/services/"):
@@ -72,7 +78,7 @@ class VirtualWorkspacesApp:
 
 def build_app(kubeconfig: str, *, factories: Iterable[VirtualWorkspaceFactory], client_ca_file: str,
               requestheader_ca_file: str, allowed_names: Iterable[str] = DEFAULT_ALLOWED_NAMES,
-              context: str | None = None, metrics: Any = None,
+              context: str | None = None, metrics: Any = None, limiter: InFlightLimiter | None = None,
               bookmark_interval: float = BOOKMARK_INTERVAL) -> VirtualWorkspacesApp:
     """The app serving ``factories``' virtual workspaces (in order) against the shard of ``kubeconfig``;
     ``bookmark_interval``: of the watches served from its informers (the shard's, to look the same)."""
@@ -81,4 +87,4 @@ def build_app(kubeconfig: str, *, factories: Iterable[VirtualWorkspaceFactory], 
     authenticator = DelegatedAuthenticator(shard, client_cas=load_certificates(client_ca_file),
                                            requestheader_cas=load_certificates(requestheader_ca_file),
                                            allowed_names=allowed_names)
-    return VirtualWorkspacesApp(dispatcher, authenticator, shard, metrics=metrics)
+    return VirtualWorkspacesApp(dispatcher, authenticator, shard, metrics=metrics, limiter=limiter)

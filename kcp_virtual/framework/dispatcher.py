@@ -21,6 +21,7 @@ from structlog.contextvars import bind_contextvars
 from werkzeug.wrappers import Request as HTTPRequest, Response
 
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.audit import note_decision
 from kcp_virtual.framework.authorization import Attributes, forbidden, is_master
 from kcp_virtual.framework.requestinfo import parse_request_info
 from kcp_virtual.framework.virtualworkspace import Request, VirtualWorkspace
@@ -84,9 +85,12 @@ class Dispatcher:
         info = parse_request_info(request.method, rest, request.args)
         bind_contextvars(virtual_workspace=vw.name, cluster=context.cluster or None, verb=info.verb,
                          resource=info.resource or None)
-        if not is_master(user):
+        if is_master(user):
+            note_decision(request.environ, info, True, "system:masters")
+        else:
             attributes = Attributes.from_request_info(info, context.cluster)
             allowed, reason = vw.authorize(user, attributes, context)
+            note_decision(request.environ, info, allowed, reason)
             if not allowed:
                 raise forbidden(user, attributes, reason)
         return vw.handler(Request(http=request, user=user, context=context, path=rest, prefix=prefix, info=info,

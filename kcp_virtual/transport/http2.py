@@ -317,14 +317,17 @@ class Pool:
             self._connections.append(conn)
             return conn
 
-    def request(self, method: str, target: str, headers: Iterable[tuple[str, str]] = ()) -> Stream:
-        """Open a stream for a request without body and wait for the response head."""
+    def request(self, method: str, target: str, headers: Iterable[tuple[str, str]] = (), *,
+                head_timeout: float | None = None) -> Stream:
+        """Open a stream for a request without body and wait for the response head (at most ``head_timeout``
+        seconds: then ``TimeoutError``)."""
         conn = self._connection()
         fields = [(":method", method), (":scheme", "https"), (":authority", self.authority), (":path", target)]
         fields.extend((name.lower(), value) for name, value in headers if name.lower() != "host")
         stream = conn.open(fields)
         try:
-            stream.wait_head()
+            with gevent.Timeout(head_timeout, TimeoutError("timed out waiting for the response head")):
+                stream.wait_head()
         except BaseException:
             stream.close()
             raise

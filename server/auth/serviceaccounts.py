@@ -223,16 +223,17 @@ class ServiceAccountAuthenticator:
             return None
         claims = self.tokens.verify(token, environ.get("kcp.token_audiences"))
         home = claims[CLUSTER_CLAIM]
-        target = environ.get("kcp.cluster")
-        if target is None or (target != "" and target != home):
-            log.debug("service account token used outside its logical cluster", token_cluster=home, cluster=target)
-            return anonymous_user()
         private = claims["kubernetes.io"]
         namespace, sa = private["namespace"], private["serviceaccount"]
+        # A revoked token is refused wherever it is used, not only at home (elsewhere it would pass as anonymous).
         self._require_live(home, "serviceaccounts", namespace, sa["name"], sa["uid"])
         if "secret" in private:
             secret = private["secret"]
             self._require_live(home, "secrets", namespace, secret.get("name", ""), secret.get("uid", ""))
+        target = environ.get("kcp.cluster")
+        if target is None or (target != "" and target != home):
+            log.debug("service account token used outside its logical cluster", token_cluster=home, cluster=target)
+            return anonymous_user()
         extra = {CREDENTIAL_ID_EXTRA: [f"JTI={claims['jti']}"]} if claims.get("jti") else {}
         return service_account_user(home, namespace, sa["name"], sa["uid"], extra)
 

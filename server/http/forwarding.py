@@ -20,8 +20,8 @@ Two ways through, one contract:
 Responses stream through: a watch passes unbuffered and its upstream closes as soon as the client
 leaves. A watch on an HTTP/2 stream is parked (``server.http.parking``): the HTTP/2 reader's callbacks
 write its events, and no greenlet waits through it. While the external process is down every
-request is answered at once with a 503 Status; nothing is cached about the failure, so the first
-request after it returns goes through.
+request is answered at once with a 503 Status, and while it hangs within ``REQUEST_TIMEOUT`` with a 504;
+nothing is cached about the failure, so the first request after it returns goes through.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ __all__ = ["ServicesForwarder", "identity_headers", "FRESHNESS_HEADER"]
 
 log = structlog.get_logger("kcp.forwarding")
 
+#: Seconds a forwarded request may wait for each piece of its answer (kube's --request-timeout), watches for
+#: their response head: a hung virtual-workspace server costs a 504 Status, not a client waiting forever.
+REQUEST_TIMEOUT = 60.0
 #: The shard's resourceVersion when it forwarded the request (believed only from the proxy certificate).
 FRESHNESS_HEADER = "X-Kcp-Shard-Resource-Version"
 
@@ -79,8 +82,9 @@ class ServicesForwarder:
     """
 
     def __init__(self, url: str, *, ca_file: str, cert_file: str, key_file: str, maxsize: int = 256,
-                 current_resource_version: Callable[[], int] | None = None):
+                 current_resource_version: Callable[[], int] | None = None, timeout: float = REQUEST_TIMEOUT):
         self.url = url.rstrip("/")
+        self.timeout = timeout
         context = httpclient.client_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         self.pool = httpclient.https_pool(self.url, context, maxsize=maxsize)
         h2_context = httpclient.client_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file,
@@ -105,12 +109,15 @@ class ServicesForwarder:
         try:
             if long_running and body is None and self.streams is not None:
                 try:
-                    return self.streams.request(method, target, headers)
+                    return self.streams.request(method, target, headers, head_timeout=self.timeout)
                 except http2.NotSupported:
                     log.info("the virtual workspace server does not speak HTTP/2: one connection per watch",
                              url=self.url)
                     self.streams = None
-            return self.pool.request(method, target, headers, body)
+            return self.pool.request(method, target, headers, body, timeout=None if long_running else self.timeout)
+        except TimeoutError:
+            log.info("virtual workspace server timed out", url=self.url, timeout=self.timeout)
+            raise errors.Timeout(f"{self._what} did not answer within {self.timeout:g} s") from None
         except httpclient.UPSTREAM_ERRORS as exc:
             log.info("virtual workspace server unavailable", url=self.url, error=str(exc))
             raise httpclient.unavailable(self._what, exc) from None

@@ -24,6 +24,7 @@ import orjson
 import structlog
 from structlog.contextvars import bind_contextvars
 
+from server.http.audit import AuditLog
 from server.http.metrics import Metrics
 
 #: Libraries that log every HTTP request at INFO/DEBUG; only shown from this verbosity on
@@ -347,9 +348,10 @@ class RequestLogMiddleware:
     """
 
     def __init__(self, app: Callable, metrics: Metrics | None = None, *, logger=None,
-                 event: str = "request"):
+                 event: str = "request", audit: AuditLog | None = None):
         self.app = app
         self.metrics = metrics
+        self.audit = audit
         self.event = event
         self._proxy = logger if logger is not None else structlog.get_logger()
         self._log = None  # resolved on first use, after configure() has run
@@ -398,6 +400,8 @@ class RequestLogMiddleware:
         if _access.every_request or code >= 500:
             self._logger().info(self.event, method=environ.get("REQUEST_METHOD"), path=environ.get("PATH_INFO"),
                                 code=code, latency_ms=round(elapsed * 1000.0, 3), bytes=nbytes)
+        if self.audit is not None:
+            self._audit(environ, "ResponseComplete", code, elapsed, vw)
         metrics = self.metrics
         if metrics is not None:
             verb = _VERB.get()
@@ -407,6 +411,12 @@ class RequestLogMiddleware:
                 metrics.open_watches -= 1
             else:
                 metrics.inflight_requests -= 1
+
+    def _audit(self, environ: dict, stage: str, code: int, elapsed: float, vw: str | None) -> None:
+        audit = self.audit
+        if audit.audited(environ):
+            audit.write(audit.event(environ, stage, code, time.time() - elapsed, request_id=_REQUEST_ID.get(None),
+                                    cluster=_CLUSTER.get(None), virtual_workspace=vw))
 
     def intercepting(self, intercept: Callable) -> Callable:
         """``intercept`` (a ``server.http.serving.Server`` interceptor) in a request's own log context, with the
@@ -419,7 +429,19 @@ class RequestLogMiddleware:
 
     def _intercept(self, intercept: Callable, environ: dict, exchange) -> bool:
         start, vw = self._begin(environ)
-        exchange.on_stream = self._streaming
+        if self.audit is None:
+            exchange.on_stream = self._streaming
+        else:  # a stream lets go of the request's headers (RawExchange.start_stream): keep what the audit needs
+            kept = self.audit.kept(environ)
+
+            def on_stream() -> bool:
+                watch = self._streaming()
+                kept.update(self.audit.kept(environ))
+                if watch:
+                    self._audit(kept, "ResponseStarted", exchange.status, time.perf_counter() - start, vw)
+                return watch
+
+            exchange.on_stream = on_stream
         try:
             handled = intercept(environ, exchange)
         except BaseException:
@@ -427,11 +449,17 @@ class RequestLogMiddleware:
             raise
         if handled:
             parked = exchange.parked
+            if self.audit is not None:
+                kept.update(self.audit.kept(environ))
+                request = kept
+            elif parked is None:
+                request = environ
+            else:
+                request = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
             if parked is None:
-                self._record(environ, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
+                self._record(request, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
             else:  # the stream goes on without this greenlet: its line when it ends, in this request's context
                 context = contextvars.copy_context()
-                request = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
                 parked.when_done(lambda: context.run(self._record, request, start, exchange.status,
                                                      exchange.bytes + parked.bytes, vw, exchange.counted_as_watch))
         elif self.metrics is not None:
@@ -450,13 +478,15 @@ class RequestLogMiddleware:
 
         try:
             state.result = self.app(environ, capture)
-        except BaseException:
-            if state.status is None:
-                state.status = "500"
+        except BaseException as exc:
+            if state.status is None:  # what the server answers for it (server.http.serving.BodyTimeout: 408)
+                state.status = getattr(exc, "http_status", "500")
             state.finish()
             raise
         if metrics is not None:
             state.watch = self._streaming()
+            if state.watch and self.audit is not None:
+                self._audit(environ, "ResponseStarted", int(state.status[:3]), time.perf_counter() - start, vw)
         return state
 
 

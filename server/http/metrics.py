@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from werkzeug.wrappers import Response
 
@@ -57,6 +57,26 @@ class _RequestCollector:
         return [counter, hist]
 
 
+class _LimiterCollector:
+    def __init__(self, limiter) -> None:
+        self.limiter = limiter
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        current = GaugeMetricFamily("apiserver_current_inflight_limited_requests",
+                                    "Requests holding a max-in-flight slot (watches and system:masters are exempt).",
+                                    labels=["request_kind"])
+        dropped = CounterMetricFamily("apiserver_dropped_requests",
+                                      "Requests refused with 429 by the max-in-flight limit.", labels=["request_kind"])
+        for kind, n in self.limiter.in_flight.items():
+            current.add_metric([kind], n)
+        for kind, n in self.limiter.rejected.items():
+            dropped.add_metric([kind], n)
+        return [current, dropped]
+
+
 class Metrics:
     """Request metrics recorded by ``RequestLogMiddleware`` (and anything else that wants to).
 
@@ -74,6 +94,11 @@ class Metrics:
               registry=self.registry).set_function(lambda: self.inflight_requests)
         Gauge("apiserver_open_watches", "Watch requests currently streaming.",
               registry=self.registry).set_function(lambda: self.open_watches)
+
+    def track_in_flight_limit(self, limiter) -> None:
+        """kube's gauges of a ``kcp_virtual.framework.inflight.InFlightLimiter``: requests holding a slot and
+        requests refused with a 429, per ``request_kind`` (readOnly, mutating)."""
+        self.registry.register(_LimiterCollector(limiter))
 
     def observe_request(self, verb: str, resource: str, code: int, virtual_workspace: str,
                         seconds: float, watch: bool = False) -> None:

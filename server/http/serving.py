@@ -14,9 +14,13 @@
   connection's greenlet ends and the stream goes on without it (an idle forwarded watch: 43 KiB
   of the shard's memory in a greenlet, 28 parked). Parked connections count against the cap
   below; ``stop()`` ends them.
-* Connections are capped by a ``gevent.pool.Pool``. A per-operation socket timeout bounds
-  idle keep-alive connections (and any single blocked read or write), a deadline bounds the
-  request head; neither touches an idle watch, which has no socket operation pending.
+* Connections are capped by a ``gevent.pool.Pool``; one past the cap is refused at once (closed with
+  a TCP reset, counted in ``refused_connections``) rather than left waiting in the listen backlog.
+  A per-operation socket timeout bounds idle keep-alive connections and any single blocked read or
+  write (a watch client that stops reading is cut when a send has made no progress for that long;
+  a parked stream at ``server.http.parking.MAX_QUEUED`` bytes), one deadline bounds the request head
+  (slowloris) and another the request body (a body trickled byte by byte: a 408 Status); none touches
+  an idle watch, which has no socket operation pending.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import errno
 import os
 import socket
 import ssl
+import struct
 import time
 import weakref
 from types import MappingProxyType
@@ -56,6 +61,8 @@ IDLE_TIMEOUT = 120.0
 #: Seconds from the first byte of a request to the end of its headers (kube-apiserver's
 #: ReadHeaderTimeout), against slowloris clients.
 HEADER_TIMEOUT = 32.0
+#: Seconds from the end of a request head to the end of its body (kube-apiserver's default request timeout).
+BODY_TIMEOUT = 60.0
 #: Bytes buffered when reading a request (see ``_Handler.__init__``).
 READ_BUFFER = 2048
 #: Largest response body sent in one write together with the head (see ``_Handler._write_with_headers``).
@@ -216,6 +223,38 @@ class _HTTPDate:
 _format_date_time = pywsgi.format_date_time
 http_date = _HTTPDate()
 pywsgi.format_date_time = http_date  # the module global pywsgi's finalize_headers calls
+
+
+class BodyTimeout(BaseException):
+    """The request body did not arrive within ``body_timeout``. A BaseException, so that no application
+    handler takes it for its own error: it ends the request, answered with a 408 Status if nothing was sent."""
+
+    http_status = "408 Request Timeout"
+
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%b")
+
+
+class _TimedInput(pywsgi.Input):
+    """pywsgi's request body, every read of which must end by ``deadline`` (monotonic seconds)."""
+
+    __slots__ = ("deadline",)
+
+    def _do_read(self, length=None, use_readline=False):
+        with self._timeout():
+            return super()._do_read(length, use_readline)
+
+    def _chunked_read(self, length=None, use_readline=False):
+        with self._timeout():
+            return super()._chunked_read(length, use_readline)
+
+    def _timeout(self) -> gevent.Timeout:
+        remaining = self.deadline - time.monotonic()
+        exception = BodyTimeout("the request body did not arrive in time")
+        if remaining <= 0:
+            raise exception
+        return gevent.Timeout(remaining, exception)
 
 
 class RawExchange:
@@ -476,6 +515,15 @@ class _Handler(pywsgi.WSGIHandler):
                 return
         super().handle_one_response()
 
+    def finalize_headers(self):
+        super().finalize_headers()
+        if self.command == "HEAD":  # no body, so no chunk framing either: a stray "0\r\n\r\n" would be taken for
+            self.response_use_chunked = False  # the next response's status line on a keep-alive connection
+
+    def _write(self, data, *args):
+        if self.command != "HEAD":  # pywsgi would send an app's body after a HEAD's head
+            super()._write(data, *args)
+
     def _write_with_headers(self, data):
         # pywsgi's sends the head and the first body bytes separately: two TLS records, two
         # syscalls, and a reader on the same host woken twice per response (the shard forwarding
@@ -483,6 +531,8 @@ class _Handler(pywsgi.WSGIHandler):
         # ordinary size; a large body is not copied.
         self.headers_sent = True
         self.finalize_headers()
+        if self.command == "HEAD":
+            data = b""
         towrite = bytearray(b"HTTP/1.1 ")
         towrite += self.status
         towrite += b"\r\n"
@@ -518,6 +568,12 @@ class _Handler(pywsgi.WSGIHandler):
 
     def get_environ(self):
         env = super().get_environ()
+        body = self.wsgi_input
+        if body.chunked_input or body.content_length:  # the same body, its reads under the body deadline
+            timed = self.wsgi_input = _TimedInput(body.rfile, body.content_length, socket=body.socket,
+                                                  chunked_input=body.chunked_input)
+            timed.deadline = time.monotonic() + self.server.kcp_body_timeout
+            env["wsgi.input"] = timed
         self._add_connection_keys(env, self.headers.identity)
         return env
 
@@ -541,6 +597,19 @@ class _Handler(pywsgi.WSGIHandler):
         return ("400", _BAD_REQUEST)
 
     def handle_error(self, t, v, tb):
+        if issubclass(t, BodyTimeout):
+            self.close_connection = True
+            self.server.kcp_log.info("request body timed out", peer=self.client_address, method=self.command,
+                                     path=self.path, timeout=self.server.kcp_body_timeout)
+            if not self.headers_sent:
+                body = (b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":'
+                        b'"the request body did not arrive within %d s","reason":"Timeout","code":408}'
+                        % self.server.kcp_body_timeout)
+                try:
+                    send_all(self.socket, _REQUEST_TIMEOUT % (len(body), body))
+                except OSError:
+                    pass
+            return
         # Killed by stop(), or the client is gone: nothing to answer, nothing to report. A reset
         # or timeout before the response started may be the app's own backend connection
         # failing, so that still gets the full treatment (logged with traceback, 500).
@@ -566,12 +635,22 @@ class _WSGIServer(pywsgi.WSGIServer):
 
     kcp_idle_timeout = IDLE_TIMEOUT
     kcp_header_timeout = HEADER_TIMEOUT
+    kcp_body_timeout = BODY_TIMEOUT
     kcp_handshake_timeout = HANDSHAKE_TIMEOUT
+    kcp_refused = 0
 
     def do_read(self):
         args = super().do_read()
         if args:
             sock = args[0]
+            if self.pool.free_count() <= len(self.kcp_parked):  # parked streams are connections too
+                self.kcp_refused += 1
+                try:  # a reset, not a FIN: the client knows at once, and no TIME_WAIT piles up here
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                sock.close()
+                return None
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # Kernel keepalive finds peers that vanished without FIN/RST (idle watches).
@@ -708,7 +787,8 @@ class Server:
     def __init__(self, app: Callable, *, host: str, port: int, certfile: str | None, keyfile: str | None,
                  client_ca_files: list[str], max_connections: int = 4096, logger=None,
                  idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, backlog: int = 2048,
+                 body_timeout: float = BODY_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 backlog: int = 2048,
                  intercept: Callable[[dict, RawExchange], bool] | None = None, intercept_prefix: str = "/",
                  http2: bool = False):
         self.app = app
@@ -734,9 +814,11 @@ class Server:
         self._server.kcp_handlers = weakref.WeakSet()
         self._server.kcp_handshaking = set()
         self._server.kcp_parked = {}  # socket -> ParkedStream
-        # A parked stream is a connection without a greenlet: it counts against max_connections too.
-        self._server.full = lambda: self.pool.free_count() <= len(self._server.kcp_parked)
+        # Never full (gevent would stop accepting and leave connections in the backlog): do_read refuses
+        # what is past the cap, parked streams included.
+        self._server.full = lambda: False
         self._server.kcp_idle_timeout = idle_timeout
+        self._server.kcp_body_timeout = body_timeout
         self._server.kcp_handshake_timeout = handshake_timeout
         self._server.kcp_header_timeout = header_timeout
         self._stopped = gevent.event.Event()
@@ -746,6 +828,11 @@ class Server:
         """The bound port (the real one after ``start()`` with ``port=0``)."""
         address = self._server.address
         return address[1] if isinstance(address, tuple) else self._requested_port
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused so far because ``max_connections`` were open."""
+        return self._server.kcp_refused
 
     @property
     def stopping(self) -> gevent.event.Event:

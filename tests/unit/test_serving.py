@@ -295,19 +295,70 @@ def test_idle_and_handshake_timeouts_close_connections(shard_pki):
         assert pool(shard_pki).request("GET", srv.url + "/").status == 200
 
 
-def test_max_connections_caps_concurrency(shard_pki):
+def test_connections_past_max_connections_are_refused_at_once(shard_pki):
     with Running(whoami, shard_pki, tls=False, max_connections=1) as srv:
         first = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b"200 OK" in first.recv(4096)  # keep-alive: holds the only slot
-        second = socket.create_connection(("127.0.0.1", srv.port), timeout=0.3)
-        second.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        with pytest.raises(socket.timeout):
-            second.recv(4096)
+        t0 = time.monotonic()
+        for _ in range(3):  # refused with a reset, not queued in the backlog
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as second:
+                    second.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert second.recv(4096) == b""  # (a reset may also show as EOF)
+                    raise ConnectionResetError
+        assert time.monotonic() - t0 < 2
+        assert srv.server.refused_connections == 3
         first.close()
-        second.settimeout(5)
-        assert b"200 OK" in second.recv(4096)
-        second.close()
+        deadline = time.monotonic() + 5
+        while True:  # the slot frees once the server has seen the close
+            try:
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as third:
+                    third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if b"200 OK" in third.recv(4096):
+                        break
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def _echo_body(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_trickled_body_is_cut_at_the_body_timeout(shard_pki, framing, log_stream):
+    with Running(_echo_body, shard_pki, tls=False, idle_timeout=5, body_timeout=0.6) as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        framing_header = b"Content-Length: 100" if framing == "length" else b"Transfer-Encoding: chunked"
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing_header + b"\r\n\r\n")
+        t0 = time.monotonic()
+        answer = b""
+        for _ in range(40):  # a byte every 0.1 s: each read is quick, the body is not
+            try:
+                s.sendall(b"x" if framing == "length" else b"1\r\nx\r\n")
+            except OSError:
+                break
+            time.sleep(0.1)
+            try:
+                answer += s.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            if answer:
+                break
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        status = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert (status["kind"], status["code"], status["reason"]) == ("Status", 408, "Timeout")
+        assert time.monotonic() - t0 < 2
+        # a body sent at once on a fresh connection is unaffected
+        r = urllib3.PoolManager(retries=False).request("POST", srv.url + "/", body=b"hello")
+        assert (r.status, r.data) == (200, b"hello")
+    assert "request body timed out" in log_stream.getvalue()
 
 
 def test_plain_http_and_bad_request(shard_pki, log_stream, capfd):
@@ -441,3 +492,23 @@ def test_a_buffered_intercepted_request_sees_the_environ_pywsgi_would_build(shar
     assert fast["wsgi.input"].read() == b"" and not hasattr(fast["wsgi.input"], "content_length")  # the fast path
     own = {"wsgi.input", "wsgi.input_terminated"}
     assert {k: v for k, v in fast.items() if k not in own} == {k: v for k, v in pywsgi_env.items() if k not in own}
+
+
+def _stream(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])  # no Content-Length: a stream
+    return iter([b'{"a":1}\n'])
+
+
+def test_a_head_of_a_stream_sends_no_chunk_framing_and_keeps_the_connection_usable(shard_pki):
+    with Running(_stream, shard_pki, tls=False) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += s.recv(1)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"0\r\n\r\n"):
+                answer += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert answer.startswith(b"HTTP/1.1 200") and b'{"a":1}' in answer  # not a stray "0\r\n\r\n" first
