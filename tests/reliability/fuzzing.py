@@ -6,8 +6,9 @@ type against every path, broken selectors and resourceVersions, percent-encoded 
 duplicate query parameters. So the paths come from the servers' own OpenAPI v3 (the shard's per
 workspace, each virtual workspace's own), and hypothesis strategies mutate everything around them.
 
-``EXCLUDED_UNTIL_18`` keeps out inputs of the known bugs #18 is fixing (each named below); remove them
-when #18 lands, and the suite then covers those inputs too.
+Inputs of the bugs #18 fixed are generated like any other: YAML alias bombs, duplicate JSON keys,
+non-string and oversized ConfigMap data under invalid keys, PUT to a collection, strategic merge patch
+through the apiexport virtual workspace.
 """
 
 from __future__ import annotations
@@ -18,18 +19,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from hypothesis import strategies as st
-
-# --------------------------------------------------------------------------- known bugs, owned by #18
-#: Inputs kept out of the generators until #18 lands (the lead removes these, and what uses them):
-#:  * YAML alias bombs                        -> no '&'/'*' anchors in generated YAML (``_yaml``)
-#:  * non-string ConfigMap data accepted       -> ConfigMap/Secret data values are strings (``_object``)
-#:  * ConfigMap/Secret key validation, 1 MiB   -> data keys are valid keys, bodies to them stay under 1 MiB
-#:  * duplicate JSON keys, fieldValidation=Strict -> no duplicate keys in generated JSON
-#:  * PUT to a collection answers 404           -> no PUT on collection paths
-#:  * apiexport VW: 415 listing strategic merge patch -> no strategic-merge-patch on apiexport paths
-#:  * plain HTTP on the TLS port               -> every request is TLS
-#:  * forwarded watch ending with rc 0         -> not exercised here (no external process)
-EXCLUDED_UNTIL_18 = True
 
 TEMPLATE = re.compile(r"\{([^}]+)\}")
 METHODS = ("GET", "GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "PROPFIND")
@@ -164,7 +153,7 @@ _SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st
                     st.text(max_size=20))
 JSON_VALUE = st.recursive(_SCALAR, lambda children: st.one_of(
     st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)), max_leaves=12)
-_KEY = st.from_regex(r"\A[-._a-zA-Z0-9]{1,20}\Z", fullmatch=True)  # #18: valid ConfigMap keys only
+_KEY = st.one_of(st.from_regex(r"\A[-._a-zA-Z0-9]{1,20}\Z", fullmatch=True), st.text(max_size=12))
 
 
 @st.composite
@@ -192,9 +181,8 @@ def kube_object(draw) -> dict:
         obj["metadata"] = metadata
     elif draw(st.booleans()):
         obj["metadata"] = draw(JSON_VALUE)
-    # #18: ConfigMap/Secret data only as string values under valid keys
     if draw(st.booleans()):
-        obj["data"] = draw(st.dictionaries(_KEY, st.text(max_size=30), max_size=3))
+        obj["data"] = draw(st.dictionaries(_KEY, st.one_of(st.text(max_size=30), JSON_VALUE), max_size=3))
     for field_name in draw(st.lists(st.sampled_from(["spec", "status", "rules", "roleRef", "subjects", "stringData",
                                                      "binaryData", "type", "immutable", "items"]), max_size=3)):
         obj[field_name] = draw(JSON_VALUE)
@@ -205,13 +193,18 @@ def _yaml(value) -> bytes:
     import yaml
 
     text = yaml.safe_dump(value, default_flow_style=False)
-    return text.replace("&", "").replace("*", "").encode()  # #18: no anchors or aliases
+    return text.encode()
+
+
+#: The billion laughs: nine levels of nine aliases each.
+_ALIAS_BOMB = ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{','.join('*' + chr(97 + i) for _ in range(9))}]\n" for i in range(8))).encode()
 
 
 @st.composite
 def body(draw) -> tuple[bytes | None, str]:
     """(bytes, content type): well-formed and malformed bodies of every kind."""
-    kind = draw(st.integers(0, 14))
+    kind = draw(st.integers(0, 15))
     content_type = draw(st.sampled_from(CONTENT_TYPES))
     if kind == 0:
         return None, content_type
@@ -246,4 +239,10 @@ def body(draw) -> tuple[bytes | None, str]:
         return b'{"metadata":{"name":"\xff\xfe"}}', "application/json"
     if kind == 13:
         return json.dumps(draw(JSON_VALUE)).encode(), content_type
+    if kind == 14:  # what kube refuses by name: duplicate keys, an alias bomb, a ConfigMap past 1 MiB
+        return draw(st.sampled_from([
+            (b'{"metadata":{"name":"d","name":"e"},"data":{"a":"1","a":"2"}}', "application/json"),
+            (_ALIAS_BOMB, "application/yaml"),
+            (b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big"},"data":{"x":"'
+             + b"a" * (1024 * 1024 + 10) + b'"}}', "application/json")]))
     return draw(st.sampled_from([b"null", b"[]", b"{}", b'""', b"1", b"true", b"{", b"}", b"\x00", b" "])), content_type
