@@ -319,6 +319,7 @@ class Registry:
         if rt.has_status and rt.plural != "namespaces":
             obj.pop("status", None)
         causes = rt.prepare(obj, None)
+        rt.derive(obj)
         generate = not meta.get("name") and meta.get("generateName")
         causes += validation.validate_object_meta(obj, namespaced=rt.namespaced, name_rule=rt.name_rule)
         causes += rt.validate(obj, None)
@@ -376,6 +377,7 @@ class Registry:
             raise errors.Conflict.modified(rt.plural, rt.group, name)
         new = self._merge_update(rt, old, obj, subresource)
         causes = [] if subresource else rt.prepare(new, old)
+        rt.derive(new)
         causes += validation.validate_object_meta(new, namespaced=rt.namespaced, name_rule=rt.name_rule)
         causes += rt.validate(new, old)
         causes += validation.validate_object_meta_update(new, old)
