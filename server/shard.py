@@ -15,10 +15,13 @@ from kcp_virtual.framework import plugins
 from kcp_virtual.framework.dispatcher import Dispatcher
 from kcp_virtual.framework.plugins import VirtualWorkspaceFactory
 from kcp_virtual.framework.inflight import InFlightLimiter
+from kcp_virtual.initializingworkspaces import url_path as initializing_url_path
+from kcp_virtual.initializingworkspaces.initializers import initializer_name
 from server import pki
 from server.apis import builtin_types
 from server.apis.apiextensions import CustomResourceIndex
 from server.apis.bound import BoundResourceIndex
+from server.apis.tenancy import WORKSPACE_TYPES
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
 from server.auth.bootstrap_policy import ensure_bootstrap_policy
@@ -30,6 +33,7 @@ from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
 from server.controllers.serviceaccounts import ServiceAccountController
+from server.controllers.publication import URLPublisher
 from server.controllers.workspaces import WorkspaceController
 from server.http.audit import AuditLog
 from server.http.forwarding import ServicesForwarder
@@ -157,6 +161,9 @@ class Shard:
         self.controllers.append(CRDController(self.registry, self.crds))
         self.controllers.append(APIExportController(self.registry))
         self.controllers.append(APIBindingController(self.registry, self.bound))
+        self.controllers.append(URLPublisher(  # where each WorkspaceType's initializer is initialized
+            self.registry, WORKSPACE_TYPES, lambda cluster, name: initializing_url_path(initializer_name(cluster, name)),
+            name="workspacetypes"))
         self.controllers.append(WorkspaceController(
             self.registry, base_url=self.url,
             virtual_workspace_url=self.config.shard_virtual_workspace_url or self.url))

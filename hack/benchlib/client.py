@@ -8,6 +8,7 @@ JSON reply per line from stdout. Commands:
   {"cmd": "watch_open", "path", "n", "concurrency"}                     -> grow the watch pool to n
   {"cmd": "watch_close", "keep"}                                        -> shrink the pool to keep
   {"cmd": "fanout", "write": {...}, "writes", "warmup", "timeout"}      -> write; time delivery
+                                              (the write as ``write["token"]`` if given, else as the watches)
   {"cmd": "quit"}
 
 Watches are raw TLS sockets (ssl module via gevent): the request is written by hand with the
@@ -274,7 +275,9 @@ class Client:
                 r = pool.urlopen(write["method"], write["path"], body=body,
                                  headers={**self.headers,
                                           "Content-Type": write.get("content_type",
-                                                                    "application/json")})
+                                                                    "application/json"),
+                                          **({"Authorization": f"Bearer {write['token']}"}
+                                             if write.get("token") else {})})
                 ack = perf() - t0
                 if r.status >= 300:
                     errors.append(f"{r.status}: {r.data[:300]!r}")

@@ -503,3 +503,4 @@ from . import scenarios_vw  # noqa: E402,F401
 from . import scenarios_apiexport  # noqa: E402,F401
 from . import scenarios_workspaces  # noqa: E402,F401
 from . import scenarios_reliability  # noqa: E402,F401
+from . import scenarios_initializing  # noqa: E402,F401

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from kcp_virtual.framework import errors
-from kcp_virtual.framework.authorization import MASTERS, forbidden
+from kcp_virtual.framework.authorization import MASTERS, forbidden, without_initializer_groups
 from kcp_virtual.framework.authorization import Attributes
 from kcp_virtual.framework.shardclient import User
 from kcp_virtual.framework.virtualworkspace import is_cluster_name
@@ -101,9 +101,12 @@ def _resource_version(value: str | None) -> int | None:
 
 
 def _with_authenticated(user: User) -> User:
-    if AUTHENTICATED in user.groups or user.name == ANONYMOUS:
-        return user
-    return User(user.name, user.uid, (*user.groups, AUTHENTICATED), user.extra)
+    """``user`` in ``system:authenticated``, and in no ``system:kcp:initializer:*`` group: only a virtual
+    workspace asserts those, so whatever a certificate, a token or the proxy's headers claim is dropped."""
+    groups = without_initializer_groups(user.groups)
+    if AUTHENTICATED in groups or user.name == ANONYMOUS:
+        return user if groups == user.groups else User(user.name, user.uid, groups, user.extra)
+    return User(user.name, user.uid, (*groups, AUTHENTICATED), user.extra)
 
 
 class CertificateIssuers:

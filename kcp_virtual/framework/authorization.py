@@ -12,13 +12,27 @@ from typing import Any, NamedTuple
 from kcp_virtual.framework.errors import Forbidden
 from kcp_virtual.framework.requestinfo import RequestInfo
 
-__all__ = ["Attributes", "Decision", "MASTERS", "is_master", "forbidden"]
+__all__ = ["Attributes", "Decision", "MASTERS", "is_master", "forbidden", "INITIALIZER_GROUP_PREFIX",
+           "initializer_group", "without_initializer_groups"]
 
 MASTERS = "system:masters"
+#: ``system:kcp:initializer:<initializer>``: the group the initializingworkspaces virtual workspace adds to a caller
+#: it forwards into a workspace that initializer is initializing. Only a virtual workspace may assert it: the shard
+#: and the external process strip it from every identity a client brings (see ``without_initializer_groups``).
+INITIALIZER_GROUP_PREFIX = "system:kcp:initializer:"
 
 
 def is_master(user: Any) -> bool:
     return MASTERS in (getattr(user, "groups", None) or ())
+
+
+def initializer_group(initializer: str) -> str:
+    return INITIALIZER_GROUP_PREFIX + initializer
+
+
+def without_initializer_groups(groups) -> tuple[str, ...]:
+    """``groups`` less every ``system:kcp:initializer:*`` (what a client claims there is never believed)."""
+    return tuple(group for group in groups if not group.startswith(INITIALIZER_GROUP_PREFIX))
 
 
 class Decision(NamedTuple):

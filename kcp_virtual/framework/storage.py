@@ -267,6 +267,9 @@ class ForwardingStorage:
         pinned = isinstance(body, dict) and bool(_rv(body))
         for _ in range(_WRITE_ATTEMPTS):
             current = self._current(request, namespace, name)
+            if pinned and _rv(body) != _rv(current):
+                # optimistic locking first, as the apiserver does: a stale write is a 409, whatever it says
+                raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
             obj = body if subresource else self._admit(body)  # a status write leaves labels alone
             if self.transform is not None:
                 obj = self.transform.from_view(obj, current, request.context)

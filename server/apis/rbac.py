@@ -66,7 +66,7 @@ def _string_list(value: Any, path: str, causes: list[dict]) -> list[str]:
     return value
 
 
-def _validate_rule(rule: Any, namespaced: bool, path: str) -> list[dict]:
+def validate_policy_rule(rule: Any, namespaced: bool, path: str) -> list[dict]:
     """``ValidatePolicyRule``: verbs always; either nonResourceURLs or apiGroups+resources, never both."""
     if not isinstance(rule, dict):
         return [type_invalid(path, rule, "must be an object")]
@@ -102,7 +102,7 @@ def _validate_rules(obj: dict, namespaced: bool) -> list[dict]:
         return [type_invalid("rules", rules, "must be a list")]
     causes: list[dict] = []
     for index, rule in enumerate(rules):
-        causes += _validate_rule(rule, namespaced, f"rules[{index}]")
+        causes += validate_policy_rule(rule, namespaced, f"rules[{index}]")
     return causes
 
 

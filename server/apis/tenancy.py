@@ -15,6 +15,9 @@ import re
 import orjson
 
 from kcp_virtual.framework import errors, table
+from kcp_virtual.initializingworkspaces import clusterworkspaces
+from kcp_virtual.initializingworkspaces.initializers import derived_labels, initializer_name, is_derived_label
+from server.apis.rbac import validate_policy_rule
 from server.registry.resourcetype import RequestContext, ResourceType
 from server.registry.validation import forbidden, invalid, is_dns1123_label, not_supported, required, type_invalid
 from server.storage import Key
@@ -98,7 +101,7 @@ def type_initializers(workspace_type: dict, type_cluster: str) -> list[str]:
     spec = workspace_type.get("spec") or {}
     names = list(spec.get("initializers") or [])
     if spec.get("initializer") is True:
-        own = f"{type_cluster}:{workspace_type['metadata']['name']}"
+        own = initializer_name(type_cluster, workspace_type["metadata"]["name"])
         if own not in names:
             names.append(own)
     return names
@@ -177,6 +180,22 @@ def _workspace_validate(obj: dict, old: dict | None) -> list[dict]:
                                      or not all(isinstance(i, str) and i for i in initializers)):
         causes.append(type_invalid("status.initializers", initializers, "must be a list of names"))
     return causes
+
+
+def _workspace_derive(obj: dict) -> None:
+    """The phase and initializer labels follow ``status`` (``kcp_virtual.initializingworkspaces.initializers``)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return
+    labels = meta.get("labels")
+    if labels is not None and not isinstance(labels, dict):
+        return  # validation answers the 422
+    kept = {k: v for k, v in (labels or {}).items() if not is_derived_label(k)}
+    kept.update(derived_labels(obj.get("status")))
+    if kept:
+        meta["labels"] = kept
+    else:
+        meta.pop("labels", None)
 
 
 # ---------------------------------------------------------------- ClusterWorkspace create (owner, type)
@@ -277,6 +296,13 @@ def _workspace_type_validate(obj: dict, old: dict | None) -> list[dict]:
                 seen.add(name)
     if "initializer" in spec and not isinstance(spec["initializer"], bool):
         causes.append(type_invalid("spec.initializer", spec["initializer"], "must be a boolean"))
+    permissions = spec.get("initializerPermissions")
+    if permissions is not None:
+        if not isinstance(permissions, list):
+            causes.append(type_invalid("spec.initializerPermissions", permissions, "must be a list of PolicyRules"))
+        else:
+            for i, rule in enumerate(permissions):
+                causes += validate_policy_rule(rule, False, f"spec.initializerPermissions[{i}]")
     return causes
 
 
@@ -312,12 +338,8 @@ def _col(name: str, getter, description: str = "") -> table.Column:
 CLUSTER_WORKSPACES = ResourceType(
     GROUP, VERSION, "ClusterWorkspace", "clusterworkspaces", "clusterworkspace", False,
     short_names=("cws",), subresources=("status",), name_rule="label",
-    prepare=_workspace_prepare, validate=_workspace_validate,
-    handlers={("create", ""): _create_workspace},
-    columns=(_col("Type", table.field_getter("spec", "type", "name"), "Type of the workspace"),
-             _col("Phase", table.field_getter("status", "phase"),
-                  "The current phase (e.g. Scheduling, Initializing, Ready)"),
-             _col("URL", table.field_getter("status", "baseURL"), "URL to access the workspace")))
+    prepare=_workspace_prepare, validate=_workspace_validate, derive=_workspace_derive,
+    handlers={("create", ""): _create_workspace}, columns=clusterworkspaces.COLUMNS)
 
 WORKSPACE_TYPES = ResourceType(
     GROUP, VERSION, "WorkspaceType", "workspacetypes", "workspacetype", False,

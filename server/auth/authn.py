@@ -72,7 +72,9 @@ class UnionAuthenticator:
 
     Authenticators with a ``prepare(environ)`` method run it first on every request, whoever
     answers: requestheader authentication strips its headers there so they can never leak past
-    an earlier authenticator. An anonymous answer (a service-account token outside its logical
+    an earlier authenticator. No identity keeps a ``system:kcp:initializer:*`` group, however it was
+    authenticated (certificate, token, requestheader): only virtual workspaces assert those
+    (``server.auth.workspace_access``). An anonymous answer (a service-account token outside its logical
     cluster) stays anonymous rather than joining ``system:authenticated``.
     """
 
@@ -86,6 +88,7 @@ class UnionAuthenticator:
         for authenticator in self.authenticators:
             user = authenticator.authenticate(environ)
             if user is not None:
+                user = user.without_initializer_groups()
                 return user if user.is_anonymous else user.with_authenticated_group()
         if bearer_token(environ) is not None:
             raise errors.Unauthorized()

@@ -5,6 +5,9 @@ caller with verb ``impersonate`` in the request's logical cluster, on ``users`` 
 ``serviceaccounts`` in the account's namespace), ``groups``, ``uids`` and ``userextras/<key>``;
 one denial is a 403 and nothing is impersonated. Then the request runs as the requested identity.
 The headers are removed from the environ so they are never forwarded with another identity.
+A ``system:kcp:initializer:*`` group is impersonated only for ``system:masters`` (the external
+virtual-workspace process, whose initializingworkspaces content proxy asserts it); anyone else's
+request for it is dropped, like the same group from any authenticator (``server.auth.authn``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import structlog
 
 from kcp_virtual.external.delegated import header_values, may_claim_identity, pop_extra
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.authorization import without_initializer_groups
 from server.auth.authz import Attributes, Authorizer, forbidden_message
 from server.auth.serviceaccounts import CLUSTER_EXTRA, SERVICE_ACCOUNTS_GROUP, split_service_account
 from server.auth.user import ANONYMOUS, AUTHENTICATED, UNAUTHENTICATED, UserInfo
@@ -34,6 +38,8 @@ def impersonate(environ: dict, requester: UserInfo, authorizer: Authorizer, clus
         return requester
     username = (environ.pop(USER_KEY, None) or "").strip()
     groups = header_values(environ.pop(GROUP_KEY, None))
+    if not requester.is_master:  # only the external virtual-workspace process (system:masters) vouches for these
+        groups = list(without_initializer_groups(groups))
     uid = (environ.pop(UID_KEY, None) or "").strip()
     extra = pop_extra(environ, EXTRA_PREFIX, list)
     if not username:

@@ -20,7 +20,7 @@ from typing import Iterable, NamedTuple
 from server.auth import workspace_access
 from server.auth.authz import Attributes, Decision
 from server.auth.user import UserInfo
-from server.storage import ResourceExpiredError, Store
+from server.storage import Key, ResourceExpiredError, Store
 
 GROUP = "rbac.authorization.k8s.io"
 ROLES = f"{GROUP}/roles"
@@ -135,8 +135,10 @@ class ClusterPolicy:
 
     def __init__(self, cluster: str):
         self.cluster = cluster
-        self.cluster_roles: dict[str, tuple[Rule, ...]] = {}
-        self.roles: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        # role -> its compiled rules, or the stored role until a decision first needs it: a new workspace's
+        # bootstrap roles (cluster-admin, admin, edit, view...) are mostly never looked at
+        self.cluster_roles: dict[str, tuple[Rule, ...] | dict] = {}
+        self.roles: dict[tuple[str, str], tuple[Rule, ...] | dict] = {}
         self.cluster_grants: dict[tuple[str, str], list[Grant]] = {}
         self.grants: dict[str, dict[tuple[str, str], list[Grant]]] = {}  # namespace -> subject -> grants
 
@@ -154,9 +156,9 @@ class ClusterPolicy:
         meta = obj.get("metadata") or {}
         name, namespace = meta.get("name", ""), meta.get("namespace", "")
         if resource == CLUSTER_ROLES:
-            self.cluster_roles[name] = _compile(obj)
+            self.cluster_roles[name] = obj
         elif resource == ROLES:
-            self.roles[(namespace, name)] = _compile(obj)
+            self.roles[(namespace, name)] = obj
         else:
             self._put_binding(resource, obj, name, namespace)
 
@@ -228,9 +230,9 @@ class ClusterPolicy:
     def rules_of(self, grant: Grant) -> tuple[Rule, ...] | None:
         """The rules a grant refers to; None when its role does not exist."""
         if grant.role_kind == "ClusterRole":
-            return self.cluster_roles.get(grant.role_name)
+            return _compiled(self.cluster_roles, grant.role_name)
         if grant.role_kind == "Role" and grant.binding[0]:
-            return self.roles.get((grant.binding[0], grant.role_name))
+            return _compiled(self.roles, (grant.binding[0], grant.role_name))
         return None
 
     def authorize(self, a: Attributes, keys: list[tuple[str, str]]) -> Decision:
@@ -246,6 +248,15 @@ class ClusterPolicy:
             return DENIED
         missing = list(dict.fromkeys(missing))
         return Decision(False, "RBAC: " + (missing[0] if len(missing) == 1 else f"[{', '.join(missing)}]"))
+
+
+def _compiled(roles: dict, key) -> tuple[Rule, ...] | None:
+    """The compiled rules of ``roles[key]``, compiling a stored role on first use."""
+    rules = roles.get(key)
+    if rules is None or type(rules) is tuple:
+        return rules
+    compiled = roles[key] = _compile(rules)
+    return compiled
 
 
 def _not_found(grant: Grant) -> str:
@@ -332,7 +343,12 @@ class RBACAuthorizer:
 
     def may_enter(self, user: UserInfo, cluster: str) -> Decision:
         """Whether ``user`` may use logical cluster ``cluster`` at all (see ``workspace_access``)."""
-        return workspace_access.may_enter(self.evaluate, user, cluster)
+        return workspace_access.may_enter(self.evaluate, user, cluster, self._initializing)
+
+    def _initializing(self, cluster: str):
+        parent, name = workspace_access.parent_of(cluster)
+        return workspace_access.initializers_waiting(
+            self.store.get(Key(workspace_access.CLUSTER_WORKSPACES_KEY, parent, "", name)))
 
     def rules_for(self, user: UserInfo, cluster: str, namespace: str) -> tuple[list[dict], list[dict]]:
         """``(resourceRules, nonResourceRules)`` of ``user`` in ``cluster``/``namespace``, as

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kcp_virtual.framework.authorization import INITIALIZER_GROUP_PREFIX, without_initializer_groups
+
 MASTERS = "system:masters"
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
@@ -30,6 +32,12 @@ class UserInfo:
         if AUTHENTICATED in self.groups:
             return self
         return UserInfo(self.name, self.uid, (*self.groups, AUTHENTICATED), self.extra)
+
+    def without_initializer_groups(self) -> "UserInfo":
+        """This user less any ``system:kcp:initializer:*`` group (itself when it has none: the usual case)."""
+        if not any(group.startswith(INITIALIZER_GROUP_PREFIX) for group in self.groups):
+            return self
+        return UserInfo(self.name, self.uid, without_initializer_groups(self.groups), self.extra)
 
     def as_dict(self) -> dict:
         return {"username": self.name, "uid": self.uid, "groups": list(self.groups),

@@ -6,14 +6,21 @@ RBAC; then the RBAC inside the workspace applies. ``system:masters`` bypasses bo
 without a parent (``root``) has only its own RBAC. A service account exists in exactly one logical
 cluster: it may enter that one (and its RBAC decides the rest) and no other.
 
+One more way in, for initializers: a member of ``system:kcp:initializer:<initializer>`` (a group only the
+initializingworkspaces virtual workspace asserts: ``server.app`` strips it from clients) may enter a workspace
+while it is Initializing with ``<initializer>`` in ``status.initializers`` -- a service account of the type's
+workspace included. Inside, RBAC decides as always: the group holds what the workspace type's
+``initializerPermissions`` grant (materialized there by the workspace controller).
+
 The rule takes the RBAC evaluation as a function so that the shard's authorizer and the virtual
 workspaces (per-object ``access`` checks in the ``workspaces`` view) share one definition.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+from kcp_virtual.framework.authorization import INITIALIZER_GROUP_PREFIX
 from server.auth.authz import Attributes, Decision
 from server.auth.user import UserInfo
 
@@ -31,6 +38,9 @@ ALLOWED_OWN_SERVICE_ACCOUNT = Decision(True, "service account of this workspace"
 DENIED_WILDCARD = Decision(False, "the cross-cluster view is reserved for system:masters")
 DENIED_FOREIGN_SERVICE_ACCOUNT = Decision(False, "service accounts may only access their own workspace")
 DENIED_NO_ACCESS = Decision(False, "workspace access not permitted")
+#: Where ClusterWorkspaces are stored (``server.apis.tenancy.CLUSTER_WORKSPACES.storage_key``; auth is below apis).
+CLUSTER_WORKSPACES_KEY = f"{TENANCY_GROUP}/clusterworkspaces"
+INITIALIZING = "Initializing"
 
 
 def parent_of(cluster: str) -> tuple[str, str]:
@@ -55,10 +65,35 @@ def content_attributes(user: UserInfo, cluster: str, verb: str) -> Attributes:
                       api_version=TENANCY_VERSION, resource="clusterworkspaces", subresource="content", name=name)
 
 
-def may_enter(evaluate: Callable[[Attributes], Decision], user: UserInfo, cluster: str) -> Decision:
-    """Whether ``user`` may use ``cluster`` at all; ``evaluate`` is RBAC inside ``Attributes.cluster``."""
+def initializers_waiting(workspace: dict | None) -> Sequence[str]:
+    """The initializers a stored ClusterWorkspace waits for while it is Initializing (else none)."""
+    status = (workspace or {}).get("status") or {}
+    if status.get("phase") != INITIALIZING:
+        return ()
+    initializers = status.get("initializers")
+    return initializers if isinstance(initializers, list) else ()
+
+
+def _as_initializer(user: UserInfo, cluster: str, initializing: Callable[[str], Sequence[str]]) -> Decision | None:
+    names = [g[len(INITIALIZER_GROUP_PREFIX):] for g in user.groups if g.startswith(INITIALIZER_GROUP_PREFIX)]
+    if not names or cluster == WILDCARD or ":" not in cluster:
+        return None
+    waiting = initializing(cluster)
+    for name in names:
+        if name in waiting:
+            return Decision(True, f'initializer "{name}" of this workspace')
+    return None
+
+
+def may_enter(evaluate: Callable[[Attributes], Decision], user: UserInfo, cluster: str,
+              initializing: Callable[[str], Sequence[str]] = lambda cluster: ()) -> Decision:
+    """Whether ``user`` may use ``cluster`` at all; ``evaluate`` is RBAC inside ``Attributes.cluster``,
+    ``initializing(cluster)`` the initializers its workspace waits for (``initializers_waiting``)."""
     if user.is_master:
         return ALLOWED_MASTERS
+    initializer = _as_initializer(user, cluster, initializing)
+    if initializer is not None:
+        return initializer
     if cluster == WILDCARD:
         return DENIED_WILDCARD
     sa_cluster = service_account_cluster(user)

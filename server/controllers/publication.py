@@ -3,15 +3,22 @@
 A publishing controller (APIExport, WorkspaceType, SyncTarget...) writes ``status.virtualWorkspaces`` as
 ``[{"url": <Shard spec.virtualWorkspaceURL, else spec.baseURL> + /services/<name>/<segments>}, ...]`` and must
 rewrite it whenever a Shard comes, goes or moves: ``ShardsChanged`` re-enqueues every published object then.
+``URLPublisher`` is the whole controller for kinds whose status holds nothing else of ours (WorkspaceType).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+from kcp_virtual.framework import errors
+from server.apis.apis_kcp import set_condition
 from server.apis.tenancy import ROOT, SHARDS
 from server.controllers.base import Reconciler
-from server.registry.generic import Registry, cluster_of
+from server.registry.generic import Registry, cluster_of, now_rfc3339
 from server.registry.resourcetype import ResourceType
 from server.storage import Key, Store
+
+URLS_READY = "VirtualWorkspaceURLsReady"
 
 
 def virtual_workspace_urls(store: Store, path: str) -> list[dict]:
@@ -38,3 +45,45 @@ class ShardsChanged(Reconciler):
         for obj in self.registry.store.list(self.published.storage_key)[0]:
             meta = obj["metadata"]
             self.target.enqueue(self.registry.key(self.published, cluster_of(meta), "", meta["name"]))
+
+
+class URLPublisher:
+    """Keeps ``status.virtualWorkspaces`` (and condition ``VirtualWorkspaceURLsReady``) of every object of
+    ``published`` at ``path_of(cluster, name)`` on every Shard."""
+
+    def __init__(self, registry: Registry, published: ResourceType, path_of: Callable[[str, str], str], *,
+                 name: str, workers: int = 2):
+        self.registry = registry
+        self.published = published
+        self.path_of = path_of
+        self.reconciler = Reconciler(registry.store, published.storage_key, self.reconcile, name=name,
+                                     workers=workers, backoff_max=5.0)
+        self.shards = ShardsChanged(registry, published, self.reconciler, name=f"{name}-shards")
+
+    def start(self) -> None:
+        self.reconciler.start()
+        self.shards.start()
+
+    def stop(self) -> None:
+        self.shards.stop()
+        self.reconciler.stop()
+
+    @property
+    def idle(self) -> bool:
+        return self.reconciler.idle and self.shards.idle
+
+    def reconcile(self, key: Key) -> None:
+        obj = self.registry.store.get(key)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        status = dict(obj.get("status") or {})
+        status["virtualWorkspaces"] = virtual_workspace_urls(self.registry.store, self.path_of(key.cluster, key.name))
+        status["conditions"] = set_condition(list(status.get("conditions") or ()), URLS_READY, "True", "", "",
+                                             now_rfc3339())
+        if status == (obj.get("status") or {}):
+            return
+        try:
+            self.registry.update(self.published, key.cluster, "", key.name, {**obj, "status": status},
+                                 subresource="status")
+        except errors.NotFound:
+            return  # deleted meanwhile

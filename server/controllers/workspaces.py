@@ -5,8 +5,11 @@ For ClusterWorkspace ``team`` in ``root:org`` (logical cluster ``root:org:team``
 * Scheduling: create the logical cluster, grant the owner ``admin`` on ``clusterworkspaces/content``
   for ``team`` in ``root:org`` and ``cluster-admin`` inside ``root:org:team``, then move to
   Initializing (with the WorkspaceType's initializers) or straight to Ready, with ``status.baseURL``.
-* Initializing: wait until something (the initializingworkspaces virtual workspace) has emptied
-  ``status.initializers``, then Ready.
+  Before that, each initializer of a WorkspaceType with ``spec.initializerPermissions`` gets those rules inside
+  the workspace: ClusterRole and ClusterRoleBinding ``system:kcp:initializer:<initializer>`` to the group of
+  that name, which the initializingworkspaces virtual workspace adds to the initializer's requests.
+* Initializing: wait until the initializers (through the initializingworkspaces virtual workspace) have emptied
+  ``status.initializers``, then remove the initializer grants and move to Ready.
 * Deletion (``deletionTimestamp``, held by our finalizer): delete the logical cluster's content,
   nested workspaces first, remove the owner grants, then the finalizer.
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 import structlog
 
 from kcp_virtual.framework import errors
+from kcp_virtual.framework.authorization import INITIALIZER_GROUP_PREFIX, initializer_group
+from kcp_virtual.initializingworkspaces.initializers import parse as parse_initializer
 from server.apis import tenancy
 from server.apis.tenancy import CLUSTER_WORKSPACES, FINALIZER, INITIALIZING, READY, SCHEDULING
 from server.controllers.base import Reconciler
@@ -83,11 +88,16 @@ class WorkspaceController:
         if phase == SCHEDULING:
             initializers = self._initializers(obj, parent)
             self._create_cluster(parent, name, cluster, owner)
+            self._grant_initializers(cluster, initializers)
         else:
             initializers = list(status.get("initializers") or ())
             if not self.registry.cluster_exists(cluster):  # repair: it was removed behind our back
                 self._create_cluster(parent, name, cluster, owner)
+                if phase == INITIALIZING:
+                    self._grant_initializers(cluster, initializers)
         desired = self._status(status, phase, initializers, cluster)
+        if phase == INITIALIZING and desired["phase"] == READY:
+            self._revoke_initializers(cluster)  # first: a restart in between finds it Initializing and does it again
         if desired != status:
             try:
                 self.registry.update(CLUSTER_WORKSPACES, parent, "", name, {**obj, "status": desired},
@@ -167,6 +177,44 @@ class WorkspaceController:
                 raise errors.Conflict.modified(rt.plural, rt.group, name) from None
         else:
             self.registry.update(rt, cluster, "", name, {**current, **fields})
+
+    # ------------------------------------------------------------------ initializer grants
+
+    def _grant_initializers(self, cluster: str, initializers: list[str]) -> None:
+        """For each initializer naming a WorkspaceType with ``spec.initializerPermissions``: those rules as ClusterRole
+        ``system:kcp:initializer:<initializer>``, bound to the group of that name, inside the new workspace."""
+        roles = self.registry.catalog.lookup(cluster, RBAC_GROUP, "v1", "clusterroles")
+        bindings = self.registry.catalog.lookup(cluster, RBAC_GROUP, "v1", "clusterrolebindings")
+        for initializer in initializers:
+            rules = self._initializer_permissions(initializer)
+            if not rules:
+                continue
+            grant = initializer_group(initializer)
+            self._ensure(roles, cluster, grant, {"rules": rules})
+            self._ensure(bindings, cluster, grant, {
+                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": grant},
+                "subjects": [{"kind": "Group", "apiGroup": RBAC_GROUP, "name": grant}]})
+
+    def _initializer_permissions(self, initializer: str) -> list:
+        try:
+            parsed = parse_initializer(initializer)
+        except errors.BadRequest:
+            return []  # not a WorkspaceType's initializer (a name listed verbatim in spec.initializers)
+        found = tenancy.resolve_type(self.store, parsed.type_cluster,
+                                     {"name": parsed.type_name, "path": parsed.type_cluster})
+        rules = ((found[1].get("spec") or {}).get("initializerPermissions") if found else None) or []
+        return rules if isinstance(rules, list) else []
+
+    def _revoke_initializers(self, cluster: str) -> None:
+        """The workspace is initialized: its initializer grants go (the groups could no longer enter anyway)."""
+        for plural in ("clusterrolebindings", "clusterroles"):
+            rt = self.registry.catalog.lookup(cluster, RBAC_GROUP, "v1", plural)
+            for obj in self.store.list(rt.storage_key, cluster)[0]:
+                if obj["metadata"]["name"].startswith(INITIALIZER_GROUP_PREFIX):
+                    try:
+                        self.registry.delete(rt, cluster, "", obj["metadata"]["name"])
+                    except errors.NotFound:
+                        pass
 
     def _revoke(self, parent: str, name: str) -> None:
         if not self.registry.cluster_exists(parent):

@@ -321,6 +321,7 @@ class Registry:
         if rt.has_status and rt.plural != "namespaces":
             obj.pop("status", None)
         causes = rt.prepare(obj, None)
+        rt.derive(obj)
         generate = not meta.get("name") and meta.get("generateName")
         causes += offhub.run_if(size, _validation_causes, rt, obj, None)
         if causes:
@@ -376,6 +377,7 @@ class Registry:
             raise errors.Conflict.modified(rt.plural, rt.group, name)
         new = self._merge_update(rt, old, obj, subresource)
         causes = [] if subresource else rt.prepare(new, old)
+        rt.derive(new)
         causes += offhub.run_if(size, _validation_causes, rt, new, old)
         if causes:
             raise errors.Invalid.for_fields(rt.kind, rt.group, name, causes)

@@ -19,6 +19,7 @@ from server.registry.selectors import DEFAULT_FIELDS
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 Hook = Callable[[dict, "dict | None"], "list[dict]"]  # (new object, old object or None) -> causes
+Derive = Callable[[dict], None]  # the object about to be stored -> None (sets fields computed from others)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,10 @@ def _no_hook(obj: dict, old: dict | None) -> list[dict]:
     return []
 
 
+def _no_derive(obj: dict) -> None:
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class ResourceType:
     group: str
@@ -60,6 +65,9 @@ class ResourceType:
     columns: tuple = ()                    # table.Column, after the NAME column
     prepare: Hook = _no_hook               # defaulting; may mutate the new object; returns causes
     validate: Hook = _no_hook              # type-specific validation; returns causes; pure (may run off the hub)
+    # Fields computed from others on every write, the status subresource's included (a ClusterWorkspace's phase
+    # and initializer labels): whatever a client sent for them is replaced, so they always agree with the rest.
+    derive: Derive = _no_derive
     allow_unconditional_update: bool = True  # built-ins: True; custom resources: False
     name_rule: str = "subdomain"
     returns_deleted_object: bool = False   # DELETE answers the object instead of a Status
