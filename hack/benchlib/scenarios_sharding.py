@@ -165,11 +165,15 @@ def _create_in(ctx: Context, shard: Shard, cluster: str, n: int, prefix: str, ou
         ctx.close_client(c)
 
 
-def _ready(shard: Shard, cluster: str) -> int:
+def _workspaces(shard: Shard, cluster: str) -> list[dict]:
     r = shard.request("GET", f"/clusters/{cluster}{CWS}?labelSelector=bench%3Dsharding")
     if r.status != 200:
         raise RuntimeError(f"list workspaces in {cluster}: {r.status} {r.data[:300]!r}")
-    return sum(1 for i in json.loads(r.data)["items"] if (i.get("status") or {}).get("phase") == "Ready")
+    return json.loads(r.data)["items"]
+
+
+def _ready(shard: Shard, cluster: str) -> int:
+    return sum(1 for i in _workspaces(shard, cluster) if (i.get("status") or {}).get("phase") == "Ready")
 
 
 def _org(shard: Shard, name: str, on: str) -> None:
@@ -208,7 +212,12 @@ def _workspace_rate(ctx: Context, label: str, orgs: list[tuple[Shard, str]], n: 
     cpu = {core: sum(util.cpu_seconds(pid) for pid in pids) - cpu0[core] for core, pids in cores.items()}
     ctx.log(f"{label}: {ready}/{created} Ready in {seconds:.1f}s (all accepted after {accepted:.1f}s); CPU " +
             ", ".join(f"{core} {value:.1f}s" for core, value in cpu.items()))
+    home = {org: (json.loads(orgs[0][0].request("GET", f"/clusters/root{CWS}/{org}").data)["status"]
+                  .get("location") or {}).get("current") for _, org in orgs}  # the orgs are in root (root shard)
+    remote = sum(1 for shard, org in orgs for w in _workspaces(shard, f"root:{org}")
+                 if ((w.get("status") or {}).get("location") or {}).get("current") != home[org])
     return {"per_s": ready / seconds, "core_per_s": ready / max(max(cpu.values()), 1e-9), "seconds": seconds,
+            "elsewhere": remote,
             "accepted_s": accepted, "ready": ready, "errors": sum(r["errors"] for r in results.values()),
             "cpu_ms_workspace": sum(cpu.values()) * 1e3 / max(ready, 1)}
 

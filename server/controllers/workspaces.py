@@ -4,8 +4,9 @@ For ClusterWorkspace ``team`` in ``root:org`` (logical cluster ``root:org:team``
 
 * Scheduling: choose a shard -- the one ``spec.shard.name`` names, else the least loaded of those
   ``spec.shard.selector`` selects (all by default; load = the Shard's reported ``status.logicalClusters`` plus
-  what this controller placed there since), this very shard while it is within 10% (+2) of the least loaded
-  one (a child next to its parent costs no cross-shard calls) -- and, for another shard, record it in
+  what this controller placed there since), this very shard while its reported load is within 10% (+2) of the
+  lowest report (a child next to its parent costs no cross-shard calls; reports lag alike for every shard,
+  so its own fresh placements are not held against it) -- and, for another shard, record it in
   ``status.location.current`` first, so a restart never places a workspace twice (one placed here is known by
   its logical cluster). Then create the logical cluster there (here: directly; on another
   shard: by creating its LogicalCluster through that shard's API, ``server.apis.logicalclusters``), grant the
@@ -68,9 +69,10 @@ class Unschedulable(Exception):
 
 class WorkspaceController:
     """``directory`` (``server.controllers.shards``): the shards to schedule to; without one every workspace is
-    placed on this shard, as a single shard does."""
+    placed on this shard, as a single shard does. Sixteen workers (greenlets): a reconcile that makes a logical
+    cluster on another shard waits for that shard's answer, and must not hold up the local ones meanwhile."""
 
-    def __init__(self, registry: Registry, *, base_url: str, virtual_workspace_url: str = "", workers: int = 4,
+    def __init__(self, registry: Registry, *, base_url: str, virtual_workspace_url: str = "", workers: int = 16,
                  shard_name: str = tenancy.SHARD_NAME, directory: ShardDirectory | None = None):
         self.registry = registry
         self.store = registry.store
@@ -202,9 +204,13 @@ class WorkspaceController:
         if not shards:
             raise Unschedulable("no shard is registered")
         loads = {s["metadata"]["name"]: self._load(s) for s in shards}
-        name = min(loads, key=lambda n: (loads[n], n))
-        if self.name in loads and loads[self.name] <= loads[name] * LOCALITY_SLACK + LOCALITY_MARGIN:
+        # Whether to stay is judged on the reports alone: every shard's lag the same, this one's own recent
+        # placements (which the others' reports do not show yet) not held against it.
+        reports = {n: self._placed[n][0] or 0 for n in loads}
+        if self.name in reports and reports[self.name] <= min(reports.values()) * LOCALITY_SLACK + LOCALITY_MARGIN:
             name = self.name  # about as loaded as the least: stay with the parent (no cross-shard calls)
+        else:
+            name = min(loads, key=lambda n: (loads[n], n))  # what it placed since counts: no herd on one shard
         reported, placed = self._placed.get(name, (None, 0))
         self._placed[name] = (reported, placed + 1)
         return name
