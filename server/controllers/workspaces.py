@@ -4,7 +4,7 @@ For ClusterWorkspace ``team`` in ``root:org`` (logical cluster ``root:org:team``
 
 * Scheduling: choose a shard -- the one ``spec.shard.name`` names, else the least loaded of those
   ``spec.shard.selector`` selects (all by default; load = the Shard's reported ``status.logicalClusters`` plus
-  what this controller placed there since), this very shard while its reported load is within 10% (+2) of the
+  what this controller placed there since), this very shard while its reported load is within 50% (+10) of the
   lowest report (a child next to its parent costs no cross-shard calls; reports lag alike for every shard,
   so its own fresh placements are not held against it) -- and, for another shard, record it in
   ``status.location.current`` first, so a restart never places a workspace twice (one placed here is known by
@@ -60,7 +60,7 @@ def location_of(workspace: dict) -> str:
 
 
 #: A workspace stays on its parent's shard while that shard's load is within this of the least loaded one's.
-LOCALITY_SLACK, LOCALITY_MARGIN = 1.1, 2
+LOCALITY_SLACK, LOCALITY_MARGIN = 1.5, 10
 
 
 class Unschedulable(Exception):

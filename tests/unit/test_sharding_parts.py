@@ -71,8 +71,8 @@ def controller(tmp_path):
 
 
 def test_the_scheduler_prefers_the_least_loaded_but_keeps_children_near_their_parent(controller):
-    controller.directory = _Directory([_shard("root", 10), _shard("two", 9)])
-    assert controller._schedule({}) == "root"                  # within 10% (+2): stays here
+    controller.directory = _Directory([_shard("root", 20), _shard("two", 7)])
+    assert controller._schedule({}) == "root"                  # within 50% (+10): stays here
     controller.directory = _Directory([_shard("root", 30), _shard("two", 10)])
     placed = [controller._schedule({}) for _ in range(6)]
     assert placed == ["two"] * 6                               # and counts what it placed since the last report
