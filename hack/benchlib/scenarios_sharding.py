@@ -121,7 +121,8 @@ def scen_etcd_get(ctx: Context) -> Iterator[Row]:
         ensure_get_object(shard)
     yield from compare_wrk(
         ctx, "GET configmap: etcd vs SQLite (wrk -t1 -c50, keep-alive TLS)",
-        [("sqlite", lambda: sqlite.url + GET_PATH, sqlite.auth), ("etcd", lambda: on_etcd.url + GET_PATH, on_etcd.auth)],
+        [("sqlite", lambda: sqlite.url + GET_PATH, sqlite.auth),
+         ("etcd", lambda: on_etcd.url + GET_PATH, on_etcd.auth)],
         [("etcd", "sqlite", None)], cpu={"sqlite": {"shard": sqlite.pid}, "etcd": {"shard": on_etcd.pid}})
 
 
@@ -331,7 +332,8 @@ def scen_front_proxy(ctx: Context) -> Iterator[Row]:
         added = p50["front-proxy"] - p50["direct"]
         yield Row(group, "added p50: front-proxy - direct", {"added_p50_ms": added}, target="<= 1 ms",
                   ok=added <= 1.0)
-        yield Row(group, "added p50: nginx proxy_pass - direct", {"added_p50_ms": p50["nginx proxy_pass"] - p50["direct"]})
+        yield Row(group, "added p50: nginx proxy_pass - direct",
+                  {"added_p50_ms": p50["nginx proxy_pass"] - p50["direct"]})
     yield from compare_wrk(
         ctx, "front-proxy: GET configmap (wrk -t1 -c50; all servers on the server core)", targets,
         [("front-proxy", "direct", None), ("front-proxy", "nginx proxy_pass", None)],
