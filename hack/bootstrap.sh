@@ -18,9 +18,9 @@ KCP_STAMP="${KCP_VENV}/.kcp-install-stamp"
 _kcp_log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # Debian packages that hack/test needs, as BINARY:PACKAGE. Add entries here when a test suite
-# starts needing a system binary (e.g. "etcd:etcd-server" for the etcd storage backend tests).
+# starts needing a system binary.
 KCP_TEST_DEBIAN_DEPS=(
-    # "etcd:etcd-server"
+    "etcd:etcd-server"   # the etcd storage backend: the tests start their own etcd processes
 )
 
 _kcp_apt_updated=0

@@ -21,6 +21,7 @@ from kcp_virtual.framework.inflight import IN_FLIGHT_SLOT, InFlightLimiter, answ
 from kcp_virtual.framework.httprequest import HTTPRequest
 from kcp_virtual.framework.openapi import v2_document
 from kcp_virtual.framework.requestinfo import RequestInfo, parse_request_info
+from server.apis.logicalclusters import LOGICAL_CLUSTER
 from server.auth import impersonation
 from server.auth.authn import Authenticator
 from server.auth.authz import Attributes, Authorizer, forbidden_message
@@ -29,6 +30,7 @@ from server.endpoints.openapi import OpenAPIIndex
 from server.endpoints.rest import ResourceAPI, json_response
 from server.registry.generic import Registry
 from server.registry.resourcetype import Catalog
+from server.storage import ObjectTooLargeError, StorageUnavailableError
 
 log = structlog.get_logger("kcp.shard")
 
@@ -41,6 +43,11 @@ _CLUSTER_NAME = re.compile(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0
 DEFAULT_CLUSTER = "root"
 
 ServiceHandler = Callable[[Request, UserInfo], Response]
+
+
+def _creates_logical_cluster(info: RequestInfo) -> bool:
+    return (info.verb == "create" and info.group == LOGICAL_CLUSTER.group and info.resource == LOGICAL_CLUSTER.plural
+            and not info.subresource)
 
 
 class ShardApp:
@@ -58,11 +65,24 @@ class ShardApp:
         self.readiness: dict[str, Callable[[], bool]] = {"ping": lambda: True, "storage": self._storage_ready}
         self.services: ServiceHandler | None = None
         self.token_issuer = None  # server.auth.serviceaccounts.ServiceAccountTokens (TokenRequest, TokenReview)
+        # fn(cluster): delete a logical cluster and its nested workspaces wherever they live (the workspace
+        # controller's; DELETE of its LogicalCluster calls it); None: the registry's, this shard only
+        self.delete_logical_cluster = None
 
     # ------------------------------------------------------------------ WSGI
 
     def __call__(self, environ, start_response):
-        return answer(environ, start_response, lambda: errors.respond(self.dispatch, HTTPRequest(environ), log))
+        return answer(environ, start_response, lambda: errors.respond(self._dispatch, HTTPRequest(environ), log))
+
+    def _dispatch(self, request: Request) -> Response:
+        """``dispatch``, with the storage's own failures answered as the Status a client can act on."""
+        try:
+            return self.dispatch(request)
+        except StorageUnavailableError as exc:
+            raise errors.ServiceUnavailable(f"storage unavailable: {exc}",
+                                            details={"retryAfterSeconds": 1}, headers={"Retry-After": "1"}) from None
+        except ObjectTooLargeError as exc:
+            raise errors.RequestEntityTooLarge(f"the object is too large to store: {exc}") from None
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
@@ -143,7 +163,8 @@ class ShardApp:
         if path.startswith("/openapi/"):
             self.registry.require_cluster(cluster)
             return self._openapi(request, cluster, path, prefix)
-        self.registry.require_cluster(cluster)
+        if not _creates_logical_cluster(info):  # the one request for a logical cluster that does not exist yet
+            self.registry.require_cluster(cluster)
         if not info.is_resource:
             if request.method not in ("GET", "HEAD"):
                 raise errors.MethodNotAllowed(f"{request.method} is not supported on {path}")
@@ -210,4 +231,5 @@ class ShardApp:
     # ------------------------------------------------------------------ health
 
     def _storage_ready(self) -> bool:
-        return self.registry.store is not None
+        store = self.registry.store
+        return store is not None and store.healthy()

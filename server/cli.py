@@ -37,11 +37,16 @@ def _start_parser(sub) -> None:
                             "(a watch: for its response head), else 504 (default 60)")
     _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
     _limit_arguments(start)
-    start.add_argument("--log-format", choices=("text", "json"), default="text")
-    start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
-                       help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
-                            "per request; 4: debug)")
+    _etcd_and_sharding_flags(start)
+    _logging_flags(start)
     start.set_defaults(func=run_start)
+
+
+def _logging_flags(parser) -> None:
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
+                        help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
+                             "per request; 4: debug)")
 
 
 def _virtual_workspace_flags(parser, where: str) -> None:
@@ -96,6 +101,56 @@ def _timeouts(args) -> dict[str, float]:
     return {key: value for key, value in given.items() if value is not None}
 
 
+def _etcd_and_sharding_flags(start) -> None:
+    """``kcp start``'s etcd storage and sharding flags (kept together: one place to merge)."""
+    etcd = start.add_argument_group("etcd storage (instead of SQLite)")
+    etcd.add_argument("--etcd-servers", default="", metavar="URL[,URL...]",
+                      help="store in etcd v3 at these members (http:// or https://) instead of SQLite")
+    etcd.add_argument("--etcd-prefix", default=None,
+                      help="this shard's key prefix; shards sharing an etcd need prefixes of their own, none "
+                           "inside another's (default /registry)")
+    etcd.add_argument("--etcd-cafile", default=None, help="CA of the etcd members' serving certificates")
+    etcd.add_argument("--etcd-certfile", default=None, help="client certificate for etcd")
+    etcd.add_argument("--etcd-keyfile", default=None, help="its key")
+    shards = start.add_argument_group("sharding")
+    shards.add_argument("--shard-name", default=None,
+                        help="this shard's name, its Shard object in root (default root)")
+    shards.add_argument("--root-shard-kubeconfig", default=None,
+                        help="join the root shard of this admin kubeconfig (<root shard's root directory>/"
+                             "admin.kubeconfig) as one more shard; without it, this shard is the root")
+
+
+def _etcd_and_sharding_config(args) -> dict:
+    """The ShardConfig fields of those flags (unset ones keep ShardConfig's defaults), or raise ValueError with
+    what is wrong."""
+    from server.apis.tenancy import SHARD_NAME
+    from server.registry.validation import is_dns1123_label
+    from server.storage.etcd import normalize_prefix
+
+    servers = [url.strip() for url in args.etcd_servers.split(",") if url.strip()]
+    for url in servers:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--etcd-servers: {url!r} is not an http:// or https:// URL")
+    if (args.etcd_certfile is None) != (args.etcd_keyfile is None):
+        raise ValueError("--etcd-certfile and --etcd-keyfile go together")
+    fields = {"etcd_servers": servers, "etcd_cafile": args.etcd_cafile, "etcd_certfile": args.etcd_certfile,
+              "etcd_keyfile": args.etcd_keyfile, "root_shard_kubeconfig": args.root_shard_kubeconfig}
+    if args.etcd_prefix is not None:
+        try:
+            normalize_prefix(args.etcd_prefix)
+        except ValueError as exc:
+            raise ValueError(f"--etcd-prefix: {exc}") from None
+        fields["etcd_prefix"] = args.etcd_prefix
+    name = args.shard_name if args.shard_name is not None else SHARD_NAME
+    if is_dns1123_label(name):
+        raise ValueError(f"--shard-name: {name!r} is not a DNS label (lower case letters, digits and '-')")
+    if args.root_shard_kubeconfig and name == SHARD_NAME:
+        raise ValueError(f"--root-shard-kubeconfig: a shard joining a root shard needs a --shard-name other than "
+                         f"{SHARD_NAME!r}")
+    fields["shard_name"] = name
+    return fields
+
+
 def _boolean(value: str) -> bool:
     if value.lower() in ("true", "1", "yes"):
         return True
@@ -110,12 +165,18 @@ def run_start(args) -> int:
     from kcp_virtual.framework.plugins import PluginError
     from server.http import logs
     from server.shard import Shard, ShardConfig
+    from server.storage import StorageError
 
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
     try:
         virtual_workspaces = tuple(_virtual_workspaces(args))
     except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        etcd_and_sharding = _etcd_and_sharding_config(args)
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = ShardConfig(root_directory=Path(args.root_directory), bind_address=args.bind_address,
@@ -130,7 +191,7 @@ def run_start(args) -> int:
                          request_timeout=args.request_timeout,
                          **_timeouts(args),
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
-                         virtual_workspaces=virtual_workspaces)
+                         virtual_workspaces=virtual_workspaces, **etcd_and_sharding)
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
         print("error: --run-virtual-workspaces=false needs --shard-virtual-workspace-url (where "
               "`kcp virtual-workspaces` listens)", file=sys.stderr)
@@ -143,7 +204,7 @@ def run_start(args) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         log.error("cannot start", error=str(exc))
         print(f"error: cannot start kcp: {exc}", file=sys.stderr)
         return 1
@@ -201,10 +262,7 @@ def _virtual_workspaces_parser(sub) -> None:
                     help="BOOKMARKs of the watches it serves from its cache, as often as the shard's "
                          "(default 60)")
     _limit_arguments(vw)
-    vw.add_argument("--log-format", choices=("text", "json"), default="text")
-    vw.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
-                    help="log verbosity (0: info, access lines only for 5xx answers; 2: an access line "
-                         "per request; 4: debug)")
+    _logging_flags(vw)
     vw.set_defaults(func=run_virtual_workspaces)
 
 
@@ -218,7 +276,7 @@ def run_virtual_workspaces(args) -> int:
     from server.http import logs
     from server.http.audit import AuditLog
     from server.http.metrics import Metrics
-    from server.http.serving import Server
+    from server.http.serving import Server, client_url
 
     logs.configure(args.log_format, args.verbosity)
     log = structlog.get_logger("kcp")
@@ -254,12 +312,44 @@ def run_virtual_workspaces(args) -> int:
         log.error("cannot start", error=str(exc))
         print(f"error: cannot start the virtual workspaces: {exc}", file=sys.stderr)
         return 1
-    host = args.bind_address if args.bind_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
     names = ", ".join(vw.name for vw in app.dispatcher.workspaces) or "none"
-    print(f"kcp virtual workspaces are serving on https://{host}:{server.port}/services/ ({names}); "
+    print(f"kcp virtual workspaces are serving on {client_url(args.bind_address, server.port)}/services/ ({names}); "
           f"shard: {app.shard.url}", flush=True)
     return _serve_until_signalled(server, log)
+
+
+def _front_proxy_parser(sub) -> None:
+    proxy = sub.add_parser("front-proxy", help="one URL for the workspaces of every shard (routes /clusters/<path>)")
+    proxy.add_argument("--root-shard-kubeconfig", required=True,
+                       help="the root shard's admin kubeconfig (<its root directory>/admin.kubeconfig; its CAs "
+                            "are taken from there)")
+    proxy.add_argument("--root-directory", default=".kcp-front-proxy",
+                       help="its certificates and admin.kubeconfig (default .kcp-front-proxy)")
+    proxy.add_argument("--bind-address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    proxy.add_argument("--secure-port", type=int, default=6443, help="HTTPS port (default 6443; 0 = any free)")
+    _logging_flags(proxy)
+    proxy.set_defaults(func=run_front_proxy)
+
+
+def run_front_proxy(args) -> int:
+    import structlog
+
+    from server.frontproxy import FrontProxyServer
+    from server.http import logs
+
+    logs.configure(args.log_format, args.verbosity)
+    log = structlog.get_logger("kcp")
+    try:
+        proxy = FrontProxyServer(root_shard_kubeconfig=args.root_shard_kubeconfig, root_directory=args.root_directory,
+                                 bind_address=args.bind_address, secure_port=args.secure_port).start()
+    except Exception as exc:  # noqa: BLE001 - any start-up failure is reported the same way
+        log.error("cannot start", error=str(exc))
+        print(f"error: cannot start the front-proxy: {exc}", file=sys.stderr)
+        return 1
+    print(f"kcp front-proxy is serving on {proxy.url} (workspaces of every shard under {proxy.url}/clusters/"
+          "<workspace>)", flush=True)
+    print(f"admin kubeconfig: {proxy.kubeconfig_path}  (export KUBECONFIG={proxy.kubeconfig_path})", flush=True)
+    return _serve_until_signalled(proxy, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _start_parser(sub)
     _virtual_workspaces_parser(sub)
+    _front_proxy_parser(sub)
     workspace_cli.add_parser(sub)
     return parser
 

@@ -326,6 +326,35 @@ class ShardPKI:
         return self.virtual_workspaces_key_path.read_bytes()
 
 
+#: The CAs every shard of one deployment (and its front-proxy) shares: users' certificates and the proxies'.
+SHARED_CA_FILES = ("ca.crt", "ca.key", "requestheader-ca.crt", "requestheader-ca.key")
+
+
+def adopt_shared_cas(root_dir: Path | str, source_dir: Path | str) -> None:
+    """Make ``root_dir`` use the CAs of the root shard's root directory ``source_dir``, so that one kubeconfig
+    works on every shard and the front-proxy, and each of them trusts the others' proxy certificate.
+
+    Copied when ``root_dir`` has none yet; refused (ValueError) when it holds different ones, since every
+    certificate issued there would stop working. Without the CA keys in ``source_dir`` (the root shard runs
+    elsewhere), place the four files in ``root_dir`` by hand before the first start."""
+    root, source = Path(root_dir), Path(source_dir)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if Path(root).resolve() == source.resolve():
+        return
+    available = all((source / name).exists() for name in SHARED_CA_FILES)
+    for name in SHARED_CA_FILES:
+        mine = root / name
+        if mine.exists():
+            if available and mine.read_bytes() != (source / name).read_bytes():
+                raise ValueError(f"{mine} differs from the root shard's {source / name}: a shard must use the "
+                                 "root shard's CAs (start it with a fresh --root-directory)")
+        elif available:
+            _write_atomic(mine, (source / name).read_bytes(), 0o600 if name.endswith(".key") else 0o644)
+        else:
+            raise ValueError(f"{source} does not hold the root shard's CAs ({', '.join(SHARED_CA_FILES)}): copy "
+                             f"them from the root shard's root directory into {root} before the first start")
+
+
 def ensure_shard_pki(root_dir: Path | str, bind_address: str) -> ShardPKI:
     """Create the shard's PKI under ``root_dir`` on first start and reuse it afterwards.
 
@@ -382,8 +411,10 @@ def write_kubeconfig(path: Path | str, *, server_base: str, ca_pem: bytes, cert_
 
 
 def write_admin_kubeconfig(root_dir: Path | str, pki: ShardPKI, host: str = "127.0.0.1",
-                           port: int = 6443) -> Path:
-    """Write ``<root>/admin.kubeconfig``: context ``root`` (current) and ``base`` (no cluster path).
+                           port: int = 6443, *, root_url: str | None = None) -> Path:
+    """Write ``<root>/admin.kubeconfig``: context ``root`` (current) and ``base`` (no cluster path). A shard that
+    is not the root (``root_url``: the root shard's) holds no ``root``: its ``root`` context is the root
+    shard's, and ``base`` (this shard) is current.
 
     A restart keeps what the user did with the file since (``kcp ws use`` adds a context and cluster per
     workspace and switches to it): only the entries written here are renewed, entries on the previous
@@ -394,8 +425,10 @@ def write_admin_kubeconfig(root_dir: Path | str, pki: ShardPKI, host: str = "127
     path = Path(root_dir) / "admin.kubeconfig"
     previous = _read_kubeconfig(path)
     write_kubeconfig(path, server_base=base, ca_pem=pki.ca_pem, cert_pem=pki.admin_cert_pem,
-                     key_pem=pki.admin_key_pem, contexts={"root": "/clusters/root", "base": base},
-                     current="root", user="admin")
+                     key_pem=pki.admin_key_pem,
+                     contexts={"root": f"{root_url.rstrip('/')}/clusters/root" if root_url else "/clusters/root",
+                               "base": base},
+                     current="base" if root_url else "root", user="admin")
     if previous is not None:
         _keep_user_entries(path, previous, base)
     return path

@@ -21,7 +21,7 @@ from server import pki
 from server.apis import builtin_types
 from server.apis.apiextensions import CustomResourceIndex
 from server.apis.bound import BoundResourceIndex
-from server.apis.tenancy import WORKSPACE_TYPES
+from server.apis.tenancy import ROOT, SHARD_NAME, WORKSPACE_TYPES
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
 from server.auth.bootstrap_policy import ensure_bootstrap_policy
@@ -32,19 +32,22 @@ from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
-from server.controllers.serviceaccounts import ServiceAccountController
 from server.controllers.publication import URLPublisher
+from server.controllers.replication import REPLICATED_RESOURCES, Replicator
+from server.controllers.serviceaccounts import ServiceAccountController
+from server.controllers.shards import ParentReviews, ShardDirectory, ShardRegistration
 from server.controllers.workspaces import WorkspaceController
 from server.http.audit import AuditLog
-from server.http.forwarding import ServicesForwarder
+from server.http.forwarding import Forwarder
 from server.http.logs import RequestLogMiddleware
 from server.http.metrics import Metrics
-from server.http.serving import BODY_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, Server
+from server.http.serving import BODY_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, Server, client_url
 from server.registry.generic import Registry
 from server.registry.repair import repair_stored_types
 from server.registry.resourcetype import Catalog
 from server.shardclient import InProcessShardClient
-from server.storage import SQLiteBackend, Store
+from server.storage import EtcdBackend, SQLiteBackend, Store
+from server.storage.etcd import DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX, normalize_prefix
 
 log = structlog.get_logger("kcp.shard")
 
@@ -77,6 +80,16 @@ class ShardConfig:
     shard_virtual_workspace_url: str | None = None   # published in status; default: the shard's own URL
     request_timeout: float = 60.0             # kube's --request-timeout: the longest a forwarded request waits upstream
     audit_log_path: str | None = None         # kube's --audit-log-path: one audit.k8s.io/v1 Event per request
+    # -- etcd storage (instead of SQLite when etcd_servers is set)
+    etcd_servers: list[str] = field(default_factory=list)
+    etcd_prefix: str = DEFAULT_ETCD_PREFIX
+    etcd_cafile: str | None = None
+    etcd_certfile: str | None = None
+    etcd_keyfile: str | None = None
+    etcd_compaction_interval: float = 300.0
+    # -- sharding
+    shard_name: str = SHARD_NAME              # this shard's Shard object in root
+    root_shard_kubeconfig: str | None = None  # set: join that root shard; unset: this shard is the root
 
     def storage_path(self) -> Path:
         if self.storage:
@@ -87,6 +100,7 @@ class ShardConfig:
 class Shard:
     def __init__(self, config: ShardConfig):
         self.config = config
+        self.name = config.shard_name
         self.root = Path(config.root_directory)
         self.server: Server | None = None
         self.store: Store | None = None
@@ -100,9 +114,10 @@ class Shard:
             raise ValueError("run_virtual_workspaces=False needs shard_virtual_workspace_url (the external "
                              "virtual-workspace server to forward /services/* to)")
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.config.root_shard_kubeconfig:  # one CA for the whole deployment (server.controllers.shards)
+            pki.adopt_shared_cas(self.root, Path(self.config.root_shard_kubeconfig).resolve().parent)
         self.pki = pki.ensure_shard_pki(self.root, self.config.bind_address)
-        self.store = Store(SQLiteBackend(str(self.config.storage_path())),
-                           history_seconds=self.config.watch_history_seconds,
+        self.store = Store(self._backend(), history_seconds=self.config.watch_history_seconds,
                            history_max_events=self.config.watch_history_events)
         self.catalog = Catalog(builtin_types())
         self.crds = CustomResourceIndex(self.store, self.catalog.builtin_types)
@@ -111,7 +126,9 @@ class Shard:
         self.catalog.add_source(self.crds)
         self.registry = Registry(self.store, self.catalog)
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
-        self.registry.ensure_logical_cluster("root")
+        self.registry.replicated_resources = REPLICATED_RESOURCES
+        if self.is_root:  # elsewhere root's objects are replicas (server.controllers.replication)
+            self.registry.ensure_logical_cluster(ROOT)
         repair_stored_types(self.registry)
         self.authorizer = RBACAuthorizer(self.registry)
         authenticators = [ClientCertificateAuthenticator(issuers=[self.pki.ca.common_name])]
@@ -137,13 +154,13 @@ class Shard:
             self.app.readiness.update(self.virtual_workspaces.readiness())
         else:
             self.virtual_workspaces = None
-            self.app.services = ServicesForwarder(
+            self.app.services = Forwarder(
                 self.config.shard_virtual_workspace_url, ca_file=str(self.pki.ca_cert_path),
                 cert_file=str(self.pki.shard_proxy_cert_path), key_file=str(self.pki.shard_proxy_key_path),
                 current_resource_version=self.registry.current_resource_version, timeout=self.config.request_timeout)
         self.audit = AuditLog(self.config.audit_log_path) if self.config.audit_log_path else None
         access_log = RequestLogMiddleware(self.app, self.metrics, audit=self.audit)
-        # Forwarded /services/* skip the WSGI stack (server.http.forwarding.ServicesForwarder.forward_raw).
+        # Forwarded /services/* skip the WSGI stack (server.http.forwarding.Forwarder.forward_raw).
         intercept = access_log.intercepting(self.app.intercept) if self.virtual_workspaces is None else None
         self.server = Server(access_log, intercept=intercept, intercept_prefix="/services/",
                              host=self.config.bind_address,
@@ -156,7 +173,17 @@ class Shard:
                              header_timeout=self.config.header_timeout, body_timeout=self.config.body_timeout)
         self.server.start()
         self.app.server_address = f"{self.config.bind_address}:{self.port}"
-        self.kubeconfig_path = pki.write_admin_kubeconfig(self.root, self.pki, port=self.port)
+        self.directory = ShardDirectory(self.registry, name=self.name, url=self.url, ca_file=str(self.pki.ca_cert_path),
+                                        cert_file=str(self.pki.admin_cert_path), key_file=str(self.pki.admin_key_path),
+                                        root_kubeconfig=self.config.root_shard_kubeconfig)
+        self.kubeconfig_path = pki.write_admin_kubeconfig(
+            self.root, self.pki, port=self.port, root_url=None if self.is_root else self.directory.root.url)
+        self.authorizer.parent_reviews = ParentReviews(self.directory)
+        virtual_workspace_url = self.config.shard_virtual_workspace_url or self.url
+        workspaces = WorkspaceController(self.registry, base_url=self.url, virtual_workspace_url=virtual_workspace_url,
+                                         shard_name=self.name, directory=self.directory)
+        self.app.delete_logical_cluster = workspaces.delete_logical_cluster
+        self.controllers.append(Replicator(self.registry, self.directory))
         self.controllers.append(ServiceAccountController(self.registry))
         self.controllers.append(CRDController(self.registry, self.crds))
         self.controllers.append(APIExportController(self.registry))
@@ -164,14 +191,32 @@ class Shard:
         self.controllers.append(URLPublisher(  # where each WorkspaceType's initializer is initialized
             self.registry, WORKSPACE_TYPES, lambda cluster, name: initializing_url_path(initializer_name(cluster, name)),
             name="workspacetypes"))
-        self.controllers.append(WorkspaceController(
-            self.registry, base_url=self.url,
-            virtual_workspace_url=self.config.shard_virtual_workspace_url or self.url))
+        self.controllers.append(workspaces)
+        self.controllers.append(ShardRegistration(self.registry, self.directory, spec={
+            "baseURL": self.url, "virtualWorkspaceURL": virtual_workspace_url}))
         for controller in self.controllers:
             controller.start()
-        log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path),
-                 storage=str(self.config.storage_path()))
+        log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path), storage=self.storage_description)
         return self
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this is the root shard (the one holding ``root``), not one joining it."""
+        return not self.config.root_shard_kubeconfig
+
+    def _backend(self):
+        config = self.config
+        if not config.etcd_servers:
+            return SQLiteBackend(str(config.storage_path()))
+        return EtcdBackend(config.etcd_servers, prefix=config.etcd_prefix, owner=self.name,
+                           ca_file=config.etcd_cafile, cert_file=config.etcd_certfile, key_file=config.etcd_keyfile,
+                           compaction_interval=config.etcd_compaction_interval)
+
+    @property
+    def storage_description(self) -> str:
+        if self.config.etcd_servers:
+            return f"etcd {','.join(self.config.etcd_servers)} prefix {normalize_prefix(self.config.etcd_prefix)}"
+        return str(self.config.storage_path())
 
     def stop(self) -> None:
         for controller in reversed(self.controllers):
@@ -199,9 +244,4 @@ class Shard:
     @property
     def url(self) -> str:
         """The base URL clients use (loopback when bound to every interface)."""
-        host = self.config.bind_address
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"https://{host}:{self.port}"
+        return client_url(self.config.bind_address, self.port)

@@ -35,6 +35,7 @@ __all__ = ["InProcessShardClient", "PRIVILEGED"]
 #: Who acts when a virtual workspace calls with ``user=None`` and the call reaches a custom handler
 #: (as the remote client's admin kubeconfig would: a member of ``system:masters``).
 PRIVILEGED = UserInfo("system:kcp:virtual-workspaces", groups=("system:masters", "system:authenticated"))
+_READS = frozenset({"get", "list", "watch"})
 RULES_REVIEWS = GroupVersionResource("authorization.k8s.io", "v1", "selfsubjectrulesreviews")
 
 
@@ -63,7 +64,8 @@ class InProcessShardClient:
         """The served type of ``gvr`` in ``cluster``, after the checks the HTTP path would have made."""
         if user is not None:
             self._authorize(user, verb, gvr, cluster, namespace, name, subresource)
-        self.registry.require_cluster(cluster)
+        # reads also see what is replicated of other shards' clusters (an APIExport of a provider elsewhere)
+        self.registry.require_cluster(cluster, replicas=verb in _READS)
         rt = self.catalog.lookup(cluster, gvr.group, gvr.version, gvr.path_resource)
         if rt is None:
             raise errors.NotFound.path()

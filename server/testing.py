@@ -13,18 +13,31 @@ under a second::
 
 With pytest, load the plugin (``pytest_plugins = ["server.testing"]`` in a conftest) and ask for ``kcp_shard``.
 ``installed_plugins`` installs virtual workspace plugin projects for a test, as users install them.
+
+Storage: SQLite in the shard's directory, or etcd with ``pytest --kcp-storage=etcd`` (or
+``KCP_TEST_STORAGE=etcd``): one ``etcd`` process (Debian ``etcd-server``) is started for the test session,
+``KCP_TEST_ETCD_SERVERS`` names one already running instead, and every shard gets its own prefix (the
+same one again when restarted on the same directory). ``running_etcd()`` starts one for any other use.
+Several shards of one deployment: ``join_shard(root, name)``, and ``start_front_proxy(root)`` in front of them.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import importlib
 import os
 import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -34,11 +47,11 @@ from server.shard import Shard, ShardConfig
 START_TIMEOUT = 30.0
 
 
-class RunningShard:
-    """A started shard and the ways to talk to it."""
+class _Running:
+    """A server started in a thread of its own (its own gevent hub), and the ways to talk to it."""
 
-    def __init__(self, shard: Shard, hub, stop_event, thread: threading.Thread, workdir: Path):
-        self.shard = shard
+    def __init__(self, server, hub, stop_event, thread: threading.Thread, workdir: Path):
+        self.server = server
         self._hub = hub
         self._stop_event = stop_event
         self._thread = thread
@@ -46,19 +59,19 @@ class RunningShard:
 
     @property
     def url(self) -> str:
-        return self.shard.url
+        return self.server.url
 
     @property
     def kubeconfig(self) -> str:
-        return str(self.shard.kubeconfig_path)
+        return str(self.server.kubeconfig_path)
 
     @property
     def root_directory(self) -> Path:
-        return self.shard.root
+        return self.server.root
 
     @property
     def ca_file(self) -> str:
-        return str(self.shard.pki.ca_cert_path)
+        return str(self.server.pki.ca_cert_path)
 
     def api_client(self, context: str = "root"):
         """A ``kubernetes.client.ApiClient`` for the admin identity (``system:masters``)."""
@@ -109,17 +122,41 @@ class RunningShard:
             self._thread.join(START_TIMEOUT)
 
 
+class RunningShard(_Running):
+    """A started shard (``.shard``)."""
+
+    @property
+    def shard(self) -> Shard:
+        return self.server
+
+
+class RunningFrontProxy(_Running):
+    """A started ``kcp front-proxy`` (``.proxy``); its kubeconfig holds the shared CA's admin credentials."""
+
+    @property
+    def proxy(self):
+        return self.server
+
+
 def _spawn(fn):
     import gevent
 
     gevent.spawn(fn)
 
 
-def start_shard(config: ShardConfig | None = None, workdir: Path | None = None) -> RunningShard:
-    """Start a shard in a background thread; the caller must ``stop()`` it."""
+def start_shard(config: ShardConfig | None = None, workdir: Path | None = None, *, port: int = 0) -> RunningShard:
+    """Start a shard in a background thread (on ``port``, a free one by default); the caller must ``stop()`` it."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kcp-test-"))
     config = replace(config or ShardConfig(), root_directory=workdir / ".kcp", bind_address="127.0.0.1",
-                     secure_port=0)
+                     secure_port=port)
+    if not config.etcd_servers and not config.storage and default_storage() == "etcd":
+        config = replace(config, etcd_servers=session_etcd().servers, etcd_prefix=etcd_prefix_for(workdir))
+    return RunningShard(*_serve_in_thread(lambda: Shard(config).start(), "kcp-shard"), workdir)
+
+
+def _serve_in_thread(start, name: str):
+    """``start()`` (returning a started server with ``stop()``) in a thread with its own hub, which stops it when
+    told to: ``(server, hub, stop_event, thread)``; start-up errors are raised here."""
     state: dict = {}
     ready = threading.Event()
 
@@ -128,25 +165,42 @@ def start_shard(config: ShardConfig | None = None, workdir: Path | None = None) 
 
         stop_event = gevent.event.Event()
         try:
-            shard = Shard(config).start()
+            server = start()
         except BaseException as exc:
             state["error"] = exc
             ready.set()
             return
-        state.update(shard=shard, hub=gevent.get_hub(), stop_event=stop_event)
+        state.update(server=server, hub=gevent.get_hub(), stop_event=stop_event)
         ready.set()
         try:
             stop_event.wait()
         finally:
-            shard.stop()
+            server.stop()
 
-    thread = threading.Thread(target=serve, name="kcp-shard", daemon=True)
+    thread = threading.Thread(target=serve, name=name, daemon=True)
     thread.start()
     if not ready.wait(START_TIMEOUT):
-        raise RuntimeError("the shard did not start in time")
+        raise RuntimeError(f"{name} did not start in time")
     if "error" in state:
         raise state["error"]
-    return RunningShard(state["shard"], state["hub"], state["stop_event"], thread, workdir)
+    return state["server"], state["hub"], state["stop_event"], thread
+
+
+def start_front_proxy(root: RunningShard, workdir: Path | None = None) -> RunningFrontProxy:
+    """``kcp front-proxy`` for the deployment of root shard ``root``, in a background thread."""
+    from server.frontproxy import FrontProxyServer
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="kcp-test-proxy-"))
+    return RunningFrontProxy(*_serve_in_thread(lambda: FrontProxyServer(
+        root_shard_kubeconfig=root.kubeconfig, root_directory=workdir / ".kcp-front-proxy", secure_port=0).start(),
+        "kcp-front-proxy"), workdir)
+
+
+def join_shard(root: RunningShard, name: str, config: ShardConfig | None = None,
+               workdir: Path | None = None, *, port: int = 0) -> RunningShard:
+    """One more shard ``name`` for the deployment of root shard ``root`` (its CAs, its Shard object in root)."""
+    return start_shard(replace(config or ShardConfig(), shard_name=name, root_shard_kubeconfig=root.kubeconfig),
+                       workdir, port=port)
 
 
 @contextlib.contextmanager
@@ -192,6 +246,149 @@ def installed_plugins(*projects: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(target, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------- etcd
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EtcdProcess:
+    """One etcd member (the ``etcd`` binary) on free loopback ports with its data in ``directory``.
+
+    ``tls`` (a ``server.pki.CA``): serve HTTPS with a certificate of that CA and require client
+    certificates of it (``client_cert``/``client_key`` are written for clients). ``stop()`` and ``start()``
+    again keep the data and the port, for restart and reconnect tests.
+    """
+
+    def __init__(self, directory: Path | str, *, tls=None, name: str = "etcd"):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.port, self.peer_port = free_port(), free_port()
+        self.ca_file = self.client_cert = self.client_key = None
+        self._tls = tls
+        scheme = "http"
+        if tls is not None:
+            from server import pki
+
+            scheme = "https"
+            self.ca_file = str(self.directory / "etcd-ca.crt")
+            Path(self.ca_file).write_bytes(tls.cert_pem)
+            pki.write_pem_pair(self.directory / "etcd-server.crt", self.directory / "etcd-server.key",
+                               # clientAuth too: etcd's JSON gateway dials etcd's gRPC with this certificate
+                               *tls.issue("etcd", server_names=["127.0.0.1", "localhost"], server=True, client=True))
+            self.client_cert, self.client_key = str(self.directory / "etcd-client.crt"), str(self.directory / "etcd-client.key")
+            pki.write_pem_pair(self.client_cert, self.client_key, *tls.issue("kcp-shard"))
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def servers(self) -> list[str]:
+        return [self.url]
+
+    def command(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        command = [shutil.which("etcd") or "/usr/bin/etcd", "--name", self.name, "--data-dir", str(self.directory / "data"),
+                   "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                   "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                   "--initial-cluster", f"{self.name}={peer}", "--logger", "zap", "--log-level", "error"]
+        if self._tls is not None:
+            command += ["--cert-file", str(self.directory / "etcd-server.crt"),
+                        "--key-file", str(self.directory / "etcd-server.key"),
+                        "--client-cert-auth", "--trusted-ca-file", self.ca_file]
+        return command
+
+    def start(self, timeout: float = START_TIMEOUT) -> "EtcdProcess":
+        if shutil.which("etcd") is None and not os.path.exists("/usr/bin/etcd"):
+            raise RuntimeError("etcd is not installed (Debian etcd-server; ./hack/test installs it)")
+        log = open(self.directory / "etcd.log", "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}: "
+                                   f"{(self.directory / 'etcd.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("etcd did not become healthy in time")
+            time.sleep(0.05)
+        return self
+
+    def ready(self) -> bool:
+        context = None
+        if self._tls is not None:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.load_cert_chain(self.client_cert, self.client_key)
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as answer:
+                return b'"true"' in answer.read()
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop etcd (``signal.SIGKILL``: crash it); the data stays for another ``start()``."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def running_etcd(directory: Path | str | None = None, *, tls=None) -> Iterator[EtcdProcess]:
+    """A started etcd member in ``directory`` (a temporary one by default), stopped and removed on exit."""
+    workdir = Path(directory or tempfile.mkdtemp(prefix="kcp-etcd-"))
+    etcd = EtcdProcess(workdir, tls=tls).start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+        if directory is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _ExternalEtcd:
+    def __init__(self, servers: str):
+        self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+
+
+_session: dict = {}
+
+
+def default_storage() -> str:
+    """``sqlite`` or ``etcd``: what shards started here store in unless their config says otherwise."""
+    return _session.get("storage") or os.environ.get("KCP_TEST_STORAGE", "sqlite")
+
+
+def session_etcd():
+    """The etcd every test shard of this process shares (started on first use, stopped at exit)."""
+    etcd = _session.get("etcd")
+    if etcd is None:
+        external = os.environ.get("KCP_TEST_ETCD_SERVERS")
+        if external:
+            etcd = _ExternalEtcd(external)
+        else:
+            directory = Path(tempfile.mkdtemp(prefix="kcp-test-etcd-"))
+            etcd = EtcdProcess(directory).start()
+            atexit.register(shutil.rmtree, directory, True)
+            atexit.register(etcd.stop)
+        _session["etcd"] = etcd
+    return etcd
+
+
+def etcd_prefix_for(workdir: Path | str) -> str:
+    """A prefix of its own for the shard in ``workdir`` (stable, so a restart finds its data again)."""
+    digest = hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:16]
+    return f"/kcp-test/{digest}"
+
+
 # ---------------------------------------------------------------------- pytest plugin
 
 try:
@@ -200,11 +397,21 @@ except ImportError:  # pragma: no cover - pytest is only needed for the fixtures
     pytest = None
 
 if pytest is not None:
+    def pytest_addoption(parser):
+        parser.addoption("--kcp-storage", choices=("sqlite", "etcd"), default=None,
+                         help="storage of the shards server.testing starts (default: $KCP_TEST_STORAGE or sqlite)")
+
     def pytest_configure(config):
         """Shard log lines go through ``logging``, which pytest captures per test and shows for failures."""
         from server.http import logs
 
         logs.route_to_stdlib()
+        storage = config.getoption("--kcp-storage", default=None)
+        if storage:
+            _session["storage"] = storage
+
+    def pytest_report_header(config):
+        return f"kcp storage: {default_storage()}"
 
     @pytest.fixture
     def kcp_shard():

@@ -1,10 +1,9 @@
 """A Widget controller that sees its consumers only through the apiexport virtual workspace.
 
-It reads ``APIExport.status.virtualWorkspaces`` in the provider workspace, runs one informer-style
-watcher (list, then watch from the list's resourceVersion, relist on 410) per URL on
-``<url>/clusters/*``, and reconciles every Widget it is told about by writing ``status.observed``
-through ``<url>/clusters/<the widget's workspace>``. The export itself is watched too, so URLs
-that appear (a new shard) get a watcher and URLs that disappear lose theirs (``examples.vwclient``).
+It follows ``APIExport.status.virtualWorkspaces`` in the provider workspace (``examples.urlfollower``: one
+informer per URL -- one per shard -- on ``<url>/clusters/*``, started when a shard's URL appears and stopped
+when it goes) and reconciles every Widget an informer is told about by writing ``status.observed`` through
+``<url>/clusters/<the widget's workspace>``.
 
 Why the kubernetes client and not kopf: a kcp controller needs two URLs per virtual workspace --
 ``clusters/*`` to watch and ``clusters/<workspace>`` to write, chosen per object from its
@@ -22,66 +21,70 @@ import structlog
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from examples.vwclient import ListWatch, PublishedURLs, custom_objects
+from examples.urlfollower import Informer, URLFollower, configuration_for
 
 log = structlog.get_logger("widget-controller")
 
-APIS_GROUP, APIS_VERSION = "apis.kcp.dev", "v1alpha1"
+APIEXPORTS = ("apis.kcp.dev", "v1alpha1", "apiexports")
 GROUP, VERSION, PLURAL = "example.io", "v1", "widgets"
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
 
-#: ``on_widget(url, cluster, event type, widget)``: every object a watcher receives, before it is reconciled.
+#: ``on_widget(url, cluster, event type, widget)``: every object an informer receives, before it is reconciled.
 Observer = Callable[[str, str, str, dict], None]
 
 
-class VirtualWorkspaceWatcher(ListWatch):
-    """One URL of the export: list + watch ``clusters/*``, reconcile through ``clusters/<cluster>``."""
+class WidgetReconciler:
+    """What one URL's informer calls: mark every Widget ``status.observed``, through ``<url>/clusters/<cluster>``."""
 
-    def __init__(self, url: str, base: client.Configuration, on_widget: Observer | None = None):
-        self.url = url
+    def __init__(self, base: client.Configuration, on_widget: Observer | None = None):
         self.base = base
         self.on_widget = on_widget
-        self.reconciled: dict = {}   # (cluster, namespace, name) -> generation written
-        wildcard = custom_objects(base, f"{url}/clusters/*")
+        self.reconciled: dict = {}   # (url, cluster, namespace, name) -> generation written
         self._writers: dict[str, client.CustomObjectsApi] = {}
-        super().__init__(lambda **kwargs: wildcard.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs),
-                         self._handle, name=f"watch {url}")
 
-    def _writer(self, cluster: str) -> client.CustomObjectsApi:
-        writer = self._writers.get(cluster)
+    def _writer(self, url: str, cluster: str) -> client.CustomObjectsApi:
+        host = f"{url}/clusters/{cluster}"
+        writer = self._writers.get(host)
         if writer is None:
-            writer = self._writers[cluster] = custom_objects(self.base, f"{self.url}/clusters/{cluster}")
+            writer = self._writers[host] = client.CustomObjectsApi(client.ApiClient(configuration_for(self.base,
+                                                                                                        host)))
         return writer
 
-    def _handle(self, kind: str, widget: dict) -> None:
+    def __call__(self, url: str, kind: str, widget: dict) -> None:
         meta = widget["metadata"]
         cluster = (meta.get("annotations") or {}).get(CLUSTER_ANNOTATION, "")
         if self.on_widget is not None:
-            self.on_widget(self.url, cluster, kind, widget)
-        key = (cluster, meta.get("namespace", ""), meta["name"])
+            self.on_widget(url, cluster, kind, widget)
+        key = (url, cluster, meta.get("namespace", ""), meta["name"])
         if kind == "DELETED":
             self.reconciled.pop(key, None)
             return
         if (widget.get("status") or {}).get("observed") is True:
             return
         try:
-            self._writer(cluster).patch_namespaced_custom_object_status(
-                GROUP, VERSION, key[1], PLURAL, key[2], {"status": {"observed": True}})
+            self._writer(url, cluster).patch_namespaced_custom_object_status(
+                GROUP, VERSION, key[2], PLURAL, key[3], {"status": {"observed": True}})
             self.reconciled[key] = meta.get("generation")
-            log.info("reconciled", cluster=cluster, namespace=key[1], name=key[2])
+            log.info("reconciled", cluster=cluster, namespace=key[2], name=key[3])
         except ApiException as exc:
             if exc.status not in (403, 404):   # deleted or unbound meanwhile: the watch will tell
                 raise
 
 
-class WidgetController(PublishedURLs):
-    """Watches ``APIExport <export_cluster>/<export_name>`` and keeps one watcher per published URL."""
+class WidgetController(URLFollower):
+    """Follows ``APIExport <export_cluster>/<export_name>`` with one Widget informer per published URL."""
 
     def __init__(self, base: client.Configuration, export_cluster: str, export_name: str, *,
                  on_widget: Observer | None = None):
+        self.reconciler = WidgetReconciler(base, on_widget)
+        super().__init__(base, export_cluster, APIEXPORTS, export_name,
+                         start=lambda url: Informer(url, base, (GROUP, VERSION, PLURAL), self.reconciler).start())
         self.export_cluster, self.export_name = export_cluster, export_name
-        super().__init__(base, export_cluster, APIS_GROUP, APIS_VERSION, "apiexports", export_name,
-                         lambda url: VirtualWorkspaceWatcher(url, base, on_widget))
+
+    @property
+    def watchers(self) -> dict:
+        """The running informers by URL."""
+        return self.workers
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, export_cluster: str, export_name: str, *, context: str | None = None,

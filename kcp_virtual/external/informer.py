@@ -22,6 +22,11 @@ would -- a version older than its history or newer than its progress, one the sh
 so shorter) history no longer reaches (asked with a watch that ends at once), a logical cluster it
 holds nothing of -- is ``NotFresh``: the caller watches live and the shard decides (410, 404...).
 
+**Listeners.** A controller that follows another shard's objects (``add_listener``) is called, without
+yielding, with the object's address after each change, and with None after each relist (everything may have
+changed); ``peek`` reads the last known copy of an object even while the cache is unsynced (the shard is down),
+for consumers for whom a stale answer beats none (the front-proxy's routing, replicas).
+
 Failures: a 410 (the shard's history no longer reaches back) relists at once; anything else (the
 shard unreachable, an error answer, a malformed event) marks the cache unsynced and relists after a
 backoff of 0.2 s doubling to 5 s. A watch the shard ends (its timeout) resumes from ``progress_rv``.
@@ -142,7 +147,7 @@ class Informer:
     def __init__(self, shard: Any, gvr: GroupVersionResource, label_selector: str = "", *,
                  min_backoff: float = MIN_BACKOFF, max_backoff: float = MAX_BACKOFF, history: int = HISTORY,
                  queue_limit: int = QUEUE_LIMIT, bookmark_interval: float = BOOKMARK_INTERVAL,
-                 idle_interval: float = IDLE_INTERVAL):
+                 idle_interval: float = IDLE_INTERVAL, progress_notify: bool = True):
         _check_limits(history=history, queue_limit=queue_limit, bookmark_interval=bookmark_interval,
                       idle_interval=idle_interval)
         self.shard = shard
@@ -153,6 +158,9 @@ class Informer:
         self.queue_limit = queue_limit
         self.bookmark_interval = bookmark_interval
         self.idle_interval = idle_interval
+        # the shard's progress bookmarks (every ~20 ms while anything is written), which ``fresh`` needs; a
+        # consumer that only follows changes (``add_listener``, ``peek``) is spared them
+        self.progress_notify = progress_notify
         self.synced = False
         self.progress_rv = 0
         self.lists = 0  # completed LISTs: the first one and every relist
@@ -164,6 +172,7 @@ class Informer:
         self._history_floor = 0  # every event after this resourceVersion is in the history
         self._subscriptions: dict[tuple[str, str], dict[Subscription, None]] = {}  # by (cluster, namespace)
         self._greenlet: gevent.Greenlet | None = None
+        self._listeners: list[Callable[[tuple[str, str, str] | None], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +188,27 @@ class Informer:
         if greenlet is not None:
             greenlet.kill()
 
+    def add_listener(self, listener: Callable[[tuple[str, str, str] | None], None]) -> None:
+        """Call ``listener((cluster, namespace, name))`` after each change, ``listener(None)`` after each relist."""
+        self._listeners.append(listener)
+
+    def _tell(self, address: tuple[str, str, str] | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(address)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the cache
+                log.exception("informer listener failed", resource=self.gvr.path_resource)
+
     # ------------------------------------------------------------------ reads
+
+    def peek(self, cluster: str, namespace: str, name: str) -> dict | None:
+        """The last known copy of one object, synced or not (None: none known)."""
+        bucket = self._clusters.get(cluster)
+        return None if bucket is None else bucket.get((namespace, name))
+
+    def addresses(self) -> list[tuple[str, str, str]]:
+        """``(cluster, namespace, name)`` of every object known now."""
+        return [(cluster, *key) for cluster, bucket in self._clusters.items() for key in bucket]
 
     def fresh(self, fresh_as_of: int) -> bool:
         """Whether the cache has seen everything up to ``fresh_as_of``."""
@@ -377,10 +406,11 @@ class Informer:
         self.progress_rv = rv
         self.synced = True
         self.lists += 1
+        self._tell(None)
 
     def _watch(self) -> None:
         query = ListQuery(label_selector=self.label_selector, resource_version=str(self.progress_rv),
-                          allow_bookmarks=True, progress_notify=True)
+                          allow_bookmarks=True, progress_notify=self.progress_notify)
         try:
             watch = self.shard.watch(self.gvr, "*", "", query)
             try:
@@ -428,6 +458,8 @@ class Informer:
         event = _Event(rv, kind, obj, cluster, key[0])
         history.append(event)
         self._publish(event)
+        if self._listeners:
+            self._tell((cluster, *key))
 
 
 class Subscription:

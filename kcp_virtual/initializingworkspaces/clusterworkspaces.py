@@ -25,7 +25,9 @@ def _column(name: str, getter, description: str) -> table.Column:
 COLUMNS = (_column("Type", table.field_getter("spec", "type", "name"), "Type of the workspace"),
            _column("Phase", table.field_getter("status", "phase"),
                    "The current phase (e.g. Scheduling, Initializing, Ready)"),
-           _column("URL", table.field_getter("status", "baseURL"), "URL to access the workspace"))
+           _column("URL", table.field_getter("status", "baseURL"), "URL to access the workspace"),
+           table.Column(name="Shard", type="string", description="The shard it lives on", priority=1,
+                        getter=table.field_getter("status", "location", "current")))
 
 _STRING = {"type": "string"}
 SCHEMA = {

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import gevent.socket
 
 __all__ = ["Pool", "Response", "Headers", "ProtocolError", "CONNECT_TIMEOUT", "send_all", "connect",
-           "https_address"]
+           "https_address", "address"]
 
 CONNECT_TIMEOUT = 5.0
 _RECV = 64 * 1024
@@ -42,20 +42,29 @@ def send_all(sock, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+def address(url: str, schemes: tuple[str, ...] = ("https",)) -> tuple[str, str, int, str]:
+    """``(scheme, host, port, authority)`` of a URL of one of ``schemes`` (the authority as the Host header
+    carries it)."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"{url!r}: expected an {' or '.join(s + '://' for s in schemes)} URL")
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), \
+        parts.netloc.rpartition("@")[2]
+
+
 def https_address(url: str) -> tuple[str, int, str]:
     """``(host, port, authority)`` of an ``https://`` URL (the authority as the Host header carries it)."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"{url!r}: expected an https:// URL")
-    return parts.hostname, parts.port or 443, parts.netloc.rpartition("@")[2]
+    _, host, port, authority = address(url)
+    return host, port, authority
 
 
-def connect(host: str, port: int, context: ssl.SSLContext, timeout: float):
-    """A TLS connection (gevent socket, TCP_NODELAY: requests are small and answered at once)."""
+def connect(host: str, port: int, context: ssl.SSLContext | None, timeout: float):
+    """A TLS connection, or a plain one without ``context`` (gevent socket, TCP_NODELAY: requests are small
+    and answered at once)."""
     sock = gevent.socket.create_connection((host, port), timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return context.wrap_socket(sock, server_hostname=host)
+        return context.wrap_socket(sock, server_hostname=host) if context is not None else sock
     except BaseException:
         sock.close()
         raise
@@ -286,11 +295,14 @@ class Response:
 
 class Pool:
     """Keep-alive connections to the ``https://host:port`` of ``url``; never blocks for a free one
-    (a watch holds its connection for as long as it runs; a new one is opened instead)."""
+    (a watch holds its connection for as long as it runs; a new one is opened instead). An ``http://`` URL
+    (plain TCP) needs ``ssl_context=None``."""
 
-    def __init__(self, url: str, ssl_context: ssl.SSLContext, *, maxsize: int = 256,
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None, *, maxsize: int = 256,
                  connect_timeout: float = CONNECT_TIMEOUT):
-        self.host, self.port, authority = https_address(url)
+        scheme, self.host, self.port, authority = address(url, ("https", "http"))
+        if (scheme == "https") != (ssl_context is not None):
+            raise ValueError(f"{url!r}: an https:// URL needs an SSL context, an http:// one none")
         self._host_header = authority.encode("ascii")
         self.context = ssl_context
         self.maxsize = maxsize

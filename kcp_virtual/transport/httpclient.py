@@ -94,13 +94,18 @@ def unavailable(what: str, exc: BaseException) -> errors.ServiceUnavailable:
     return errors.ServiceUnavailable(f"error trying to reach {what}: {reason}")
 
 
-#: environ key -> the request header a proxy passes on under it (None: not a request header, or a dropped
-#: one); remembered up to ``_NAMES_KEPT`` keys (names are the client's: the memo must not grow without bound).
-_FORWARDED_NAMES: dict[str, str | None] = {}
+#: ``keep`` -> (environ key -> the request header a proxy passes on under it; None: not a request header, or
+#: a dropped one), each remembered up to ``_NAMES_KEPT`` keys (names are the client's: a memo must not grow
+#: without bound).
+_FORWARDED_NAMES: dict[tuple[str, ...], dict[str, str | None]] = {(): {}}
 _NAMES_KEPT = 1024
+#: What a proxy that leaves authentication to the upstream passes on (``keep``): bearer tokens and impersonation
+#: requests -- never ``X-Remote-*`` or ``X-Kcp-*``, which only the proxy itself asserts.
+CALLER_CREDENTIALS = ("authorization", "impersonate-")
+IMPERSONATION = ("impersonate-",)
 
 
-def _forwarded_name(key: str) -> str | None:
+def _forwarded_name(key: str, keep: tuple[str, ...] = ()) -> str | None:
     if key.startswith("HTTP_"):
         if key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):  # WSGI's CONTENT_* carry those
             return None
@@ -110,16 +115,22 @@ def _forwarded_name(key: str) -> str | None:
     else:
         return None  # CONTENT_LENGTH (the proxy frames the body itself) and the server's own keys
     lower = name.lower()
+    if keep and lower.startswith(keep):
+        return name
     if lower in _DROPPED_REQUEST or lower.startswith(_IDENTITY_PREFIXES):
         return None
     return name
 
 
-def environ_request_headers(environ: dict) -> list[tuple[str, str]]:
+def environ_request_headers(environ: dict, *, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """The request's end-to-end headers, without credentials or identity claims (the proxy sets its own),
-    hop-by-hop ones or those its ``Connection`` header lists. One pass over the environ with the names'
-    verdicts remembered: ~1 µs, where filtering werkzeug's ``EnvironHeaders`` took ~6-20 (measured)."""
-    names = _FORWARDED_NAMES
+    hop-by-hop ones or those its ``Connection`` header lists -- except those starting with one of ``keep``
+    (lower case: ``CALLER_CREDENTIALS`` for an upstream that authenticates the caller itself). One pass over the
+    environ with the names' verdicts remembered: ~1 µs, where filtering werkzeug's ``EnvironHeaders`` took
+    ~6-20 (measured)."""
+    names = _FORWARDED_NAMES.get(keep)
+    if names is None:
+        names = _FORWARDED_NAMES[keep] = {}
     connection = environ.get("HTTP_CONNECTION")
     listed = {token.strip().lower() for token in connection.split(",")} if connection else None
     headers = []
@@ -127,7 +138,7 @@ def environ_request_headers(environ: dict) -> list[tuple[str, str]]:
         try:
             name = names[key]
         except KeyError:
-            name = _forwarded_name(key)
+            name = _forwarded_name(key, keep)
             if len(names) < _NAMES_KEPT:
                 names[key] = name
         if name is not None and (value or key != "CONTENT_TYPE") and (listed is None or name.lower() not in listed):

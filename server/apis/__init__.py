@@ -9,6 +9,7 @@ from __future__ import annotations
 from server.apis.apiextensions import TYPES as APIEXTENSIONS_TYPES
 from server.apis.apis_kcp import TYPES as APIS_TYPES
 from server.apis.core import TYPES as CORE_TYPES
+from server.apis.logicalclusters import TYPES as LOGICAL_CLUSTER_TYPES
 from server.apis.rbac import RBAC_TYPES
 from server.apis.reviews import TYPES as REVIEW_TYPES
 from server.apis.tenancy import TYPES as TENANCY_TYPES
@@ -18,4 +19,4 @@ from server.registry.resourcetype import ResourceType
 
 def builtin_types() -> list[ResourceType]:
     return [*with_token_subresource(CORE_TYPES), *RBAC_TYPES, *REVIEW_TYPES, *TENANCY_TYPES, *APIEXTENSIONS_TYPES,
-            *APIS_TYPES]
+            *APIS_TYPES, *LOGICAL_CLUSTER_TYPES]

@@ -19,6 +19,7 @@ from kcp_virtual.initializingworkspaces import clusterworkspaces
 from kcp_virtual.initializingworkspaces.initializers import derived_labels, initializer_name, is_derived_label
 from server.apis.rbac import validate_policy_rule
 from server.registry.resourcetype import RequestContext, ResourceType
+from server.registry.selectors import LabelSelector
 from server.registry.validation import forbidden, invalid, is_dns1123_label, not_supported, required, type_invalid
 from server.storage import Key
 
@@ -38,7 +39,7 @@ PHASES = (SCHEDULING, INITIALIZING, READY)
 ROOT = "root"
 DEFAULT_TYPE_NAME = "universal"
 DEFAULT_TYPE = {"name": DEFAULT_TYPE_NAME, "path": ROOT}
-#: This shard's ``Shard`` object (in cluster ``root``).
+#: The default name of a shard, its ``Shard`` object (in cluster ``root``).
 SHARD_NAME = "root"
 
 _CLUSTER_PATH = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -155,14 +156,46 @@ def _workspace_prepare(obj: dict, old: dict | None) -> list[dict]:
     return []
 
 
+def _shard_constraint_causes(constraint, field: str) -> list[dict]:
+    """``spec.shard``: ``{"name": <a Shard>}`` or ``{"selector": <a label selector of Shards>}``."""
+    if constraint is None:
+        return []
+    if not isinstance(constraint, dict):
+        return [type_invalid(field, constraint, "must be an object")]
+    unknown = sorted(set(constraint) - {"name", "selector"})
+    if unknown:
+        return [{"type": "FieldValueNotSupported", "field": f"{field}.{unknown[0]}",
+                 "message": f'Unsupported value: "{unknown[0]}": supported values: "name", "selector"'}]
+    name, selector = constraint.get("name"), constraint.get("selector")
+    if name is not None and selector is not None:
+        return [forbidden(field, "name and selector are mutually exclusive")]
+    if name is not None:
+        if not isinstance(name, str):
+            return [type_invalid(f"{field}.name", name, "must be a string")]
+        return [invalid(f"{field}.name", name, m) for m in is_dns1123_label(name)]
+    if selector is not None:
+        if not isinstance(selector, dict):
+            return [type_invalid(f"{field}.selector", selector, "must be an object")]
+        try:
+            LabelSelector.from_label_selector_object(selector)
+        except errors.BadRequest as exc:
+            return [invalid(f"{field}.selector", selector, exc.message)]
+        except (ValueError, TypeError, AttributeError):
+            return [invalid(f"{field}.selector", selector, "must be a label selector (matchLabels, matchExpressions)")]
+    return []
+
+
 def _workspace_validate(obj: dict, old: dict | None) -> list[dict]:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return [type_invalid("spec", spec, "must be an object")]
     causes = _type_reference_causes(spec.get("type"), "spec.type")
+    causes += _shard_constraint_causes(spec.get("shard"), "spec.shard")
     if old is not None:
         if spec.get("type") != (old.get("spec") or {}).get("type"):
             causes.append(invalid("spec.type", spec.get("type"), "field is immutable"))
+        if spec.get("shard") != (old.get("spec") or {}).get("shard"):
+            causes.append(invalid("spec.shard", spec.get("shard"), "field is immutable"))
         new_owner = (obj["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
         if new_owner != (old["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION):
             causes.append(forbidden(f"metadata.annotations[{OWNER_ANNOTATION}]",
@@ -357,17 +390,18 @@ TYPES: tuple[ResourceType, ...] = (CLUSTER_WORKSPACES, WORKSPACE_TYPES, SHARDS)
 
 # ---------------------------------------------------------------- built-in objects
 
-def bootstrap(registry, *, base_url: str, virtual_workspace_url: str = "") -> None:
-    """Create (or correct) the built-in objects in ``root``: WorkspaceType ``universal`` and this shard's
-    ``Shard``, whose URLs follow the running configuration (the port may change between starts)."""
+def bootstrap(registry, *, base_url: str, virtual_workspace_url: str = "", name: str = SHARD_NAME) -> None:
+    """Create (or correct) the built-in objects in ``root`` (on the root shard): WorkspaceType ``universal`` and
+    this shard's ``Shard`` ``name``, whose URLs follow the running configuration (the port may change between
+    starts)."""
     if registry.store.get(Key(WORKSPACE_TYPES.storage_key, ROOT, "", DEFAULT_TYPE_NAME)) is None:
         try:
             registry.create(WORKSPACE_TYPES, ROOT, "", {"metadata": {"name": DEFAULT_TYPE_NAME}, "spec": {}})
         except errors.AlreadyExists:
             pass
     spec = {"baseURL": base_url, "virtualWorkspaceURL": virtual_workspace_url or base_url}
-    current = registry.store.get(Key(SHARDS.storage_key, ROOT, "", SHARD_NAME))
+    current = registry.store.get(Key(SHARDS.storage_key, ROOT, "", name))
     if current is None:
-        registry.create(SHARDS, ROOT, "", {"metadata": {"name": SHARD_NAME}, "spec": spec})
+        registry.create(SHARDS, ROOT, "", {"metadata": {"name": name}, "spec": spec})
     elif current.get("spec") != spec:
-        registry.update(SHARDS, ROOT, "", SHARD_NAME, {**current, "spec": spec})
+        registry.update(SHARDS, ROOT, "", name, {**current, "spec": spec})

@@ -15,11 +15,12 @@ moved) and applies them to the loaded clusters' indexes.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from server.auth import workspace_access
 from server.auth.authz import Attributes, Decision
 from server.auth.user import UserInfo
+from server.registry.generic import LOGICAL_CLUSTERS
 from server.storage import Key, ResourceExpiredError, Store
 
 GROUP = "rbac.authorization.k8s.io"
@@ -282,6 +283,8 @@ class RBACAuthorizer:
 
     def __init__(self, registry):
         self.store: Store = registry.store
+        #: fn(attributes in a parent cluster this shard does not hold) -> Decision, or None (unknown: RBAC here)
+        self.parent_reviews: Callable[[Attributes], Decision | None] | None = None
         self._policies: dict[str, ClusterPolicy] = {}
         self._seen_rv = self.store.current_rv()
         self._watchers = self._watch(self._seen_rv)
@@ -343,7 +346,17 @@ class RBACAuthorizer:
 
     def may_enter(self, user: UserInfo, cluster: str) -> Decision:
         """Whether ``user`` may use logical cluster ``cluster`` at all (see ``workspace_access``)."""
-        return workspace_access.may_enter(self.evaluate, user, cluster, self._initializing)
+        return workspace_access.may_enter(self._evaluate_in_parent, user, cluster, self._initializing)
+
+    def _evaluate_in_parent(self, attributes: Attributes) -> Decision:
+        """The tenancy rule's check in the parent: RBAC here, or -- a parent on another shard -- that shard's
+        answer (``parent_reviews``, set on a shard of several: ``server.controllers.shards.ParentReviews``)."""
+        if self.parent_reviews is not None and self.store.get(
+                Key(LOGICAL_CLUSTERS, attributes.cluster, "", "cluster")) is None:
+            decision = self.parent_reviews(attributes)
+            if decision is not None:
+                return decision
+        return self.evaluate(attributes)
 
     def _initializing(self, cluster: str):
         parent, name = workspace_access.parent_of(cluster)

@@ -69,6 +69,8 @@ class APIExportController:
         export = self.store.get(key)
         if export is None or export["metadata"].get("deletionTimestamp"):
             return
+        if not self.registry.cluster_exists(key.cluster):
+            return  # a replica of another shard's export (server.controllers.replication): that shard's to keep
         cluster, name = key.cluster, key.name
         status = dict(export.get("status") or {})
         now = now_rfc3339()

@@ -21,27 +21,35 @@ from server.storage import Key, Store
 URLS_READY = "VirtualWorkspaceURLsReady"
 
 
+def _base(shard: dict | None) -> str | None:
+    spec = (shard or {}).get("spec") or {}
+    base = spec.get("virtualWorkspaceURL") or spec.get("baseURL")
+    return base.rstrip("/") if isinstance(base, str) and base else None
+
+
 def virtual_workspace_urls(store: Store, path: str) -> list[dict]:
     """``status.virtualWorkspaces`` for a virtual workspace at ``path`` (``/services/<name>/...``)."""
-    urls = []
-    for shard in store.list(SHARDS.storage_key, ROOT)[0]:
-        spec = shard.get("spec") or {}
-        base = spec.get("virtualWorkspaceURL") or spec.get("baseURL")
-        if isinstance(base, str) and base:
-            urls.append({"url": base.rstrip("/") + path})
-    return urls
+    return [{"url": base + path} for shard in store.list(SHARDS.storage_key, ROOT)[0]
+            if (base := _base(shard)) is not None]
 
 
 class ShardsChanged(Reconciler):
-    """On any Shard change, enqueue every object of ``published`` into ``target`` (its publishing reconciler)."""
+    """When a Shard comes, goes or moves, enqueue every object of ``published`` into ``target`` (its publishing
+    reconciler); a Shard's status (its load, reported every second under churn) changes no URL and enqueues
+    nothing."""
 
     def __init__(self, registry: Registry, published: ResourceType, target: Reconciler, *, name: str):
         self.registry = registry
         self.published = published
         self.target = target
+        self._published: dict[str, str | None] = {}  # Shard name -> the base URL last acted on
         super().__init__(registry.store, SHARDS.storage_key, self._requeue, name=name, workers=1)
 
     def _requeue(self, key: Key) -> None:
+        base = _base(self.registry.store.get(key)) if key.cluster == ROOT else None
+        if key.name in self._published and self._published[key.name] == base:
+            return
+        self._published[key.name] = base
         for obj in self.registry.store.list(self.published.storage_key)[0]:
             meta = obj["metadata"]
             self.target.enqueue(self.registry.key(self.published, cluster_of(meta), "", meta["name"]))
@@ -73,6 +81,8 @@ class URLPublisher:
         return self.reconciler.idle and self.shards.idle
 
     def reconcile(self, key: Key) -> None:
+        if not self.registry.cluster_exists(key.cluster):
+            return  # a replica of another shard's object (server.controllers.replication): that shard publishes it
         obj = self.registry.store.get(key)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return

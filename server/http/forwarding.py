@@ -1,13 +1,15 @@
-"""``/services/*`` forwarded to an external virtual-workspace server (``kcp start --run-virtual-workspaces=false``).
+"""Requests forwarded as the authenticated caller: ``/services/*`` to an external virtual-workspace server
+(``kcp start --run-virtual-workspaces=false``), and ``/clusters/*`` from ``kcp front-proxy`` to the shards.
 
-The shard has authenticated the caller (and resolved any impersonation); the external process must
-believe that identity without re-authenticating it, so the request goes out over mTLS with the
-shard's proxy certificate (``<root>/shard-proxy.crt``, issued by the requestheader CA) and the
-identity in ``X-Remote-User``/``-Uid``/``-Group``/``-Extra-<key>`` -- the same contract kube's
-aggregator uses. Whatever identity headers or credentials the caller sent are dropped first. The
-request also says how fresh "now" is on the shard (``X-Kcp-Shard-Resource-Version``: every write
-acknowledged before it was forwarded has a resourceVersion up to that), so the external process may
-answer from its watch-fed cache once that has caught up.
+The forwarder has authenticated the caller (the shard has also resolved any impersonation); the upstream
+must believe that identity without re-authenticating it, so the request goes out over mTLS with a proxy
+certificate issued by the requestheader CA (``<root>/shard-proxy.crt``) and the identity in
+``X-Remote-User``/``-Uid``/``-Group``/``-Extra-<key>`` -- the same contract kube's aggregator uses. Whatever
+identity headers the caller sent are dropped first, and so are its credentials -- unless the upstream is to
+authenticate them itself (``pass_credentials``: the front-proxy passes bearer tokens and impersonation on, as
+kcp's does, and asserts an identity only for a client certificate it verified). A shard's request also says how
+fresh "now" is there (``X-Kcp-Shard-Resource-Version``: every write acknowledged before it was forwarded has a
+resourceVersion up to that), so the external process may answer from its watch-fed cache once that has caught up.
 
 Two ways through, one contract:
 
@@ -41,7 +43,7 @@ from server.auth.user import UserInfo
 from server.http.logs import current_request_id
 from server.http.serving import RawExchange, http_date
 
-__all__ = ["ServicesForwarder", "identity_headers", "FRESHNESS_HEADER"]
+__all__ = ["Forwarder", "identity_headers", "FRESHNESS_HEADER"]
 
 log = structlog.get_logger("kcp.forwarding")
 
@@ -75,14 +77,16 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]], framing: str
     return "".join(lines).encode("latin-1")
 
 
-class ServicesForwarder:
-    """``/services/*`` to the virtual workspace server at ``url``, as the authenticated user.
+class Forwarder:
+    """Requests to the server at ``url`` (``what`` names it in errors), as the authenticated user (``None``: as
+    nobody in particular, the caller's own credentials passed on -- ``pass_credentials`` only).
 
     ``current_resource_version`` is the shard store's resourceVersion now (sent as ``FRESHNESS_HEADER``).
     """
 
     def __init__(self, url: str, *, ca_file: str, cert_file: str, key_file: str, maxsize: int = 256,
-                 current_resource_version: Callable[[], int] | None = None, timeout: float = REQUEST_TIMEOUT):
+                 current_resource_version: Callable[[], int] | None = None, timeout: float = REQUEST_TIMEOUT,
+                 what: str = "the virtual workspace server", pass_credentials: bool = False):
         self.url = url.rstrip("/")
         self.timeout = timeout
         context = httpclient.client_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
@@ -91,10 +95,13 @@ class ServicesForwarder:
                                                alpn=["h2"])
         self.streams: http2.Pool | None = http2.Pool(self.url, h2_context)  # None once the server refused h2
         self.current_resource_version = current_resource_version
-        self._what = f"the virtual workspace server at {self.url}"
+        # the caller's token and impersonation for an anonymous forward, its impersonation for an asserted one
+        self._keep = (httpclient.CALLER_CREDENTIALS, httpclient.IMPERSONATION) if pass_credentials else ((), ())
+        self._what = f"{what} at {self.url}"
 
-    def _upstream_headers(self, headers: list[tuple[str, str]], user: UserInfo) -> list[tuple[str, str]]:
-        headers.extend(identity_headers(user))
+    def _upstream_headers(self, headers: list[tuple[str, str]], user: UserInfo | None) -> list[tuple[str, str]]:
+        if user is not None:
+            headers.extend(identity_headers(user))
         request_id = current_request_id()
         if request_id:
             headers.append(("X-Request-Id", request_id))
@@ -111,30 +118,30 @@ class ServicesForwarder:
                 try:
                     return self.streams.request(method, target, headers, head_timeout=self.timeout)
                 except http2.NotSupported:
-                    log.info("the virtual workspace server does not speak HTTP/2: one connection per watch",
-                             url=self.url)
+                    log.info("the upstream does not speak HTTP/2: one connection per watch", upstream=self._what)
                     self.streams = None
             return self.pool.request(method, target, headers, body, timeout=None if long_running else self.timeout)
         except TimeoutError:
             log.info("virtual workspace server timed out", url=self.url, timeout=self.timeout)
             raise errors.Timeout(f"{self._what} did not answer within {self.timeout:g} s") from None
         except httpclient.UPSTREAM_ERRORS as exc:
-            log.info("virtual workspace server unavailable", url=self.url, error=str(exc))
+            log.info("upstream unavailable", upstream=self._what, error=str(exc))
             raise httpclient.unavailable(self._what, exc) from None
 
     # ------------------------------------------------------------------ WSGI
 
-    def __call__(self, request: Request, user: UserInfo) -> Response:
+    def __call__(self, request: Request, user: UserInfo | None) -> Response:
         if request.args.get("watch") in ("true", "1"):  # counted as an open watch, not an in-flight request
             structlog.contextvars.bind_contextvars(verb="watch")
-        headers = self._upstream_headers(httpclient.environ_request_headers(request.environ), user)
+        headers = self._upstream_headers(httpclient.environ_request_headers(
+            request.environ, keep=self._keep[user is not None]), user)
         body = httpclient.read_body(request.stream, request.content_length)
         upstream = self._open(request.method, httpclient.request_target(request), headers, body)
         return httpclient.relay(upstream, request.environ, self._what)
 
     # ------------------------------------------------------------------ raw
 
-    def forward_raw(self, environ: dict, exchange: RawExchange, user: UserInfo) -> bool:
+    def forward_raw(self, environ: dict, exchange: RawExchange, user: UserInfo | None) -> bool:
         """Forward the request and write the answer to ``exchange``; False (nothing done) for what only
         the WSGI path handles. The access line is the caller's (``RequestLogMiddleware.intercepting``)."""
         method = environ["REQUEST_METHOD"]
@@ -152,7 +159,8 @@ class ServicesForwarder:
         if watch:
             structlog.contextvars.bind_contextvars(verb="watch")
         target = httpclient.quote_path(environ["PATH_INFO"])
-        headers = self._upstream_headers(httpclient.environ_request_headers(environ), user)
+        headers = self._upstream_headers(httpclient.environ_request_headers(
+            environ, keep=self._keep[user is not None]), user)
         try:
             upstream = self._open(method, f"{target}?{query}" if query else target, headers, body,
                                   long_running=watch and method == "GET")

@@ -743,6 +743,13 @@ def _plain_http(sock) -> bool:
     return True
 
 
+def client_url(bind_address: str, port: int) -> str:
+    """The ``https://`` base URL clients use for a server bound there (loopback when bound to every interface)."""
+    host = bind_address if bind_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = host.strip("[]")
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def make_ssl_context(certfile: str, keyfile: str, client_ca_files: list[str],
                      alpn: list[str] | None = None) -> ssl.SSLContext:
     """Server context: ``create_default_context(Purpose.CLIENT_AUTH)`` settings, gevent-cooperative.

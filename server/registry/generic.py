@@ -79,26 +79,20 @@ class Registry:
         self.catalog = catalog
         # fn(registry, cluster), run (idempotently) each time a logical cluster is ensured: default content
         self.cluster_hooks: list = []
+        # storage keys of the kinds other shards' clusters are replicated here with (server.controllers.replication)
+        self.replicated_resources: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ logical clusters
 
     def cluster_exists(self, cluster: str) -> bool:
         return self.store.get(Key(LOGICAL_CLUSTERS, cluster, "", "cluster")) is not None
 
-    def ensure_logical_cluster(self, cluster: str, *, owner: str = "") -> None:
-        """Create logical cluster ``cluster`` with its ``default`` namespace (idempotent)."""
+    def ensure_logical_cluster(self, cluster: str, *, owner: str = "", prepare: Callable[[], None] | None = None,
+                               annotations: dict[str, str] | None = None) -> None:
+        """Create logical cluster ``cluster`` with its ``default`` namespace (idempotent). Its record comes last, after
+        the content (and ``prepare()``), so a cluster that exists is complete: a retry after a crash half-way
+        finishes it."""
         key = Key(LOGICAL_CLUSTERS, cluster, "", "cluster")
-        if self.store.get(key) is None:
-            obj = {"apiVersion": "core.kcp.dev/v1alpha1", "kind": "LogicalCluster",
-                   "metadata": {"name": "cluster", "uid": str(uuid.uuid4()),
-                                "creationTimestamp": now_rfc3339(),
-                                "annotations": {CLUSTER_ANNOTATION: cluster,
-                                                **({"kcp.dev/owner": owner} if owner else {})}},
-                   "status": {"phase": "Ready"}}
-            try:
-                self.store.create(key, obj)
-            except KeyExistsError:
-                pass
         namespaces = self.catalog.lookup(cluster, "", "v1", "namespaces")
         if self.store.get(Key(namespaces.storage_key, cluster, "", "default")) is None:
             try:
@@ -107,6 +101,19 @@ class Registry:
                 pass
         for hook in self.cluster_hooks:
             hook(self, cluster)
+        if prepare is not None:
+            prepare()
+        if self.store.get(key) is None:
+            obj = {"apiVersion": "core.kcp.dev/v1alpha1", "kind": "LogicalCluster",
+                   "metadata": {"name": "cluster", "uid": str(uuid.uuid4()),
+                                "creationTimestamp": now_rfc3339(),
+                                "annotations": {**(annotations or {}), CLUSTER_ANNOTATION: cluster,
+                                                **({"kcp.dev/owner": owner} if owner else {})}},
+                   "status": {"phase": "Ready"}}
+            try:
+                self.store.create(key, obj)
+            except KeyExistsError:
+                pass
 
     def delete_logical_cluster(self, cluster: str) -> None:
         """Remove every object of ``cluster``, then the cluster itself."""
@@ -128,9 +135,14 @@ class Registry:
         freshness the ``/services`` forwarder vouches for, ``X-Kcp-Shard-Resource-Version``)."""
         return self.store.current_rv()
 
-    def require_cluster(self, cluster: str) -> None:
-        if cluster != WILDCARD and not self.cluster_exists(cluster):
+    def require_cluster(self, cluster: str, *, replicas: bool = False) -> None:
+        """404 unless ``cluster`` lives here -- or, with ``replicas``, this shard holds replicas of its objects
+        (``replicated_resources``: another shard's cluster, read-only here)."""
+        if cluster != WILDCARD and not self.cluster_exists(cluster) and not (replicas and self._holds_replicas(cluster)):
             raise errors.NotFound(f'logical cluster "{cluster}" not found', details={"name": cluster})
+
+    def _holds_replicas(self, cluster: str) -> bool:
+        return any(self.store.list(resource, cluster)[0] for resource in self.replicated_resources)
 
     # ------------------------------------------------------------------ reads
 
@@ -145,9 +157,16 @@ class Registry:
 
     def list(self, rt: ResourceType, cluster: str, namespace: str, options: ListOptions) -> dict:
         """A ``<Kind>List`` with ``metadata.resourceVersion`` from which a watch misses nothing."""
-        items, rv = self.store.list(rt.storage_key, None if cluster == WILDCARD else cluster,
-                                    namespace if rt.namespaced and namespace else None)
-        self._check_list_resource_version(rt, options, rv)
+        store_cluster = None if cluster == WILDCARD else cluster
+        store_namespace = namespace if rt.namespaced and namespace else None
+        exact = self._check_list_resource_version(rt, options, self.store.current_rv())
+        if exact is not None:  # resourceVersionMatch=Exact in the past: the backend's history, if it keeps it
+            try:
+                items, rv = self.store.list_at(rt.storage_key, store_cluster, store_namespace, exact), exact
+            except ResourceExpiredError:
+                raise errors.Gone(f"too old resource version: {exact} ({self.store.current_rv()})") from None
+        else:
+            items, rv = self.store.list(rt.storage_key, store_cluster, store_namespace)
         start = None
         if options.continue_token:
             token_rv, start = self._decode_continue(options.continue_token)
@@ -179,20 +198,24 @@ class Registry:
                 metadata["remainingItemCount"] = remaining
         return {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": metadata, "items": selected}
 
-    def _check_list_resource_version(self, rt: ResourceType, options: ListOptions, current: int) -> None:
+    def _check_list_resource_version(self, rt: ResourceType, options: ListOptions, current: int) -> int | None:
+        """Refuse what cannot be listed; the past resourceVersion of an ``Exact`` list, if it asks for one."""
         requested = options.resource_version
         if options.resource_version_match and not requested:
             raise errors.BadRequest("resourceVersionMatch is forbidden unless resourceVersion is provided")
         if requested in ("", "0"):
-            return
+            return None
         rv = parse_resource_version(requested)
-        if options.resource_version_match == "Exact" and rv != current:
-            raise errors.Gone(f"too old resource version: {rv} ({current})")
+        if rv > current:
+            current = self.store.catch_up(rv)  # etcd: other prefixes' writes move the revision too
         if rv > current:
             raise errors.Timeout(f"Too large resource version: {rv}, current: {current}",
                                  details={"causes": [{"type": "ResourceVersionTooLarge",
                                                       "message": "Too large resource version"}],
                                           "retryAfterSeconds": 1})
+        if options.resource_version_match == "Exact" and rv != current:
+            return rv
+        return None
 
     @staticmethod
     def _encode_continue(rv: int, start: tuple) -> str:

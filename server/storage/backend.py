@@ -2,7 +2,9 @@
 
 The store keeps every object in memory and serves reads and watches from there, so a backend
 only has to do three things: hand back everything at startup, make one write durable and give
-it the next global resourceVersion, and remember that counter across restarts.
+it the next global resourceVersion, and remember that counter across restarts. A backend that keeps
+history (etcd) also answers a list at a past resourceVersion; one shared with other writers' revisions
+(etcd again) reports how far its revision has moved (``revision``) so that bookmarks can follow it.
 
 Key encoding (shared by every backend, so data can be moved between them)::
 
@@ -42,6 +44,15 @@ def encode_key(resource: str, cluster: str, namespace: str, name: str) -> str:
     return f"{resource}/{_escape(cluster)}/{_escape(namespace)}/{_escape(name)}"
 
 
+def key_prefix(resource: str, cluster: str | None = None, namespace: str | None = None) -> str:
+    """The common start of every key of ``resource`` (in ``cluster``, in ``namespace`` when both are given)."""
+    if cluster is None:
+        return f"{resource}/"
+    if namespace is None:
+        return f"{resource}/{_escape(cluster)}/"
+    return f"{resource}/{_escape(cluster)}/{_escape(namespace)}/"
+
+
 def decode_key(key: str) -> tuple[str, str, str, str]:
     """Inverse of :func:`encode_key`: ``(resource, cluster, namespace, name)``."""
     resource, cluster, namespace, name = key.rsplit("/", 3)
@@ -64,11 +75,33 @@ class Backend(Protocol):
         """The highest resourceVersion ever assigned (never decreases, even after deletes)."""
         ...
 
-    def write(self, key: str, value: bytes | None) -> int:
+    def write(self, key: str, value: bytes | None, prev_rv: int) -> int:
         """Store ``value`` under ``key`` (``None`` deletes it) and return the new global rv.
 
-        The write is durable when this returns; if it raises, nothing was written.
+        ``prev_rv`` is the rv of the object the store holds under ``key`` (0: none); a backend that can
+        compare (etcd) writes only if it still is, else raises ``ConflictError`` (someone else wrote the key:
+        the store re-reads it). The write is durable when this returns; if it raises, nothing was written --
+        except ``StorageUnavailableError(in_doubt=True)``, after which the store asks ``read`` what happened.
         """
+        ...
+
+    def read(self, key: str) -> tuple[int, bytes | None]:
+        """``(rv, value)`` of ``key`` now; ``(current rv, None)`` when it holds nothing."""
+        ...
+
+    def range_at(self, prefix: str, rv: int) -> list[tuple[str, int, bytes]]:
+        """Every ``(key, rv, value)`` under ``prefix`` as it was at ``rv``; ``ResourceExpiredError`` when that
+        history is gone (compacted, or never kept)."""
+        ...
+
+    def revision(self) -> int:
+        """The backend's revision now (at least ``current_rv``): no key of ours changed between the last
+        write and it."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last request reached the backend (readiness)."""
         ...
 
     def close(self) -> None:

@@ -29,3 +29,20 @@ class ResourceExpiredError(StorageError):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class StorageUnavailableError(StorageError):
+    """The backend cannot be reached (HTTP 503). ``in_doubt``: a write was sent but whether it was stored is
+    not known yet; the store finds out (``Store`` settles the key) before it takes another write."""
+
+    def __init__(self, message: str, *, in_doubt: bool = False):
+        super().__init__(message)
+        self.in_doubt = in_doubt
+
+
+class PrefixInUseError(StorageError):
+    """Refused at start: the backend's key space (an etcd prefix) belongs to, or overlaps, another shard's."""
+
+
+class ObjectTooLargeError(StorageError):
+    """The backend refuses a value this large (etcd's request limit; HTTP 413)."""

@@ -15,7 +15,7 @@ import sqlite3
 
 from gevent.threadpool import ThreadPool
 
-from .errors import StorageError
+from .errors import ResourceExpiredError, StorageError
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, rv INTEGER NOT NULL, value BLOB NOT NULL)",
@@ -68,6 +68,9 @@ class SQLiteBackend:
     def _load(self) -> list[tuple[str, int, bytes]]:
         return self._conn.execute("SELECT key, rv, value FROM objects").fetchall()
 
+    def _read(self, key: str) -> tuple[int, bytes] | None:
+        return self._conn.execute("SELECT rv, value FROM objects WHERE key = ?", (key,)).fetchone()
+
     def _write(self, key: str, value: bytes | None) -> int:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -100,11 +103,27 @@ class SQLiteBackend:
     def current_rv(self) -> int:
         return self._rv
 
-    def write(self, key: str, value: bytes | None) -> int:
+    def write(self, key: str, value: bytes | None, prev_rv: int = 0) -> int:
+        # prev_rv needs no check: this process is the file's only writer, and the store's memory is the truth.
         self._check_open()
         rv = self._pool.apply(self._write, (key, value))
         self._rv = rv
         return rv
+
+    def read(self, key: str) -> tuple[int, bytes | None]:
+        self._check_open()
+        row = self._pool.apply(self._read, (key,))
+        return (row[0], row[1]) if row is not None else (self._rv, None)
+
+    def range_at(self, prefix: str, rv: int) -> list[tuple[str, int, bytes]]:
+        raise ResourceExpiredError(f"too old resource version: {rv} ({self._rv})")  # no history kept
+
+    def revision(self) -> int:
+        return self._rv
+
+    @property
+    def healthy(self) -> bool:
+        return self._conn is not None
 
     def close(self) -> None:
         if self._conn is None:

@@ -3,7 +3,9 @@
 This is kube-apiserver's "watch cache" made authoritative: one process owns the data, so
 every current object lives in memory, reads and lists never touch the backend, and watches
 are served from a bounded per-resource event history. The backend only makes writes durable
-and assigns resourceVersions.
+and assigns resourceVersions (SQLite, or etcd: ``server.storage.etcd`` says why memory stays
+authoritative there too); it is asked directly only for a list at a past resourceVersion, and to
+settle a write whose outcome it could not report (``_settle``).
 
 Concurrency model (gevent): writes are serialized by a lock and yield only while the backend
 write is in flight; everything after it (rv stamping, the in-memory update, the event append,
@@ -27,8 +29,9 @@ import gevent.lock
 import orjson
 from gevent import getcurrent, get_hub
 
-from .backend import Backend, decode_key, encode_key
-from .errors import ConflictError, KeyExistsError, KeyNotFoundError, ResourceExpiredError, StorageError
+from .backend import Backend, decode_key, encode_key, key_prefix
+from .errors import (ConflictError, KeyExistsError, KeyNotFoundError, ResourceExpiredError, StorageError,
+                     StorageUnavailableError)
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -288,8 +291,12 @@ class Store:
         self._total = 0
         self._logs: dict[str, _Log] = {}
         self._interner = _Interner()
+        self._unsettled: set[Key] = set()  # keys whose last write is in doubt (``_settle``)
+        self._settler: gevent.Greenlet | None = None
         self._load()
         self._rv = self._start_rv = backend.current_rv()
+        if hasattr(backend, "on_progress"):
+            backend.on_progress = self.advance
 
     def _load(self) -> None:
         data = self._data
@@ -387,6 +394,8 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StorageError("store is closed")
+            if self._unsettled:
+                self._settle()  # a write left in doubt comes first: until then memory may be behind
             resource, cluster, namespace, name = key
             clusters = self._data.get(resource)
             bucket = clusters.get(cluster) if clusters is not None else None
@@ -410,40 +419,56 @@ class Store:
             else:
                 md.pop("resourceVersion", None)  # the row's rv is the truth; don't persist a stale one
                 value = orjson.dumps(new)
-            rv, interrupted = self._backend_write(encode_key(resource, cluster, namespace, name), value)
-
-            # Committed. From here to the end: no greenlet switch.
-            md["resourceVersion"] = str(rv)
-            if kind is not DELETED:
-                self._interner.object(new)
-            if kind is DELETED:
-                del bucket[(namespace, name)]
-                self._sorted.pop((resource, cluster), None)
-                if not bucket:
-                    del clusters[cluster]
-                self._counts[resource] -= 1
-                self._total -= 1
-            else:
-                if bucket is None:
-                    if clusters is None:
-                        clusters = self._data[resource] = {}
-                    bucket = clusters[cluster] = {}
-                bucket[(namespace, name)] = new
-                if old is None:
-                    self._sorted.pop((resource, cluster), None)
-                    self._counts[resource] = self._counts.get(resource, 0) + 1
-                    self._total += 1
-            self._rv = rv
-            self._append(resource, Event(kind, rv, key, new, old, time.monotonic()))
+            prev_rv = int(old["metadata"]["resourceVersion"]) if old is not None else 0
+            try:
+                rv, interrupted = self._backend_write(encode_key(resource, cluster, namespace, name), value, prev_rv)
+            except ConflictError:
+                # The backend holds something else under the key (written behind our back): adopt it.
+                self._unsettled.add(key)
+                self._settle()
+                raise
+            except StorageUnavailableError as exc:
+                if exc.in_doubt:
+                    self._unsettled.add(key)
+                    self._settle_later()
+                raise
+            self._commit(kind, key, new, old, rv)
         if interrupted is not None:
             # The write is committed and visible; the caller was timed out or killed meanwhile.
             raise interrupted
         return new
 
-    def _backend_write(self, bkey: str, value: bytes | None) -> tuple[int, BaseException | None]:
+    def _commit(self, kind: str, key: Key, new: dict, old: dict | None, rv: int) -> None:
+        """Memory and the event log follow a committed write. No greenlet switch in here."""
+        resource, cluster, namespace, name = key
+        clusters = self._data.get(resource)
+        bucket = clusters.get(cluster) if clusters is not None else None
+        new["metadata"]["resourceVersion"] = str(rv)
+        if kind is DELETED:
+            del bucket[(namespace, name)]
+            self._sorted.pop((resource, cluster), None)
+            if not bucket:
+                del clusters[cluster]
+            self._counts[resource] -= 1
+            self._total -= 1
+        else:
+            self._interner.object(new)
+            if bucket is None:
+                if clusters is None:
+                    clusters = self._data[resource] = {}
+                bucket = clusters[cluster] = {}
+            bucket[(namespace, name)] = new
+            if old is None:
+                self._sorted.pop((resource, cluster), None)
+                self._counts[resource] = self._counts.get(resource, 0) + 1
+                self._total += 1
+        self._rv = rv
+        self._append(resource, Event(kind, rv, key, new, old, time.monotonic()))
+
+    def _backend_write(self, bkey: str, value: bytes | None, prev_rv: int) -> tuple[int, BaseException | None]:
         """Run the backend write so that a Timeout/kill aimed at the caller cannot abandon it
         half-way: memory must end up matching what the backend committed."""
-        g = gevent.spawn(_call, self._backend.write, bkey, value)
+        g = gevent.spawn(_call, self._backend.write, bkey, value, prev_rv)
         interrupted = None
         while True:
             try:
@@ -456,6 +481,82 @@ class Store:
         if not ok:
             raise result
         return result, interrupted
+
+    # -- settling what memory is not sure of ------------------------------------------------
+
+    def _settle(self) -> None:
+        """Make memory match the backend for every unsettled key (called with the lock held); raises
+        ``StorageUnavailableError`` while the backend cannot say."""
+        for key in sorted(self._unsettled):
+            rv, value = self._backend.read(encode_key(*key))
+            old = self.get(key)
+            if value is None:
+                if old is not None:
+                    gone = dict(old)
+                    gone["metadata"] = dict(old["metadata"])
+                    self._commit(DELETED, key, gone, old, max(rv, self._rv))
+            elif old is None or int(old["metadata"]["resourceVersion"]) != rv:
+                obj = orjson.loads(value)
+                if not isinstance(obj.get("metadata"), dict):
+                    obj["metadata"] = {}
+                self._commit(MODIFIED if old is not None else ADDED, key, obj, old, rv)
+            self._unsettled.discard(key)
+
+    def _settle_later(self) -> None:
+        """Keep trying to settle in the background, so that readers learn the outcome without a next write."""
+        if self._settler is not None and not self._settler.dead:
+            return
+
+        def retry():
+            delay = 0.1
+            while self._unsettled and not self._closed:
+                gevent.sleep(delay)
+                with self._lock:
+                    try:
+                        if self._unsettled and not self._closed:
+                            self._settle()
+                    except StorageError:
+                        delay = min(delay * 2, 2.0)
+
+        self._settler = gevent.spawn(retry)
+
+    def advance(self, rv: int) -> None:
+        """The backend's revision moved to ``rv`` without a write of ours (other prefixes of one etcd): the
+        store's resourceVersion follows while no write is in flight, so bookmarks carry it."""
+        if rv > self._rv and not self._lock.locked() and not self._unsettled and not self._closed:
+            self._rv = rv
+
+    def catch_up(self, rv: int) -> int:
+        """The store's rv, first moved to the backend's revision when a client names one beyond it (an etcd
+        revision of another prefix's write); waits for an in-flight write of ours."""
+        if rv > self._rv:
+            with self._lock:
+                revision = self._backend.revision()
+                if revision > self._rv and not self._unsettled and not self._closed:
+                    self._rv = revision
+        return self._rv
+
+    def list_at(self, resource: str, cluster: str | None, namespace: str | None, rv: int) -> list[dict]:
+        """Objects as they were at ``rv`` (sorted as ``list``), from the backend's history;
+        :class:`ResourceExpiredError` when it keeps none that old."""
+        prefix = key_prefix(resource, cluster, namespace if cluster is not None else None)
+        out = []
+        for bkey, obj_rv, value in self._backend.range_at(prefix, rv):
+            res, c, ns, name = decode_key(bkey)
+            if res != resource or (namespace is not None and ns != namespace):
+                continue
+            obj = orjson.loads(value)
+            md = obj.get("metadata")
+            if not isinstance(md, dict):
+                md = obj["metadata"] = {}
+            md["resourceVersion"] = str(obj_rv)
+            out.append(((c, ns, name), obj))
+        out.sort(key=lambda item: item[0])
+        return [obj for _, obj in out]
+
+    def healthy(self) -> bool:
+        """Whether the backend answers (readiness)."""
+        return not self._closed and self._backend.healthy
 
     # -- watch ------------------------------------------------------------------------------
 
@@ -517,4 +618,6 @@ class Store:
             self._closed = True
             for log in self._logs.values():
                 log.wake()
+            if self._settler is not None:
+                self._settler.kill(block=False)
             self._backend.close()

@@ -23,7 +23,7 @@ SERVER_FLOORS = {
     "controllers": {"apis", "auth", "registry", "storage"},
     "http": {"auth"},
 }
-SERVER_TOP = {"app", "shard", "cli", "testing", "pki", "shardclient"}
+SERVER_TOP = {"app", "shard", "cli", "testing", "pki", "shardclient", "frontproxy"}
 #: kcp_virtual package -> the kcp_virtual packages it may import; a package not listed is a virtual workspace
 VIRTUAL_PACKAGES = {
     "framework": set(),

@@ -1,4 +1,8 @@
-"""Storage: SQLite durability, the in-memory store, and the watch log (real SQLite in tmp_path)."""
+"""Storage: durability, the in-memory store, and the watch log, on both backends (real SQLite in tmp_path, a
+real etcd process per module: ``test_storage_etcd.py`` has what only etcd does).
+
+Tests that count resourceVersions count from the store's rv when it opened: on SQLite that is 0, on etcd the
+revision of the prefix claim (etcd's revisions are shared by every prefix)."""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ import gevent
 import orjson
 import pytest
 
-from server.storage import (Backend, ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError,
-                            SQLiteBackend, StorageError, Store, decode_key, encode_key)
+from server.storage import (Backend, ConflictError, EtcdBackend, Key, KeyExistsError, KeyNotFoundError,
+                            ResourceExpiredError, SQLiteBackend, StorageError, Store, decode_key, encode_key)
+from server.testing import running_etcd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CM = "core/configmaps"
@@ -31,9 +36,38 @@ def db(tmp_path):
     return str(tmp_path / "objects.db")
 
 
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def backend_spec(request, db):
+    """Where the test's data lives: ``sqlite:<file>`` or ``etcd:<url>|<prefix of its own>``."""
+    if request.param == "sqlite":
+        return f"sqlite:{db}"
+    etcd = request.getfixturevalue("etcd")
+    return f"etcd:{etcd.url}|/test/{request.node.name}/{time.monotonic_ns()}"
+
+
+def open_backend(spec: str):
+    kind, _, where = spec.partition(":")
+    if kind == "sqlite":
+        return SQLiteBackend(where)
+    url, _, prefix = where.partition("|")
+    return EtcdBackend([url], prefix=prefix, owner="test", probe_interval=0.05)
+
+
 @pytest.fixture
-def store(db):
-    s = Store(SQLiteBackend(db))
+def new_store(backend_spec):
+    """``new_store(**options)``: a Store over the test's data (again after ``close()``: a restart)."""
+    return lambda **options: Store(open_backend(backend_spec), **options)
+
+
+@pytest.fixture
+def store(new_store):
+    s = new_store()
     yield s
     s.close()
 
@@ -63,35 +97,36 @@ def test_key_encoding_is_readable():
 # -- CRUD ------------------------------------------------------------------------------------
 
 def test_crud_and_preconditions(store):
+    base = store.current_rv()
     k = Key(CM, "root", "default", "a")
     src = cm("a", x=1)
     src["metadata"]["resourceVersion"] = "999"
     created = store.create(k, src)
-    assert rv_of(created) == 1 and store.current_rv() == 1
+    assert rv_of(created) == base + 1 and store.current_rv() == base + 1
     assert src["metadata"]["resourceVersion"] == "999", "caller's dict must not be mutated"
     assert store.get(k) is created
     with pytest.raises(KeyExistsError):
         store.create(k, cm("a"))
 
     with pytest.raises(ConflictError):
-        store.update(k, cm("a", x=2), expected_rv=5)
-    updated = store.update(k, cm("a", x=2), expected_rv=1)
-    assert rv_of(updated) == 2 and updated["data"] == {"x": "2"}
-    assert rv_of(store.update(k, cm("a", x=3))) == 3  # unconditional
+        store.update(k, cm("a", x=2), expected_rv=base + 5)
+    updated = store.update(k, cm("a", x=2), expected_rv=base + 1)
+    assert rv_of(updated) == base + 2 and updated["data"] == {"x": "2"}
+    assert rv_of(store.update(k, cm("a", x=3))) == base + 3  # unconditional
 
     with pytest.raises(KeyNotFoundError):
         store.update(Key(CM, "root", "default", "missing"), cm("missing"))
     with pytest.raises(KeyNotFoundError):
         store.delete(Key(CM, "root", "default", "missing"))
     with pytest.raises(ConflictError):
-        store.delete(k, expected_rv=2)
+        store.delete(k, expected_rv=base + 2)
     before = store.get(k)
-    deleted = store.delete(k, expected_rv=3)
-    assert rv_of(deleted) == 4 and deleted["data"] == {"x": "3"}
-    assert rv_of(before) == 3, "the previously stored object is untouched"
+    deleted = store.delete(k, expected_rv=base + 3)
+    assert rv_of(deleted) == base + 4 and deleted["data"] == {"x": "3"}
+    assert rv_of(before) == base + 3, "the previously stored object is untouched"
     assert store.get(k) is None
     assert store.count(CM) == 0 and store.count() == 0
-    assert store.current_rv() == 4
+    assert store.current_rv() == base + 4
 
 
 def test_counts(store):
@@ -103,17 +138,26 @@ def test_counts(store):
     assert store.counts() == {CM: 2, "apps/deployments": 1}
 
 
-def test_backend_failure_changes_nothing(db):
-    class Failing(SQLiteBackend):
-        fail = False
+class FailingBackend:
+    """A backend whose writes fail on demand (``fail``), everything else passed through."""
 
-        def write(self, key, value):
-            if self.fail:
-                raise StorageError("disk on fire")
-            return super().write(key, value)
+    def __init__(self, backend):
+        self.backend = backend
+        self.fail = False
 
-    backend = Failing(db)
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def write(self, key, value, prev_rv):
+        if self.fail:
+            raise StorageError("disk on fire")
+        return self.backend.write(key, value, prev_rv)
+
+
+def test_backend_failure_changes_nothing(backend_spec):
+    backend = FailingBackend(open_backend(backend_spec))
     store = Store(backend)
+    base = store.current_rv()
     k = Key(CM, "root", "default", "a")
     store.create(k, cm("a", v=1))
     w = store.watch(CM, None, None, store.current_rv())
@@ -122,30 +166,32 @@ def test_backend_failure_changes_nothing(db):
         store.update(k, cm("a", v=2))
     with pytest.raises(StorageError):
         store.create(Key(CM, "root", "default", "b"), cm("b"))
-    assert store.get(k)["data"] == {"v": "1"} and store.current_rv() == 1 and store.count() == 1
+    assert store.get(k)["data"] == {"v": "1"} and store.current_rv() == base + 1 and store.count() == 1
     assert w.next(0) == []
     backend.fail = False
-    assert rv_of(store.update(k, cm("a", v=3))) == 2
+    assert rv_of(store.update(k, cm("a", v=3))) == base + 2
     store.close()
 
 
-def test_interrupted_write_still_lands_in_memory(db):
-    """A Timeout aimed at the writer must not leave memory behind what SQLite committed."""
-    store = Store(SQLiteBackend(db))
+def test_interrupted_write_still_lands_in_memory(new_store):
+    """A Timeout aimed at the writer must not leave memory behind what the backend committed."""
+    store = new_store()
+    base = store.current_rv()
     k = Key(CM, "root", "default", "a")
     with pytest.raises(gevent.Timeout):
         with gevent.Timeout(0.000001):
             store.create(k, cm("a"))
-    assert store.get(k) is not None and store.current_rv() == 1
+    assert store.get(k) is not None and store.current_rv() == base + 1
     store.close()
-    reopened = Store(SQLiteBackend(db))
-    assert reopened.get(k) is not None and reopened.current_rv() == 1
+    reopened = new_store()
+    assert reopened.get(k) is not None and rv_of(reopened.get(k)) == base + 1
     reopened.close()
 
 
-def test_concurrent_writers_are_serialized(db):
-    store = Store(SQLiteBackend(db))
-    w = store.watch(CM, None, None, 0)
+def test_concurrent_writers_are_serialized(new_store):
+    store = new_store()
+    base = store.current_rv()
+    w = store.watch(CM, None, None, base)
     k = Key(CM, "root", "default", "shared")
     store.create(k, cm("shared", n=0))
 
@@ -163,9 +209,9 @@ def test_concurrent_writers_are_serialized(db):
     gevent.joinall([gevent.spawn(bump, i) for i in range(20)], raise_error=True)
     assert store.get(k)["data"]["n"] == "100"
     rvs = [e.rv for e in w.next(0)]
-    assert rvs == list(range(1, 122)) and store.current_rv() == 121
+    assert rvs == list(range(base + 1, base + 122)) and store.current_rv() == base + 121
     store.close()
-    reopened = Store(SQLiteBackend(db))
+    reopened = new_store()
     assert reopened.get(k)["data"]["n"] == "100" and reopened.count() == 21
     reopened.close()
 
@@ -173,15 +219,18 @@ def test_concurrent_writers_are_serialized(db):
 def test_sqlite_backend_satisfies_protocol(db):
     backend = SQLiteBackend(db)
     assert isinstance(backend, Backend)
-    assert backend.write("r/c/n/a", b"{}") == 1 and backend.write("r/c/n/a", None) == 2
+    assert backend.write("r/c/n/a", b"{}", 0) == 1 and backend.write("r/c/n/a", None, 1) == 2
     assert list(backend.load()) == [] and backend.current_rv() == 2
+    assert backend.read("r/c/n/a") == (2, None) and backend.healthy
+    with pytest.raises(ResourceExpiredError):
+        backend.range_at("r/", 1)  # no history kept
     backend.close()
     with pytest.raises(StorageError):
-        backend.write("r/c/n/a", b"{}")
+        backend.write("r/c/n/a", b"{}", 0)
 
 
-def test_closed_store_rejects_writes(db):
-    store = Store(SQLiteBackend(db))
+def test_closed_store_rejects_writes(new_store):
+    store = new_store()
     store.close()
     store.close()
     with pytest.raises(StorageError):
@@ -190,32 +239,33 @@ def test_closed_store_rejects_writes(db):
 
 # -- durability ------------------------------------------------------------------------------
 
-def test_data_survives_reopen(db):
-    store = Store(SQLiteBackend(db))
+def test_data_survives_reopen(new_store):
+    store = new_store()
+    base = store.current_rv()
     a = store.create(Key(CM, "root", "default", "a"), cm("a", v=1))
     b = store.create(Key(CM, "root:org", "", "b"), {"metadata": {"name": "b"}})
     store.update(Key(CM, "root", "default", "a"), cm("a", v=2))
     store.close()
 
-    store = Store(SQLiteBackend(db))
+    store = new_store()
     got = store.get(Key(CM, "root", "default", "a"))
-    assert got["data"] == {"v": "2"} and rv_of(got) == 3
+    assert got["data"] == {"v": "2"} and rv_of(got) == base + 3
     assert store.get(Key(CM, "root:org", "", "b")) == b
-    assert rv_of(a) == 1 and store.count() == 2
+    assert rv_of(a) == base + 1 and store.count() == 2
     store.close()
 
 
-def test_rv_strictly_increasing_across_restart_after_deleting_newest(db):
-    store = Store(SQLiteBackend(db))
+def test_rv_strictly_increasing_across_restart_after_deleting_newest(new_store):
+    store = new_store()
     store.create(Key(CM, "root", "default", "a"), cm("a"))
     store.create(Key(CM, "root", "default", "b"), cm("b"))
-    store.delete(Key(CM, "root", "default", "b"))  # the newest object is gone: MAX(rv) would be 1
-    assert store.current_rv() == 3
+    store.delete(Key(CM, "root", "default", "b"))  # the newest object is gone: MAX(rv) would be lower
+    last = store.current_rv()
     store.close()
 
-    store = Store(SQLiteBackend(db))
-    assert store.current_rv() == 3
-    assert rv_of(store.create(Key(CM, "root", "default", "c"), cm("c"))) == 4
+    store = new_store()
+    assert store.current_rv() >= last
+    assert rv_of(store.create(Key(CM, "root", "default", "c"), cm("c"))) > last
     store.close()
 
 
@@ -228,8 +278,9 @@ def test_memory_backend():
 KILL_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
-from server.storage import Key, SQLiteBackend, Store
-store = Store(SQLiteBackend(sys.argv[1]))
+from server.storage import Key, Store
+from tests.unit.test_storage import open_backend
+store = Store(open_backend(sys.argv[1]))
 i = 0
 while True:
     name = f"cm-{i}"
@@ -240,29 +291,30 @@ while True:
 """
 
 
-def test_acknowledged_writes_survive_kill_9(db, tmp_path):
+def test_acknowledged_writes_survive_kill_9(backend_spec, new_store, tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), db, ROOT], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), backend_spec, ROOT], stdout=subprocess.PIPE, text=True)
     acked = []
     try:
         for line in proc.stdout:
-            acked.append(line.strip())
+            if line.startswith("cm-"):  # not a log line
+                acked.append(line.strip())
             if len(acked) >= 300:
                 break
         os.kill(proc.pid, signal.SIGKILL)
-        acked.extend(line.strip() for line in proc.stdout)  # everything it acknowledged before dying
+        acked.extend(line.strip() for line in proc.stdout if line.startswith("cm-"))  # acknowledged before dying
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert len(acked) >= 300
 
-    store = Store(SQLiteBackend(db))
+    store = new_store()
     missing = [n for n in acked if store.get(Key(CM, "root", "default", n)) is None]
     assert not missing
-    last = store.get(Key(CM, "root", "default", acked[-1]))
-    assert store.current_rv() >= rv_of(last) >= len(acked)
+    first, last = store.get(Key(CM, "root", "default", acked[0])), store.get(Key(CM, "root", "default", acked[-1]))
+    assert store.current_rv() >= rv_of(last) >= rv_of(first) + len(acked) - 1
     store.close()
 
 
@@ -305,29 +357,30 @@ def _keys(items):
 
 
 def test_list_sorted_and_filtered(store):
+    base = store.current_rv()
     _populate(store)
     items, rv = store.list(CM, None, None)
-    assert rv == store.current_rv() == 9
+    assert rv == store.current_rv() == base + 9
     assert len(items) == 8
     order = [(store_key[0], store_key[1]) for store_key in _keys(items)]
     assert order == [("ns1", "y"), ("ns1", "z"), ("ns2", "y"), ("ns2", "z")] * 2
-    assert rv_of(items[0]) == 8  # root:a sorts first; it was written second
+    assert rv_of(items[0]) == base + 8  # root:a sorts first; it was written second
 
     items, _ = store.list(CM, "root:b", None)
     assert _keys(items) == [("ns1", "y"), ("ns1", "z"), ("ns2", "y"), ("ns2", "z")]
-    assert all(rv_of(o) <= 4 for o in items)
+    assert all(rv_of(o) <= base + 4 for o in items)
     items, _ = store.list(CM, None, "ns2")
     assert _keys(items) == [("ns2", "y"), ("ns2", "z")] * 2
     items, _ = store.list(CM, "root:a", "ns1")
     assert _keys(items) == [("ns1", "y"), ("ns1", "z")]
-    assert store.list(CM, "root:nope", None) == ([], 9)
-    assert store.list("nope/nope", None, None) == ([], 9)
+    assert store.list(CM, "root:nope", None) == ([], base + 9)
+    assert store.list("nope/nope", None, None) == ([], base + 9)
 
     # The sort cache follows creates and deletes.
     store.create(Key(CM, "root:a", "ns1", "a"), cm("a", "ns1"))
     store.delete(Key(CM, "root:a", "ns1", "z"))
     items, rv = store.list(CM, "root:a", "ns1")
-    assert _keys(items) == [("ns1", "a"), ("ns1", "y")] and rv == 11
+    assert _keys(items) == [("ns1", "a"), ("ns1", "y")] and rv == base + 11
 
 
 def test_list_is_a_snapshot(store):
@@ -341,80 +394,89 @@ def test_list_is_a_snapshot(store):
 # -- watch -----------------------------------------------------------------------------------
 
 def test_watch_from_rv_in_window_misses_nothing(store):
+    base = store.current_rv()
     for i in range(10):
         store.create(Key(CM, "root", "default", f"c{i}"), cm(f"c{i}"))
     _, rv = store.list(CM, None, None)
-    w = store.watch(CM, None, None, 5)
+    w = store.watch(CM, None, None, base + 5)
     store.update(Key(CM, "root", "default", "c0"), cm("c0", v=1))
     store.delete(Key(CM, "root", "default", "c1"))
     events = w.next(0)
-    assert [e.rv for e in events] == list(range(6, 13))
+    assert [e.rv for e in events] == list(range(base + 6, base + 13))
     assert [e.type for e in events[-2:]] == ["MODIFIED", "DELETED"]
     assert events[-2].prev["data"] == {} and events[-2].obj["data"] == {"v": "1"}
-    assert events[-1].prev is not None and rv_of(events[-1].obj) == 12
-    assert w.rv == 12 and w.next(0) == []
+    assert events[-1].prev is not None and rv_of(events[-1].obj) == base + 12
+    assert w.rv == base + 12 and w.next(0) == []
 
     w2 = store.watch(CM, None, None, rv)  # from a list's rv: exactly the later writes
-    assert [e.rv for e in w2.next(0)] == [11, 12]
+    assert [e.rv for e in w2.next(0)] == [base + 11, base + 12]
 
 
 def test_event_line_serialized_once(store):
+    base = store.current_rv()
     store.create(Key(CM, "root", "default", "a"), cm("a"))
-    (event,) = store.watch(CM, None, None, 0).next(0)
+    (event,) = store.watch(CM, None, None, base).next(0)
     line = event.line()
     assert line is event.line() and line.endswith(b"\n")
     assert orjson.loads(line) == {"type": "ADDED", "object": event.obj}
     assert event.key == Key(CM, "root", "default", "a")
 
 
-def test_too_old_resource_version(db):
-    store = Store(SQLiteBackend(db), history_max_events=5)
+def test_too_old_resource_version(new_store):
+    store = new_store(history_max_events=5)
+    base = store.current_rv()
     for i in range(30):
         store.create(Key(CM, "root", "default", f"c{i}"), cm(f"c{i}"))
     oldest = store.oldest_rv(CM)
-    assert 20 <= oldest < 30
+    assert base + 20 <= oldest < base + 30
     with pytest.raises(ResourceExpiredError) as info:
-        store.watch(CM, None, None, 3)
-    assert str(info.value) == info.value.message == f"too old resource version: 3 ({oldest})"
+        store.watch(CM, None, None, base + 3)
+    assert str(info.value) == info.value.message == f"too old resource version: {base + 3} ({oldest})"
     events = store.watch(CM, None, None, oldest).next(0)
-    assert [e.rv for e in events] == list(range(oldest + 1, 31))
+    assert [e.rv for e in events] == list(range(oldest + 1, base + 31))
+    last = store.current_rv()
     store.close()
 
     # After a restart, history starts at the startup rv.
-    store = Store(SQLiteBackend(db))
-    with pytest.raises(ResourceExpiredError, match=r"^too old resource version: 29 \(30\)$"):
-        store.watch(CM, None, None, 29)
-    store.watch(CM, None, None, 30)
+    store = new_store()
+    start = store.current_rv()
+    assert start >= last
+    with pytest.raises(ResourceExpiredError, match=rf"^too old resource version: {last - 1} \({start}\)$"):
+        store.watch(CM, None, None, last - 1)
+    store.watch(CM, None, None, start)
     store.close()
 
 
-def test_watcher_falling_behind_gets_expired(db):
-    store = Store(SQLiteBackend(db), history_max_events=5)
-    w = store.watch(CM, None, None, 0)
+def test_watcher_falling_behind_gets_expired(new_store):
+    store = new_store(history_max_events=5)
+    base = store.current_rv()
+    w = store.watch(CM, None, None, base)
     for i in range(30):
         store.create(Key(CM, "root", "default", f"c{i}"), cm(f"c{i}"))
-    with pytest.raises(ResourceExpiredError, match=r"^too old resource version: 0 \(\d+\)$"):
+    with pytest.raises(ResourceExpiredError, match=rf"^too old resource version: {base} \(\d+\)$"):
         w.next(0)
     store.close()
 
 
-def test_history_trimmed_by_age(db):
-    store = Store(SQLiteBackend(db), history_seconds=0.05)
+def test_history_trimmed_by_age(new_store):
+    store = new_store(history_seconds=0.05)
+    base = store.current_rv()
     store.create(Key(CM, "root", "default", "old"), cm("old"))
     gevent.sleep(0.1)
     store.create(Key(CM, "root", "default", "new"), cm("new"))
-    assert store.oldest_rv(CM) == 1
+    assert store.oldest_rv(CM) == base + 1
     with pytest.raises(ResourceExpiredError):
-        store.watch(CM, None, None, 0)
+        store.watch(CM, None, None, base)
     store.close()
 
 
 def test_watch_filters_by_cluster_and_namespace(store):
-    w_all = store.watch(CM, None, None, 0)
-    w_cluster = store.watch(CM, "root:a", None, 0)
-    w_ns = store.watch(CM, None, "ns1", 0)
-    w_both = store.watch(CM, "root:a", "ns1", 0)
-    w_other = store.watch("apps/deployments", None, None, 0)
+    base = store.current_rv()
+    w_all = store.watch(CM, None, None, base)
+    w_cluster = store.watch(CM, "root:a", None, base)
+    w_ns = store.watch(CM, None, "ns1", base)
+    w_both = store.watch(CM, "root:a", "ns1", base)
+    w_other = store.watch("apps/deployments", None, None, base)
     _populate(store)
 
     def keys(w):
@@ -428,28 +490,30 @@ def test_watch_filters_by_cluster_and_namespace(store):
 
 
 def test_watch_from_future_rv(store):
+    base = store.current_rv()
     store.create(Key(CM, "root", "default", "a"), cm("a"))
-    w = store.watch(CM, None, None, 3)
-    store.create(Key(CM, "root", "default", "b"), cm("b"))  # rv 2: before since_rv
-    store.create(Key(CM, "root", "default", "c"), cm("c"))  # rv 3
+    w = store.watch(CM, None, None, base + 3)
+    store.create(Key(CM, "root", "default", "b"), cm("b"))  # base + 2: before since_rv
+    store.create(Key(CM, "root", "default", "c"), cm("c"))  # base + 3
     assert w.next(0) == []
     store.create(Key(CM, "root", "default", "d"), cm("d"))
-    assert [e.rv for e in w.next(0)] == [4]
+    assert [e.rv for e in w.next(0)] == [base + 4]
 
 
 def test_next_blocks_until_write_or_timeout(store):
-    w = store.watch(CM, None, None, 0)
+    base = store.current_rv()
+    w = store.watch(CM, None, None, base)
     start = time.monotonic()
     assert w.next(0.05) == []
     assert time.monotonic() - start >= 0.045
     gevent.spawn_later(0.02, store.create, Key(CM, "root", "default", "a"), cm("a"))
     start = time.monotonic()
     events = w.next(5)
-    assert [e.rv for e in events] == [1] and time.monotonic() - start < 1
+    assert [e.rv for e in events] == [base + 1] and time.monotonic() - start < 1
 
 
 def test_close_interrupts_blocked_next(store):
-    w = store.watch(CM, None, None, 0)
+    w = store.watch(CM, None, None, store.current_rv())
     g = gevent.spawn(w.next, 10)
     gevent.sleep(0.01)
     start = time.monotonic()
@@ -457,21 +521,22 @@ def test_close_interrupts_blocked_next(store):
     assert g.get(timeout=2) == [] and time.monotonic() - start < 1
     assert w.closed and w.next(5) == []
     # Other watchers of the resource are unaffected.
-    w2 = store.watch(CM, None, None, 0)
+    w2 = store.watch(CM, None, None, store.current_rv())
     store.create(Key(CM, "root", "default", "a"), cm("a"))
     assert len(w2.next(1)) == 1
 
 
-def test_store_close_wakes_watchers(db):
-    store = Store(SQLiteBackend(db))
-    watchers = [store.watch(CM, None, None, 0) for _ in range(5)]
+def test_store_close_wakes_watchers(new_store):
+    store = new_store()
+    watchers = [store.watch(CM, None, None, store.current_rv()) for _ in range(5)]
     gs = [gevent.spawn(w.next, 10) for w in watchers]
     gevent.sleep(0.01)
     store.close()
     assert [g.get(timeout=2) for g in gs] == [[]] * 5
 
 
-def test_progress_rv(store):
+def test_progress_rv(db):
+    store = Store(SQLiteBackend(db))  # etcd moves the store's rv by itself (test_storage_etcd.py)
     w = store.watch(CM, None, None, 0)
     store.create(Key("apps/deployments", "root", "", "d"), {"metadata": {"name": "d"}})
     assert w.progress_rv() == 1  # caught up with its resource; later rvs belong elsewhere
@@ -479,11 +544,12 @@ def test_progress_rv(store):
     assert w.progress_rv() == 0
     w.next(0)
     assert w.progress_rv() == 2
+    store.close()
 
 
 def test_many_greenlets_wake_on_one_write(store):
     n = 2000
-    watchers = [store.watch(CM, "root", None, 0) for _ in range(n)]
+    watchers = [store.watch(CM, "root", None, store.current_rv()) for _ in range(n)]
     got = []
 
     def run(w):
@@ -501,8 +567,8 @@ def test_many_greenlets_wake_on_one_write(store):
 
 # -- measurements (printed; run with -s) -----------------------------------------------------
 
-def test_measurements(db):
-    store = Store(SQLiteBackend(db))
+def test_measurements(new_store, backend_spec):
+    store = new_store()
     n = 2000
     start = time.perf_counter()
     for i in range(n):
@@ -534,13 +600,13 @@ def test_measurements(db):
     gevent.joinall(gs, timeout=20)
     wake = max(t for t, _ in woke) - start
     assert len(woke) == 10_000 and all(c == 1 for _, c in woke)
-    print(f"\n[storage] creates/s (SQLite, WAL NORMAL): {creates:,.0f}")
+    print(f"\n[storage] creates/s ({backend_spec.partition(':')[0]}): {creates:,.0f}")
     print(f"[storage] list 1000 objects over 10 clusters: cold {cold * 1e3:.2f} ms, warm {warm * 1e3:.2f} ms")
     print(f"[storage] idle Watcher object: {per_watcher:.0f} B; 10,000 watchers woken by one write in {wake * 1e3:.0f} ms")
     store.close()
 
 
-def test_identical_nested_values_are_shared_between_objects(store, db):
+def test_identical_nested_values_are_shared_between_objects(store, new_store):
     """Bootstrap objects repeat in every workspace; their nested values are stored once (objects are immutable)."""
     rules = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "nonResourceURLs": []}] * 3
     managed = [{"manager": "kcp", "operation": "Update", "time": "t",
@@ -560,7 +626,7 @@ def test_identical_nested_values_are_shared_between_objects(store, db):
     assert store.get(Key("rbac/clusterroles", "root:a", "", "admin"))["rules"] == rules
     # and sharing survives a restart (objects loaded from the database are shared too)
     store.close()
-    reopened = Store(SQLiteBackend(db))
+    reopened = new_store()
     a = reopened.get(Key("rbac/clusterroles", "root:a", "", "admin"))
     assert a["rules"] == rules
     reopened.close()

@@ -126,5 +126,6 @@ def test_bootstrap_is_idempotent_and_follows_the_configured_urls(registry):
 
 
 def test_printer_columns():
-    names = [c.name for c in CLUSTER_WORKSPACES.table_columns()]
+    names = [c.name for c in CLUSTER_WORKSPACES.table_columns() if not c.priority]
     assert names == ["Name", "Type", "Phase", "URL", "Age"]
+    assert [c.name for c in CLUSTER_WORKSPACES.table_columns() if c.priority] == ["Shard"]  # -o wide

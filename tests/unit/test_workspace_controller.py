@@ -219,7 +219,7 @@ def test_grants_are_corrected_when_tampered(registry, controller):
     binding = registry.get(bindings, "root", "", "workspace-owner:org")
     registry.update(bindings, "root", "", "workspace-owner:org",
                     {**binding, "subjects": [{"kind": "User", "apiGroup": RBAC, "name": "mallory"}]})
-    controller._grant("root", "org", "root:org", "alice")
+    controller._grant("root", "org", {"username": "alice"})
     assert registry.get(bindings, "root", "", "workspace-owner:org")["subjects"][0]["name"] == "alice"
     with pytest.raises(errors.NotFound):
         registry.get(bindings, "root", "", "workspace-owner:nothing")
