@@ -70,15 +70,28 @@ def as_caller(request: Request) -> Any:
 
 @dataclass(frozen=True)
 class Transformation:
-    """Rewrites objects between the shard and the view. Neither function may change its arguments.
+    """Rewrites objects between the shard and the view. No function may change its arguments.
 
     ``to_view(stored, context)`` for objects read and watched; ``from_view(obj, stored, context)`` for
     objects written, where ``stored`` is the current stored object (None on create). A read-only view
     (``verbs`` within ``READ_VERBS``) needs no ``from_view``.
+
+    ``status_from_view(obj, stored, context)``, optional, is for views whose ``status`` is not the stored
+    object's status (the syncer view shows each sync target the status it reported, kept in an annotation):
+    a write of the view's status subresource then becomes the object it returns, written as the whole object
+    -- not to the shard's status subresource, which would drop anything but status. Without it a status write
+    is mapped by ``from_view`` and written to the shard's status.
     """
 
     to_view: Callable[[dict, Context], dict]
     from_view: Callable[[dict, "dict | None", Context], dict] | None = None
+    status_from_view: Callable[[dict, dict, Context], dict] | None = None
+
+    def write(self, obj: dict, stored: dict, context: Context, subresource: str) -> tuple[dict, str]:
+        """``(object to store, subresource to write it to)`` for a write of ``obj`` to the view's ``subresource``."""
+        if subresource == "status" and self.status_from_view is not None:
+            return self.status_from_view(obj, stored, context), ""
+        return self.from_view(obj, stored, context), subresource
 
 
 def _rv(obj: dict) -> str:
@@ -268,12 +281,13 @@ class ForwardingStorage:
         for _ in range(_WRITE_ATTEMPTS):
             current = self._current(request, namespace, name)
             obj = body if subresource else self._admit(body)  # a status write leaves labels alone
+            written = subresource
             if self.transform is not None:
-                obj = self.transform.from_view(obj, current, request.context)
+                obj, written = self.transform.write(obj, current, request.context, subresource)
             if not pinned:
                 obj = _with_rv(obj, _rv(current))
             try:
-                updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=subresource,
+                updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=written,
                                             dry_run=dry_run, user=user)
             except errors.Conflict:
                 if pinned:
@@ -306,11 +320,12 @@ class ForwardingStorage:
                     raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
             if not subresource:
                 patched = self._admit(patched)
+            written = subresource
             if self.transform is not None:
-                patched = self.transform.from_view(patched, current, request.context)
+                patched, written = self.transform.write(patched, current, request.context, subresource)
             patched = _with_rv(patched, _rv(current))
             try:
-                updated = self.shard.update(self.gvr, cluster, namespace, name, patched, subresource=subresource,
+                updated = self.shard.update(self.gvr, cluster, namespace, name, patched, subresource=written,
                                             dry_run=dry_run, user=user)
             except errors.Conflict:
                 continue
