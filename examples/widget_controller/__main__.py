@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
+from examples.informer import run_until_signalled
 from examples.widget_controller.controller import WidgetController
 
 
@@ -18,14 +17,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     controller = WidgetController.from_kubeconfig(args.kubeconfig, args.export_cluster, args.export,
                                                   context=args.context).start()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    print(f"widget controller: watching APIExport {args.export_cluster}/{args.export}", flush=True)
-    done.wait()
-    controller.stop()
-    controller.join(10)
-    return 0
+    return run_until_signalled(controller, f"widget controller: watching APIExport {args.export_cluster}/"
+                                           f"{args.export}")
 
 
 if __name__ == "__main__":
