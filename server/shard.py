@@ -28,6 +28,9 @@ from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
+from server.controllers.placement import PlacementController
+from server.controllers.synctarget import SyncTargetController
+from server.controllers.workloadstatus import WorkloadStatusController
 from server.controllers.workspaces import WorkspaceController
 from server.http.forwarding import ServicesForwarder
 from server.http.logs import RequestLogMiddleware
@@ -140,6 +143,9 @@ class Shard:
         self.controllers.append(CRDController(self.registry, self.crds))
         self.controllers.append(APIExportController(self.registry))
         self.controllers.append(APIBindingController(self.registry, self.bound))
+        self.controllers.append(SyncTargetController(self.registry))
+        self.controllers.append(PlacementController(self.registry))
+        self.controllers.append(WorkloadStatusController(self.registry))
         self.controllers.append(WorkspaceController(
             self.registry, base_url=self.url,
             virtual_workspace_url=self.config.shard_virtual_workspace_url or self.url))
