@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jsonpatch
 import jsonpointer
+import orjson
 
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
@@ -211,7 +212,11 @@ class ForwardingStorage:
             obj = self._current(request, namespace, name)
         return self._out(obj, request)
 
-    def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
+    def list(self, request: Request, namespace: str, query: ListQuery, *, encoded: bool = False) -> dict:
+        """The view's list. With ``encoded`` (the caller sends it as JSON) a transformed view's items are
+        ``orjson.Fragment``s, each view serialized as soon as it is made: thousands of transformed objects then
+        never live at once, so they are not promoted to the collector's oldest generation, whose full
+        collections over every stored object would stall the whole process."""
         result = None
         if _whole(query):
             result = self._cached(request, lambda informer: informer.list(request.context.cluster, namespace,
@@ -222,6 +227,9 @@ class ForwardingStorage:
         if self.transform is None:
             return result
         to_view, context = self.transform.to_view, request.context
+        if encoded:
+            dumps, fragment = orjson.dumps, orjson.Fragment
+            return {**result, "items": [fragment(dumps(to_view(item, context))) for item in result["items"]]}
         return {**result, "items": [to_view(item, context) for item in result["items"]]}
 
     def _cached(self, request: Request, read: Callable[[Any], Any]) -> Any:
