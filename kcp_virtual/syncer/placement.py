@@ -93,10 +93,12 @@ def placed_keys(labels) -> tuple[str, ...]:
                         if value == SYNC and name.startswith(STATE_LABEL_PREFIX)))
 
 
+_RESERVED_PREFIXES = (STATUS_ANNOTATION_PREFIX, SPEC_DIFF_ANNOTATION_PREFIX, _INTERNAL_PREFIX)
+
+
 def is_reserved_annotation(name: str) -> bool:
     """Annotations the syncer view keeps to itself (every target's status and spec diff, placement bookkeeping)."""
-    return (name.startswith(STATUS_ANNOTATION_PREFIX) or name.startswith(SPEC_DIFF_ANNOTATION_PREFIX)
-            or name.startswith(_INTERNAL_PREFIX) or name == PLACEMENT_ANNOTATION)
+    return name.startswith(_RESERVED_PREFIXES) or name == PLACEMENT_ANNOTATION
 
 
 class PlacementError(ValueError):

@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
 import structlog
@@ -55,6 +56,8 @@ WITH_STATUS = frozenset({DEPLOYMENTS, NAMESPACES})
 _NOT_COMPARED = frozenset({"metadata", "status", "apiVersion", "kind"})
 _COMPARED_META = ("labels", "annotations", "ownerReferences")
 _FAILED_DIFFS_KEPT = 1024
+_FEW_LABELS = 8          # up to this many labels, computing what targets share is cheaper than remembering it
+_PLACEMENTS_KEPT = 1024
 
 
 @lru_cache(maxsize=8192)
@@ -65,6 +68,40 @@ def decoded_status(value: str) -> dict | None:
     except orjson.JSONDecodeError:
         return None
     return status if isinstance(status, dict) else None
+
+
+class _Placement(NamedTuple):
+    """What every target's view of one object version shares: its labels but the state labels, how many state
+    labels it has, and the keys it is synced to (``placed_keys``)."""
+
+    common: dict
+    state_labels: int
+    keys: tuple[str, ...]
+
+
+def _placement_of(labels: dict) -> _Placement:
+    common = {name: value for name, value in labels.items() if not name.startswith(STATE_LABEL_PREFIX)}
+    return _Placement(common, len(labels) - len(common), placed_keys(labels))
+
+
+_placements: dict[tuple, _Placement] = {}
+
+
+def _placement(meta: dict, labels: dict, own: str) -> _Placement | None:
+    """``_placement_of(labels)`` when the object has state labels other than ``own`` (None: it has not, and its view
+    keeps its labels). Computed once per object version when it has many labels: a write of an object placed on
+    a hundred targets reaches a hundred watchers, each transforming the same labels."""
+    if len(labels) <= _FEW_LABELS:
+        if any(name.startswith(STATE_LABEL_PREFIX) and name != own for name in labels):
+            return _placement_of(labels)
+        return None
+    version = (meta.get("uid"), meta.get("resourceVersion"))
+    found = _placements.get(version)
+    if found is None:
+        if len(_placements) >= _PLACEMENTS_KEPT:
+            _placements.clear()
+        found = _placements[version] = _placement_of(labels)
+    return found if found.state_labels - (own in labels) else None
 
 
 def _blank(value) -> bool:
@@ -100,33 +137,38 @@ class TargetView:
     # ------------------------------------------------------------------ to the view
 
     def to_view(self, stored: dict, context: Context | None = None) -> dict:
+        """New dicts only where the view differs (LISTs transform thousands of objects: the shard's are reused)."""
         meta = stored.get("metadata") or {}
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
-        view_meta = {name: value for name, value in meta.items() if name != "managedFields"}
-        own_labels = {name: value for name, value in labels.items()
-                      if name == self.label or not name.startswith(STATE_LABEL_PREFIX)}
-        if own_labels:
-            view_meta["labels"] = own_labels
-        else:
-            view_meta.pop("labels", None)
-        shown = {name: value for name, value in annotations.items() if not is_reserved_annotation(name)}
-        if shown:
-            view_meta["annotations"] = shown
-        else:
-            view_meta.pop("annotations", None)
+        view_meta = dict(meta)
+        view_meta.pop("managedFields", None)
+        placement = _placement(meta, labels, self.label)
+        if placement is not None:
+            own_labels = dict(placement.common)
+            if self.label in labels:
+                own_labels[self.label] = labels[self.label]
+            if own_labels:
+                view_meta["labels"] = own_labels
+            else:
+                view_meta.pop("labels", None)
+        if any(map(is_reserved_annotation, annotations)):
+            shown = {name: value for name, value in annotations.items() if not is_reserved_annotation(name)}
+            if shown:
+                view_meta["annotations"] = shown
+            else:
+                view_meta.pop("annotations", None)
         finalizers = meta.get("finalizers")
-        if finalizers:
+        if finalizers and finalizers != [self.finalizer]:
             if self.finalizer in finalizers:
                 view_meta["finalizers"] = [self.finalizer]
             else:
                 view_meta.pop("finalizers")
-        view = {**stored, "metadata": view_meta}
+        view = dict(stored)
+        view["metadata"] = view_meta
         spec = stored.get("spec")
         if isinstance(spec, dict):
-            spec = self._spec(spec, labels, annotations, meta)
-            if spec is not stored["spec"]:
-                view["spec"] = spec
+            view["spec"] = self._spec(spec, placement.keys if placement is not None else (), annotations, meta)
         if self.has_status:
             reported = annotations.get(self.status_annotation)
             status = decoded_status(reported) if isinstance(reported, str) else None
@@ -136,11 +178,13 @@ class TargetView:
                 view["status"] = status
         return view
 
-    def _spec(self, spec: dict, labels: dict, annotations: dict, meta: dict) -> dict:
-        if self.splits:
+    def _spec(self, spec: dict, keys: tuple[str, ...], annotations: dict, meta: dict) -> dict:
+        """``spec`` as the target sees it; ``keys``: the targets it is split among, () when it has no other (its
+        share is all of it)."""
+        if self.splits and keys:
             replicas = spec.get("replicas", 1)
             if isinstance(replicas, int) and not isinstance(replicas, bool):
-                mine = share(replicas, placed_keys(labels), self.key)
+                mine = share(replicas, keys, self.key)
                 if mine is not None and mine != replicas:
                     spec = {**spec, "replicas": mine}
         diff = annotations.get(self.spec_diff_annotation)
