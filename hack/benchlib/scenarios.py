@@ -502,3 +502,4 @@ def scen_watch_floor(ctx: Context) -> Iterator[Row]:
 from . import scenarios_vw  # noqa: E402,F401
 from . import scenarios_apiexport  # noqa: E402,F401
 from . import scenarios_workspaces  # noqa: E402,F401
+from . import scenarios_syncer  # noqa: E402,F401
