@@ -9,7 +9,9 @@ For SyncTarget ``t`` in logical cluster ``c`` with UID ``u``:
 * deletion (held by the finalizer ``workload.kcp.dev/sync-target``): the label ``state.workload.kcp.dev/<key>``
   comes off every object of every workspace that carries it -- each one then leaves the target's view (its
   watchers get DELETED) and its other targets' shares grow -- and then the finalizer goes. The workload-status
-  controller drops what the target had reported (``server.controllers.workloadstatus``).
+  controller drops what the target had reported (``server.controllers.workloadstatus``). A SyncTarget that
+  went without its finalizer (its whole workspace deleted) is unplaced the same way when the controller hears
+  of it.
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ class SyncTargetController(TriggeredController):
     def reconcile(self, key: Key) -> None:
         target = self.store.get(key)
         if target is None:
+            # Gone without its finalizer (its whole workspace was deleted): what it left placed still goes.
+            self._unplace(key.cluster, key.name)
             return
         meta = target["metadata"]
         if meta.get("deletionTimestamp"):
-            self._delete(key.cluster, target)
+            self._unplace(key.cluster, key.name)
+            finalizers = [f for f in meta.get("finalizers") or () if f != TARGET_FINALIZER]
+            self.registry.update(SYNC_TARGETS, key.cluster, "", key.name,
+                                 {**target, "metadata": {**meta, "finalizers": finalizers}})
             return
         if (meta.get("labels") or {}).get(KEY_LABEL) != sync_target_key(key.cluster, key.name):
             target = self.registry.update(SYNC_TARGETS, key.cluster, "", key.name, target)  # the shard labels it
@@ -60,9 +67,9 @@ class SyncTargetController(TriggeredController):
             self.registry.update(SYNC_TARGETS, key.cluster, "", key.name, {**target, "status": status},
                                  subresource="status")
 
-    def _delete(self, cluster: str, target: dict) -> None:
-        """Take the target's state label off everything placed on it, then let the SyncTarget go."""
-        name = target["metadata"]["name"]
+    def _unplace(self, cluster: str, name: str) -> None:
+        """Take the target's state label off everything placed on it: each object leaves its view (DELETED in its
+        watches) and the object's other targets' shares grow."""
         label = state_label(sync_target_key(cluster, name))
         removed = 0
         for gvr in SYNCED_RESOURCES:
@@ -78,8 +85,5 @@ class SyncTargetController(TriggeredController):
                 except errors.NotFound:
                     continue  # gone meanwhile
                 removed += 1
-        finalizers = [f for f in target["metadata"].get("finalizers") or () if f != TARGET_FINALIZER]
-        self.registry.update(SYNC_TARGETS, cluster, "", name,
-                             {**target, "metadata": {**target["metadata"], "finalizers": finalizers}})
-        log.info("sync target deleted", cluster=cluster, name=name, unplaced=removed)
-
+        if removed:
+            log.info("sync target gone: its placements removed", cluster=cluster, name=name, unplaced=removed)

@@ -426,6 +426,50 @@ def test_spec_diff_applies_to_one_target(world):
         assert answer["details"]["causes"][0]["field"] == f"metadata.annotations[{spec_diff_annotation(ka)}]"
 
 
+def test_concurrent_status_reports_of_many_targets(world):
+    """Four syncers report status at once, each pinned to the version it read: other targets' reports bump the
+    shared object's version, yet no write is refused (each target's view but status did not change), and the
+    summary ends with every report."""
+    shard, app, compute = world["shard"], world["app"], world["compute"]
+    names = ["c0", "c1", "c2", "c3"]
+    targets = {name: create_target(shard, compute, name) for name in names}
+    token = syncer_token(shard, compute, names)
+    apps = client.AppsV1Api(shard.cluster_client(app))
+    apps.create_namespaced_deployment("default", deployment("busy", 8, placed(*(key_of(t) for t in targets.values()))))
+    codes: dict[str, list[int]] = {name: [] for name in names}
+
+    def report(name: str):
+        api = view(world["vw"], shard, targets[name], token, app)
+        for ready in range(1, 6):
+            seen = json.loads(client.AppsV1Api(api).read_namespaced_deployment("busy", "default",
+                                                                               _preload_content=False).data)
+            status, _ = raw(api, "PUT", "/apis/apps/v1/namespaces/default/deployments/busy/status",
+                            {**seen, "status": {"replicas": 2, "readyReplicas": ready}})
+            codes[name].append(status)
+
+    threads = [threading.Thread(target=report, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(c == 200 for got in codes.values() for c in got), codes
+    upstream = wait_for(lambda: apps.read_namespaced_deployment("busy", "default").to_dict()["status"],
+                        lambda st: (st or {}).get("ready_replicas") == 20 and st.get("replicas") == 8)
+    assert upstream["ready_replicas"] == 20
+
+
+def test_a_target_gone_with_its_workspace_is_unplaced(world):
+    shard, app = world["shard"], world["app"]
+    doomed = workspace(shard, "doomed")
+    gone = create_target(shard, doomed, "t")
+    core = client.CoreV1Api(shard.cluster_client(app))
+    core.create_namespaced_config_map("default", {"metadata": {"name": "orphan", "labels": {
+        **placed(key_of(gone)), **placed(key_of(world["a"]))}}})
+    shard.run(shard.shard.registry.delete_logical_cluster, doomed)   # no finalizer runs
+    wait_for(lambda: core.read_namespaced_config_map("orphan", "default").metadata.labels,
+             lambda labels: labels == placed(key_of(world["a"])))
+
+
 # ---------------------------------------------------------------------- the placement annotation
 
 def test_namespace_placement_annotation(world):
