@@ -215,3 +215,25 @@ def test_transformation_writes_status_as_the_whole_object():
                                             "status")
     assert subresource == "" and status_annotation(A) in obj["metadata"]["annotations"]
     assert transformation.write(transformation.to_view(stored, None), stored, None, "")[1] == ""
+
+
+# ---------------------------------------------------------------------- the URL
+
+@pytest.mark.parametrize("path,accepted", [
+    ("/services/syncer/root:compute/east/0b2f-11/clusters/*/api/v1/configmaps", True),
+    ("/services/syncer/root:compute/east/0b2f-11/clusters/root:app/apis/apps/v1", True),
+    ("/services/syncer/root:compute/east/clusters/*/api", False),              # no UID
+    ("/services/syncer/Root/east/u/clusters/*/api", False),                    # not a workspace path
+    ("/services/syncer/root/East_1/u/clusters/*/api", False),                  # not a SyncTarget name
+    ("/services/syncer/root/east/u%2F/clusters/*/api", False),
+    ("/services/syncer/root/east/u/clusters/*/api/../../x", False),
+    ("/services/syncer/root/east//clusters/*/api", False),
+])
+def test_resolve(path, accepted):
+    from kcp_virtual.syncer.virtualworkspace import resolve
+    resolution = resolve(path)
+    assert resolution.accepted is accepted
+    if accepted:
+        values = resolution.context.values
+        assert values["key"] == sync_target_key(values["target_cluster"], values["target_name"])
+        assert path[len(resolution.prefix):].startswith("/api")
