@@ -182,7 +182,7 @@ class ShardApp:
         attributes = Attributes(user=user, verb=info.verb, cluster=cluster, is_resource=info.is_resource,
                                 path=info.path, api_group=info.group, api_version=info.version,
                                 namespace=info.namespace, resource=info.resource, subresource=info.subresource,
-                                name=info.name)
+                                name=info.authorized_name)
         decision = self.authorizer.authorize(attributes)
         note_decision(environ, info, decision.allowed, decision.reason)
         if not decision.allowed:

@@ -32,10 +32,13 @@ from server.controllers import Controller
 from server.controllers.apibinding import APIBindingController
 from server.controllers.apiexport import APIExportController
 from server.controllers.crd import CRDController
+from server.controllers.placement import PlacementController
 from server.controllers.publication import URLPublisher
 from server.controllers.replication import REPLICATED_RESOURCES, Replicator
 from server.controllers.serviceaccounts import ServiceAccountController
 from server.controllers.shards import ParentReviews, ShardDirectory, ShardRegistration
+from server.controllers.synctarget import SyncTargetController
+from server.controllers.workloadstatus import WorkloadStatusController
 from server.controllers.workspaces import WorkspaceController
 from server.http.audit import AuditLog
 from server.http.forwarding import Forwarder
@@ -191,6 +194,9 @@ class Shard:
         self.controllers.append(URLPublisher(  # where each WorkspaceType's initializer is initialized
             self.registry, WORKSPACE_TYPES, lambda cluster, name: initializing_url_path(initializer_name(cluster, name)),
             name="workspacetypes"))
+        self.controllers.append(SyncTargetController(self.registry))
+        self.controllers.append(PlacementController(self.registry))
+        self.controllers.append(WorkloadStatusController(self.registry))
         self.controllers.append(workspaces)
         self.controllers.append(ShardRegistration(self.registry, self.directory, spec={
             "baseURL": self.url, "virtualWorkspaceURL": virtual_workspace_url}))

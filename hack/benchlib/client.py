@@ -8,7 +8,8 @@ JSON reply per line from stdout. Commands:
   {"cmd": "watch_open", "path", "n", "concurrency"}                     -> grow the watch pool to n
   {"cmd": "watch_close", "keep"}                                        -> shrink the pool to keep
   {"cmd": "fanout", "write": {...}, "writes", "warmup", "timeout"}      -> write; time delivery
-                                              (the write as ``write["token"]`` if given, else as the watches)
+                                              (the write as ``write["token"]`` if given, else as the watches;
+                                               ``samples``: every latency too)
   {"cmd": "quit"}
 
 Watches are raw TLS sockets (ssl module via gevent): the request is written by hand with the
@@ -248,7 +249,7 @@ class Client:
         return {"open": len(self.watchers), "closed": len(drop)}
 
     def fanout(self, write: dict, writes: int, warmup: int = 1, timeout: float = 30.0,
-               pause: float = 0.5) -> dict:
+               pause: float = 0.5, samples: bool = False) -> dict:
         """Time one write's delivery to every open watch, ``writes`` times (after ``warmup``).
 
         t0 is taken just before the write request is sent; each reader stamps the moment the
@@ -310,7 +311,7 @@ class Client:
                 "client_cpu_ms": percentile([c * 1000 for c in cpu], 50),
                 "last_delivery_ms": percentile([w * 1000 for w in wall], 50),
                 "cpu_busy": {n: (b / t if t else None) for n, (b, t) in busy.items()},
-                **stats_ms(lat)}
+                **({"samples_ms": [v * 1000 for v in lat]} if samples else {}), **stats_ms(lat)}
 
 
 def main(argv=None):

@@ -505,3 +505,4 @@ from . import scenarios_workspaces  # noqa: E402,F401
 from . import scenarios_reliability  # noqa: E402,F401
 from . import scenarios_initializing  # noqa: E402,F401
 from . import scenarios_sharding  # noqa: E402,F401
+from . import scenarios_syncer  # noqa: E402,F401

@@ -61,7 +61,7 @@ class Attributes:
     def from_request_info(cls, info: RequestInfo, cluster: str) -> "Attributes":
         return cls(verb=info.verb, cluster=cluster, is_resource=info.is_resource, path=info.path,
                    api_group=info.group, api_version=info.version, namespace=info.namespace,
-                   resource=info.resource, subresource=info.subresource, name=info.name)
+                   resource=info.resource, subresource=info.subresource, name=info.authorized_name)
 
 
 def forbidden(user: Any, attributes: Attributes, reason: str = "") -> Forbidden:

@@ -33,9 +33,17 @@ class RequestInfo:
     subresource: str = ""
     name: str = ""
     parts: tuple = ()         # the path segments after api/apis for non-resource discovery paths
+    #: A list or watch narrowed to one object by ``fieldSelector=metadata.name=<name>`` names it here; kube
+    #: authorizes it as a request on that name, so RBAC ``resourceNames`` can grant watching one object.
+    selected_name: str = ""
 
     def prefix_is_core(self) -> bool:
         return self.api_prefix == "api"
+
+    @property
+    def authorized_name(self) -> str:
+        """The name authorization sees: the path's, or the one a list or watch selects."""
+        return self.name or self.selected_name
 
 
 def _split(path: str) -> list[str]:
@@ -93,4 +101,20 @@ def parse_request_info(method: str, path: str, query: dict) -> RequestInfo:
         info.verb = "deletecollection"
     else:
         info.verb = _METHOD_VERBS.get(method, verb_default)
+    if info.verb in ("list", "watch") and "metadata.name" in (query.get("fieldSelector") or ""):
+        info.selected_name = _exact_name(query["fieldSelector"])
     return info
+
+
+def _exact_name(field_selector: str) -> str:
+    """The value of a ``metadata.name=`` (or ``==``) term of a field selector, if it is a valid path segment
+    (kube's ``RequiresExactMatch`` with ``IsValidPathSegmentName``); "" when there is none."""
+    for term in field_selector.split(","):
+        field, operator, value = term.strip().partition("==")
+        if not operator:
+            field, operator, value = term.strip().partition("=")
+        if operator and field.strip() == "metadata.name":
+            value = value.strip()
+            if value and value not in (".", "..") and "/" not in value and "%" not in value:
+                return value
+    return ""

@@ -206,8 +206,8 @@ class ResourceHandler:
 
     def _list(self, request: Request, d: APIDefinition) -> Response:
         query = ListQuery.from_args(request.http.args)
-        result = d.storage.list(request, request.info.namespace, query)
         version = negotiation.wants_table(request.http.headers.get("Accept", ""), media_types=JSON_ONLY)
+        result = d.storage.list(request, request.info.namespace, query, encoded=not version)
         if version:
             body = table.to_table(result["items"], d.table_columns(), list_meta=result["metadata"],
                                   include_object=negotiation.include_object(request.http.args.get("includeObject")),

@@ -38,11 +38,14 @@ relabel cannot let a write reach an object outside the view.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+import gevent
 import jsonpatch
 import jsonpointer
+import orjson
 
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
@@ -54,7 +57,9 @@ __all__ = ["ForwardingStorage", "Transformation", "ALL_VERBS", "READ_VERBS", "as
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 READ_VERBS = ("get", "list", "watch")
 SUBRESOURCE_VERBS = ("get", "patch", "update")
-_WRITE_ATTEMPTS = 8
+_WRITE_ATTEMPTS = 16
+_RETRY_PAUSE = 0.001            # after the second conflict in a row, doubled each time (jittered) ...
+_RETRY_PAUSE_MAX = 0.1          # ... up to this: writers of one hot object spread out instead of colliding
 _OBJECT_EVENTS = ("ADDED", "MODIFIED", "DELETED")
 
 
@@ -70,15 +75,45 @@ def as_caller(request: Request) -> Any:
 
 @dataclass(frozen=True)
 class Transformation:
-    """Rewrites objects between the shard and the view. Neither function may change its arguments.
+    """Rewrites objects between the shard and the view. No function may change its arguments.
 
     ``to_view(stored, context)`` for objects read and watched; ``from_view(obj, stored, context)`` for
     objects written, where ``stored`` is the current stored object (None on create). A read-only view
     (``verbs`` within ``READ_VERBS``) needs no ``from_view``.
+
+    ``status_from_view(obj, stored, context)``, optional, is for views whose ``status`` is not the stored
+    object's status (the syncer view shows each sync target the status it reported, kept in an annotation):
+    a write of the view's status subresource then becomes the object it returns, written as the whole object
+    -- not to the shard's status subresource, which would drop anything but status. Without it a status write
+    is mapped by ``from_view`` and written to the shard's status.
+
+    The object a write function returns keeps the caller's ``metadata.resourceVersion`` (its optimistic lock:
+    a conflict is the caller's 409), or carries the stored one when the function judged the caller's older
+    version as good as the current one for this view (the write is then retried on a conflict, like a write
+    the caller did not pin).
     """
 
     to_view: Callable[[dict, Context], dict]
     from_view: Callable[[dict, "dict | None", Context], dict] | None = None
+    status_from_view: Callable[[dict, dict, Context], dict] | None = None
+
+    def write(self, obj: dict, stored: dict, context: Context, subresource: str) -> tuple[dict, str]:
+        """``(object to store, subresource to write it to)`` for a write of ``obj`` to the view's ``subresource``."""
+        if subresource == "status" and self.status_from_view is not None:
+            return self.status_from_view(obj, stored, context), ""
+        return self.from_view(obj, stored, context), subresource
+
+
+def _attempts():
+    """The attempts of a write that re-reads and retries on a conflict, pausing (jittered, growing) between them
+    once it conflicted twice: many writers of one object (sync targets reporting status on a shared Deployment)
+    then take turns instead of invalidating each other's reads."""
+    pause = _RETRY_PAUSE
+    for attempt in range(_WRITE_ATTEMPTS):
+        if attempt >= 2:
+            gevent.sleep(random.uniform(0, pause))
+            pause = min(pause * 2, _RETRY_PAUSE_MAX)
+        yield attempt
 
 
 def _rv(obj: dict) -> str:
@@ -198,7 +233,11 @@ class ForwardingStorage:
             obj = self._current(request, namespace, name)
         return self._out(obj, request)
 
-    def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
+    def list(self, request: Request, namespace: str, query: ListQuery, *, encoded: bool = False) -> dict:
+        """The view's list. With ``encoded`` (the caller sends it as JSON) a transformed view's items are
+        ``orjson.Fragment``s, each view serialized as soon as it is made: thousands of transformed objects then
+        never live at once, so they are not promoted to the collector's oldest generation, whose full
+        collections over every stored object would stall the whole process."""
         result = None
         if _whole(query):
             result = self._cached(request, lambda informer: informer.list(request.context.cluster, namespace,
@@ -209,6 +248,9 @@ class ForwardingStorage:
         if self.transform is None:
             return result
         to_view, context = self.transform.to_view, request.context
+        if encoded:
+            dumps, fragment = orjson.dumps, orjson.Fragment
+            return {**result, "items": [fragment(dumps(to_view(item, context))) for item in result["items"]]}
         return {**result, "items": [to_view(item, context) for item in result["items"]]}
 
     def _cached(self, request: Request, read: Callable[[Any], Any]) -> Any:
@@ -264,24 +306,25 @@ class ForwardingStorage:
     def update(self, request: Request, namespace: str, name: str, body: dict, *, subresource: str = "",
                dry_run: bool = False) -> dict:
         cluster, user = request.context.cluster, self.act_as(request)
-        pinned = isinstance(body, dict) and bool(_rv(body))
-        for _ in range(_WRITE_ATTEMPTS):
+        asked = _rv(body) if isinstance(body, dict) else ""
+        for _ in _attempts():
             current = self._current(request, namespace, name)
             if pinned and _rv(body) != _rv(current):
                 # optimistic locking first, as the apiserver does: a stale write is a 409, whatever it says
                 raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
             obj = body if subresource else self._admit(body)  # a status write leaves labels alone
+            written = subresource
             if self.transform is not None:
-                obj = self.transform.from_view(obj, current, request.context)
-            if not pinned:
+                obj, written = self.transform.write(obj, current, request.context, subresource)
+            if not asked:
                 obj = _with_rv(obj, _rv(current))
+            elif _rv(obj) == asked != _rv(current):
+                raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)  # the caller's lock
             try:
-                updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=subresource,
+                updated = self.shard.update(self.gvr, cluster, namespace, name, obj, subresource=written,
                                             dry_run=dry_run, user=user)
             except errors.Conflict:
-                if pinned:
-                    raise
-                continue  # changed since we checked the view: check again
+                continue  # changed since we read it: read it again (a stale lock of the caller's is a 409 then)
             return self._out(updated, request)
         raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
 
@@ -293,7 +336,7 @@ class ForwardingStorage:
         supports works here too; with one, the patch applies to the transformed object, here.
         """
         cluster, user = request.context.cluster, self.act_as(request)
-        for _ in range(_WRITE_ATTEMPTS):
+        for _ in _attempts():
             current = self._stored(request, namespace, name)
             if current is None and patch_type == APPLY_PATCH and not subresource and self.transform is None:
                 return self._create_by_apply(request, namespace, name, patch, dry_run)
@@ -309,11 +352,12 @@ class ForwardingStorage:
                     raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
             if not subresource:
                 patched = self._admit(patched)
+            written = subresource
             if self.transform is not None:
-                patched = self.transform.from_view(patched, current, request.context)
+                patched, written = self.transform.write(patched, current, request.context, subresource)
             patched = _with_rv(patched, _rv(current))
             try:
-                updated = self.shard.update(self.gvr, cluster, namespace, name, patched, subresource=subresource,
+                updated = self.shard.update(self.gvr, cluster, namespace, name, patched, subresource=written,
                                             dry_run=dry_run, user=user)
             except errors.Conflict:
                 continue
@@ -332,7 +376,7 @@ class ForwardingStorage:
     def delete(self, request: Request, namespace: str, name: str, options: dict | None = None) -> dict:
         options = dict(options or {})
         given = dict(options.get("preconditions") or {})
-        for _ in range(_WRITE_ATTEMPTS):
+        for _ in _attempts():
             current = self._current(request, namespace, name)
             meta = current["metadata"]
             preconditions = {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"), **given}

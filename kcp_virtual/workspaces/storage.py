@@ -163,10 +163,11 @@ class WorkspaceStorage:
     def get(self, request: Request, namespace: str, name: str) -> dict:
         return projection.to_workspace(self._visible(request, self.view(request), name))
 
-    def list(self, request: Request, namespace: str, query: ListQuery) -> dict:
+    def list(self, request: Request, namespace: str, query: ListQuery, *, encoded: bool = False) -> dict:
         """The caller's workspaces. The org is listed before the rules are read, so a watch from the returned
         resourceVersion replays every RBAC change the rules may not include. ``limit``/``continue`` page
-        the filtered result; a continued list shows the current state, as the shard's does."""
+        the filtered result; a continued list shows the current state, as the shard's does. (``encoded``, the
+        storage protocol's permission to return pre-serialized items, is not used: the items are dicts.)"""
         start = ""
         if query.continue_token:
             token_rv, start = _decode_continue(query.continue_token)

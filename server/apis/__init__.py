@@ -13,10 +13,11 @@ from server.apis.logicalclusters import TYPES as LOGICAL_CLUSTER_TYPES
 from server.apis.rbac import RBAC_TYPES
 from server.apis.reviews import TYPES as REVIEW_TYPES
 from server.apis.tenancy import TYPES as TENANCY_TYPES
+from server.apis.workload import TYPES as WORKLOAD_TYPES, with_workload_annotations
 from server.auth.serviceaccounts import with_token_subresource
 from server.registry.resourcetype import ResourceType
 
 
 def builtin_types() -> list[ResourceType]:
-    return [*with_token_subresource(CORE_TYPES), *RBAC_TYPES, *REVIEW_TYPES, *TENANCY_TYPES, *APIEXTENSIONS_TYPES,
-            *APIS_TYPES, *LOGICAL_CLUSTER_TYPES]
+    return [*with_workload_annotations(with_token_subresource(CORE_TYPES)), *RBAC_TYPES, *REVIEW_TYPES,
+            *TENANCY_TYPES, *APIEXTENSIONS_TYPES, *APIS_TYPES, *LOGICAL_CLUSTER_TYPES, *WORKLOAD_TYPES]

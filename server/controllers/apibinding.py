@@ -27,7 +27,7 @@ from server.apis.apiextensions import CUSTOM_RESOURCE_DEFINITIONS
 from server.apis.apis_kcp import (APIBINDINGS, APIEXPORTS, APIRESOURCESCHEMAS, BINDING, BOUND, binding_reference,
                                   set_condition, storage_version)
 from server.apis.bound import BoundResourceIndex, age, bound_entries
-from server.controllers.base import Reconciler
+from server.controllers.base import Reconciler, TriggeredController
 from server.registry.generic import LOGICAL_CLUSTERS, Registry, cluster_of, now_rfc3339
 from server.storage import Key, KeyExistsError, KeyNotFoundError
 
@@ -54,7 +54,7 @@ class _ClusterReconciler(Reconciler):
         super().enqueue(Key(APIBINDINGS.storage_key, key.cluster, "", ""))
 
 
-class APIBindingController:
+class APIBindingController(TriggeredController):
     def __init__(self, registry: Registry, index: BoundResourceIndex, *, workers: int = 4):
         self.registry = registry
         self.store = registry.store
@@ -72,24 +72,13 @@ class APIBindingController:
         ]
 
     def start(self) -> None:
-        self.reconciler.start()
-        for trigger in self.triggers:
-            trigger.start()
+        super().start()
         # Clusters deleted while we were not running may still hold bound objects.
         for resource in self.store.counts():
             if is_bound_storage_key(resource) or resource.startswith(PARKED_PREFIX):
                 for cluster in {cluster_of(obj["metadata"]) for obj in self.store.list(resource)[0]}:
                     if not self.registry.cluster_exists(cluster):
                         self.reconciler.enqueue(Key(resource, cluster, "", ""))
-
-    def stop(self) -> None:
-        for trigger in self.triggers:
-            trigger.stop()
-        self.reconciler.stop()
-
-    @property
-    def idle(self) -> bool:
-        return self.reconciler.idle and all(trigger.idle for trigger in self.triggers)
 
     # ------------------------------------------------------------------ triggers
 

@@ -21,7 +21,7 @@ import structlog
 from kcp_virtual.apiexport import url_path
 from kcp_virtual.framework import errors
 from server.apis.apis_kcp import APIEXPORTS, IDENTITY_NAMESPACE, IDENTITY_SECRET_KEY, identity_hash, set_condition
-from server.controllers.base import Reconciler
+from server.controllers.base import Reconciler, TriggeredController
 from server.controllers.publication import ShardsChanged, virtual_workspace_urls
 from server.registry.generic import Registry, now_rfc3339
 from server.storage import Key
@@ -30,7 +30,7 @@ log = structlog.get_logger("kcp.controllers.apiexport")
 
 
 
-class APIExportController:
+class APIExportController(TriggeredController):
     def __init__(self, registry: Registry, *, workers: int = 2):
         self.registry = registry
         self.store = registry.store
@@ -42,20 +42,6 @@ class APIExportController:
             # An identity secret that changes or goes away is reported.
             Reconciler(self.store, "core/secrets", self._secret_changed, name="apiexports-secrets", workers=1),
         ]
-
-    def start(self) -> None:
-        self.reconciler.start()
-        for trigger in self.triggers:
-            trigger.start()
-
-    def stop(self) -> None:
-        for trigger in self.triggers:
-            trigger.stop()
-        self.reconciler.stop()
-
-    @property
-    def idle(self) -> bool:
-        return self.reconciler.idle and all(trigger.idle for trigger in self.triggers)
 
     def _secret_changed(self, key: Key) -> None:
         for export in self.store.list(APIEXPORTS.storage_key, key.cluster)[0]:

@@ -174,3 +174,26 @@ class Reconciler:
     def _retry(self, key: Key) -> None:
         self._retries.pop(key, None)
         self.enqueue(key)
+
+
+class TriggeredController:
+    """A controller of one ``reconciler`` and its ``triggers``: more loops, on other resources, that feed it work
+    (usually by enqueuing keys into it). All of them start, stop and are idle together."""
+
+    reconciler: Reconciler
+    triggers: list[Reconciler]
+
+    def start(self) -> None:
+        self.reconciler.start()
+        for trigger in self.triggers:
+            trigger.start()
+
+    def stop(self) -> None:
+        for trigger in self.triggers:
+            trigger.stop()
+        self.reconciler.stop()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, in flight or waiting for a retry, in any loop (tests and benchmarks wait for this)."""
+        return self.reconciler.idle and all(trigger.idle for trigger in self.triggers)

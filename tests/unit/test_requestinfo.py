@@ -32,3 +32,20 @@ def test_resource_paths(method, path, query, expected):
                                   "/openapi/v3", "/api/v1/namespaces/ns/configmaps/c/x/y"])
 def test_non_resource_paths(path):
     assert not parse_request_info("GET", path, {}).is_resource
+
+
+@pytest.mark.parametrize("method,query,selected", [
+    ("GET", {"fieldSelector": "metadata.name=a"}, "a"),
+    ("GET", {"fieldSelector": "metadata.name==a", "watch": "true"}, "a"),
+    ("GET", {"fieldSelector": "metadata.namespace=x, metadata.name = a"}, "a"),
+    ("GET", {"fieldSelector": "metadata.name!=a"}, ""),
+    ("GET", {"fieldSelector": "metadata.name=a/b"}, ""),
+    ("GET", {"fieldSelector": "metadata.name=.."}, ""),
+    ("GET", {"fieldSelector": "spec.nodeName=a"}, ""),
+    ("DELETE", {"fieldSelector": "metadata.name=a"}, ""),
+])
+def test_a_list_or_watch_of_one_name_is_authorized_on_that_name(method, query, selected):
+    """kube's RequestInfoFactory: ``fieldSelector=metadata.name=x`` makes a list or watch one of ``x`` for RBAC
+    ``resourceNames``; the path's name stays empty (it is still a list)."""
+    info = parse_request_info(method, "/apis/workload.kcp.dev/v1alpha1/synctargets", query)
+    assert info.name == "" and info.selected_name == selected and info.authorized_name == selected
