@@ -208,16 +208,12 @@ class ServicesForwarder:
         parked.on_gone = upstream.interrupt
         context = contextvars.copy_context()  # the request's log context, for the end
 
-        def on_data(piece: bytes) -> None:
-            parked.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-
         def on_end(error: BaseException | None) -> None:
             if error is not None and not parked.done:
                 context.run(log.debug, "stream from upstream ended early", upstream=self._what, error=repr(error))
-            parked.write(b"0\r\n\r\n")
-            parked.finish()
+            parked.end()
 
-        upstream.attach(on_data, on_end)
+        upstream.attach(parked.send, on_end)
         return True
 
     @staticmethod
