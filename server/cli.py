@@ -33,6 +33,9 @@ def _start_parser(sub) -> None:
                        help="base URL of this shard's virtual workspaces, published in status "
                             "(default: the shard's own URL)")
     _virtual_workspace_flags(start, "in-process (with --run-virtual-workspaces=true)")
+    start.add_argument("--max-connections", type=int, default=None, metavar="N",
+                       help="client connections served at once, idle watches included (default 20,000; each needs "
+                            "a file descriptor)")
     start.add_argument("--log-format", choices=("text", "json"), default="text")
     start.add_argument("-v", "--v", dest="verbosity", type=int, nargs="?", const=1, default=0,
                        help="log verbosity (0 = info, 1+ = debug)")
@@ -90,6 +93,7 @@ def run_start(args) -> int:
                                                       if n.strip()],
                          run_virtual_workspaces=args.run_virtual_workspaces,
                          shard_virtual_workspace_url=args.shard_virtual_workspace_url,
+                         **({"max_connections": args.max_connections} if args.max_connections else {}),
                          virtual_workspaces=virtual_workspaces)
     if not args.run_virtual_workspaces and not args.shard_virtual_workspace_url:
         print("error: --run-virtual-workspaces=false needs --shard-virtual-workspace-url (where "

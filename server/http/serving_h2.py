@@ -324,8 +324,7 @@ class _H2Connection:
             self.server.kcp_log.exception("unhandled error in an HTTP/2 stream", peer=self.address)
             self._reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         finally:
-            if state.parked is None:
-                self.streams.pop(stream_id, None)
+            self.streams.pop(stream_id, None)  # a parked stream is in ``parked``: its request is let go
             close = getattr(result, "close", None)
             if close is not None:
                 close()
