@@ -105,7 +105,7 @@ def _check_limits(**limits: float) -> None:
 
 class _Event:
     """One change as the shard sent it: kept in the history and handed as is to every subscription it
-    concerns, so its stream line is serialized once for all of them (``watchstream.json_lines``)."""
+    concerns, so its stream line is serialized once for all of them (``watchstream.json_line``)."""
 
     __slots__ = ("rv", "type", "object", "cluster", "namespace", "_line")
 

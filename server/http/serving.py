@@ -4,12 +4,14 @@
   sends, and Nagle + delayed ACK otherwise stall keep-alive responses by ~40 ms. The head and
   an ordinary-sized first body part go out in one send anyway.
 * The verified client certificate goes into the environ (pywsgi does not do that) as
-  ``kcp.peer_certificate``; the socket as ``kcp.socket`` so a watch can notice a disconnect
-  without writing (``kcp_virtual.framework.watchstream.peer_gone_check``); whether any header
+  ``kcp.peer_certificate``; the socket as ``kcp.socket`` (a streamed response that is not parked
+  watches it to notice its client leave); whether any header
   claims an identity (``kcp_virtual.external.delegated.IDENTITY_HEADERS``), so that nobody has to look.
 * Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
   without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
   and its error log goes to structlog.
+* A watch response (``WatchBody``: it has ``park``) is parked once its head is out
+  (``_Handler.run_application``): its greenlet ends and the watch writes into the connection.
 * An interceptor may park a streaming answer (``RawExchange.park``, ``server.http.parking``): the
   connection's greenlet ends and the stream goes on without it (an idle forwarded watch: 43 KiB
   of the shard's memory in a greenlet, 28 parked). Parked connections count against the cap

@@ -6,8 +6,8 @@ connection instead of one connection each. A server enables it with ``Server(...
 (kubectl, client-go, browsers) keep HTTP/1.1 and only a client offering ``h2`` alone gets this.
 
 The protocol machine is the ``h2`` library. Each request stream gets a WSGI environ like pywsgi's
-(plus ``kcp.peer_certificate``, ``kcp.stopping``, and ``kcp.client_gone`` in place of
-``kcp.socket``: on a shared connection a readable socket says nothing about one stream), and its
+(plus ``kcp.peer_certificate`` and ``kcp.stopping``; no ``kcp.socket``: on a shared connection a
+readable socket says nothing about one stream), and its
 app runs in a greenlet of the connection's group; a stream reset by the client, or the connection
 ending, kills that greenlet, so a watch's ``finally`` runs at once. Responses stream frame by frame
 (a watch event is sent when it is yielded); the client's flow-control windows are respected.

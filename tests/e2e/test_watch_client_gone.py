@@ -20,18 +20,18 @@ import gevent
 import pytest
 import requests
 
-from server.shard import STOCK_VIRTUAL_WORKSPACES, ShardConfig
+from server.shard import ShardConfig
 from tests.e2e.test_apibinding import bind, provide, wait_bound
 from tests.topologies import TOPOLOGIES, running_topology
-from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES
+from tests.vw_demo import DEMO_PLUGINS
 
 DEADLINE = 0.2
 CONFIGMAPS = "/api/v1/configmaps"
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
-def topology(request):
-    config = ShardConfig(virtual_workspaces=STOCK_VIRTUAL_WORKSPACES + DEMO_VIRTUAL_WORKSPACES)
+def topology(request, demo_plugins):
+    config = ShardConfig(virtual_workspaces=("workspaces", "apiexport", *DEMO_PLUGINS))
     with running_topology(request.param, config) as running:
         yield running
 
