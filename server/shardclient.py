@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from werkzeug.test import EnvironBuilder
@@ -25,7 +25,7 @@ from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, R
 from server.app import VERSION_INFO, ShardApp
 from server.auth.authz import Attributes, forbidden_message
 from server.auth.user import UserInfo
-from server.endpoints.rest import MIN_WATCH_TIMEOUT, converted_events
+from server.endpoints.rest import MIN_WATCH_TIMEOUT
 from server.registry.generic import ListOptions, WILDCARD, parse_resource_version
 from server.registry.resourcetype import RequestContext, ResourceType
 from server.registry.selectors import FieldSelector, LabelSelector
@@ -110,7 +110,7 @@ class InProcessShardClient:
         return result
 
     def watch(self, gvr: GroupVersionResource, cluster: str, namespace: str, query: ListQuery, *,
-              user: Any = None, client_gone: Callable[[], bool] | None = None):
+              user: Any = None):
         rt = self._resource(gvr, cluster, "watch", namespace, user=user)
         options = self._options(rt, query)
         options.resource_version_match = ""
@@ -118,13 +118,10 @@ class InProcessShardClient:
             parse_resource_version(options.resource_version)
         seconds = query.timeout_seconds if query.timeout_seconds is not None \
             else MIN_WATCH_TIMEOUT * (1 + random.random())
-        api = self.app.api
-        events = self.registry.watch(rt, cluster, namespace, options, send_initial_events=query.send_initial_events,
-                                     allow_bookmarks=query.allow_bookmarks, progress_notify=query.progress_notify,
-                                     bookmark_interval=api.bookmark_interval,
-                                     deadline=time.monotonic() + max(seconds, 0), idle_check=client_gone,
-                                     idle_interval=api.idle_interval)
-        return events if rt.convert is None else converted_events(events, rt.convert)
+        return self.registry.watch(rt, cluster, namespace, options, send_initial_events=query.send_initial_events,
+                                   allow_bookmarks=query.allow_bookmarks, progress_notify=query.progress_notify,
+                                   bookmark_interval=self.app.api.bookmark_interval,
+                                   deadline=time.monotonic() + max(seconds, 0))
 
     # ------------------------------------------------------------------ writes
 

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", metavar="SCENARIO",
                     help="run only these scenarios (repeatable); see --list")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("--scale", action="store_true",
+                    help="also the long scale runs (watch-scale: 50,000 idle watches)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
     ap.add_argument("--runs", type=int, help="wrk runs per target (default 3, 1 with --quick)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (logs, data)")
@@ -54,12 +56,12 @@ def main(argv=None) -> int:
     nofile = util.raise_nofile()  # inherited by the shard, the servers and the clients
     cores = util.Cores.detect()
     workdir = tempfile.mkdtemp(prefix="kcp-bench-")
-    ctx = Context(workdir=workdir, cores=cores, quick=a.quick,
+    ctx = Context(workdir=workdir, cores=cores, quick=a.quick, scale=a.scale,
                   runs=a.runs or (1 if a.quick else 3), duration=a.duration,
                   shard_args=a.shard_arg)
     ctx.meta.update({
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": a.quick, "runs": ctx.runs, "wrk_duration_s": a.duration,
+        "quick": a.quick, "scale": a.scale, "runs": ctx.runs, "wrk_duration_s": a.duration,
         "pinning": cores.describe(), "cpus": os.cpu_count(), "nofile": nofile,
         "python": platform.python_version(), "wrk": _version(["wrk", "-v"]),
         "nginx": _version([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),

@@ -78,6 +78,7 @@ class Context:
     quick: bool
     runs: int
     duration: float
+    scale: bool = False  # the long scale runs too (hack/bench --scale)
     shard_args: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     _shard: Shard | None = None
@@ -407,7 +408,7 @@ def _idle_row(ctx, group, label, c, pid, n, path) -> Row:
     return Row(group, f"{label} {opened:,} watches",
                {"rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
                 "kib_per_watch": per, "open_s": r["seconds"]},
-               target="kib_per_watch <= 50", ok=per <= 50 and not r["failed"], note=note.strip())
+               target="kib_per_watch <= 16", ok=per <= 16 and not r["failed"], note=note.strip())
 
 
 def _fanout_row(ctx, group, label, c, pid, write, targets_ms: float | None) -> Row:
@@ -471,13 +472,35 @@ def scen_watch(ctx: Context) -> Iterator[Row]:
             c.call("watch_close", keep=1000)
             _settle(c, write)
         ctx.log("fan-out to 1,000 watchers")
-        yield _fanout_row(ctx, fan_group, "ours", c, shard.pid, write, 50)
+        ours = _fanout_row(ctx, fan_group, "ours", c, shard.pid, write, None)
+        yield ours
         ctx.log("opening 10,000 watches")
         r = c.call("watch_open", path=WATCH_PATH, n=10000, concurrency=100)
         if r["failed"]:
             ctx.log(f"{r['failed']} watches failed to open: {r['first_error']}")
         ctx.log("fan-out to 10,000 watchers")
-        yield _fanout_row(ctx, fan_group, "ours", c, shard.pid, write, 1000)
+        yield _fanout_row(ctx, fan_group, "ours", c, shard.pid, write, 200)
+    finally:
+        ctx.close_client(c)
+    # the same 1,000-watcher fan-out from the trivial pywsgi server, side by side: the floor of this stack
+    ctx.log("fan-out to 1,000 watchers of the trivial server (the floor)")
+    floor = _trivial_fanout(ctx, fan_group, 1000)
+    yield floor
+    p99, floor_p99 = ours.metrics.get("p99_ms"), floor.metrics.get("p99_ms")
+    if p99 is not None and floor_p99:
+        ratio = p99 / floor_p99
+        yield Row(fan_group, "ours / trivial floor, 1,000 watchers", {"p99_x": ratio, "p50_x": (
+            ours.metrics["p50_ms"] / floor.metrics["p50_ms"]) if floor.metrics.get("p50_ms") else None},
+            target="p99_x <= 1.2", ok=ratio <= 1.2)
+
+
+def _trivial_fanout(ctx: Context, group: str, watchers: int) -> Row:
+    t = ctx.trivial
+    write = {"method": "POST", "path": "/_write", "template": "{marker}", "content_type": "text/plain"}
+    c = ctx.client(t.url)
+    try:
+        c.call("watch_open", path="/watch?watch=true", n=watchers, concurrency=100)
+        return _fanout_row(ctx, group, "trivial", c, t.pid, write, None)
     finally:
         ctx.close_client(c)
 

@@ -394,3 +394,34 @@ def scen_vw_watch(ctx: Context) -> Iterator[Row]:
             yield Row(fan_group, f"{label} / direct",
                       {"p50_x": p["p50_ms"] / direct["p50_ms"],
                        "p99_x": p["p99_ms"] / direct["p99_ms"] if direct.get("p99_ms") and p.get("p99_ms") else None})
+
+
+# ------------------------------------------------------------------------------------ idle watches at scale
+
+SCALE_WATCHERS = 50_000
+
+
+@scenario("watch-scale", "idle TLS watch memory at 10,000 (and with --scale 50,000) watches: direct and through "
+                         "the demo VW in-process, each on a fresh shard", needs_shard=False)
+def scen_watch_scale(ctx: Context) -> Iterator[Row]:
+    group = "idle watches at scale: shard RSS delta per watch"
+    counts = [10_000] + ([SCALE_WATCHERS] if ctx.scale else [])
+    for n in counts:
+        for label, path in (("direct", DIRECT_WATCH), ("vw in-process", VW_WATCH)):
+            key = f"watch-scale-{n}-{label.replace(' ', '-')}"
+            ctx.log(f"{label}: starting a shard for {n:,} idle watches")
+            shard = ctx.service(key, lambda: Shard(ctx.workdir, ctx.cores, [
+                *ctx.shard_args, "--virtual-workspace", DEMO, "--max-connections", str(n + 1000)], name=key))
+            _demo_configmap(shard, WATCH_NS, "target", {"seq": "init"})
+            c = ctx.client(shard.url, shard.token, shard.ca)
+            try:
+                before = rss_kib(shard.pid)
+                r = c.call("watch_open", path=path + WATCH_QUERY, n=n, concurrency=200)
+                time.sleep(2.0)
+                per = (rss_kib(shard.pid) - before) / max(1, r["opened"])
+                note = f"{r['failed']} failed: {r['first_error']}" if r["failed"] else ""
+                yield Row(group, f"{label} {r['open']:,} watches", {"kib_per_watch": per, "open_s": r["seconds"]},
+                          target="kib_per_watch <= 16", ok=per <= 16 and not r["failed"], note=note)
+            finally:
+                ctx.close_client(c)
+                _stop(ctx, key)

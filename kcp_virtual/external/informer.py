@@ -16,9 +16,9 @@ within about 20 ms of a write to any resource, not only to this one.
 on the shard of its own (a connection, a greenlet, a watcher there). ``watch`` serves one from memory
 instead: the current objects as ADDED events (resourceVersion "" or "0"), or the events after a
 resourceVersion replayed from a bounded history of recent events, then every change as it arrives. A
-``Subscription`` gets each event handed to it without yielding, in a bounded queue; events are shared,
-their stream line serialized once for all watchers. What the cache cannot answer exactly as the shard
-would -- a version older than its history or newer than its progress, one the shard's own (unfiltered,
+``Subscription`` (a push ``Watch``) gets each event handed to it without yielding, and hands it on to the
+client connection; events are shared, their stream line serialized once for all watchers. What the
+cache cannot answer exactly as the shard would -- a version older than its history or newer than its progress, one the shard's own (unfiltered,
 so shorter) history no longer reaches (asked with a watch that ends at once), a logical cluster it
 holds nothing of -- is ``NotFresh``: the caller watches live and the shard decides (410, 404...).
 
@@ -31,8 +31,8 @@ Failures: a 410 (the shard's history no longer reaches back) relists at once; an
 shard unreachable, an error answer, a malformed event) marks the cache unsynced and relists after a
 backoff of 0.2 s doubling to 5 s. A watch the shard ends (its timeout) resumes from ``progress_rv``.
 Any failure, relist or stop ends every subscription (its stream ends, the client watches again from
-the last version it saw), as does a subscriber too slow to keep its queue below ``queue_limit``: a
-subscription never skips or repeats an event.
+the last version it saw), as does a subscriber that falls too far behind (its client connection's queue,
+or ``queue_limit`` events waiting for it to start): a subscription never skips or repeats an event.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 import gevent.event
@@ -50,9 +50,10 @@ import structlog
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.shardclient import (CLUSTER_ANNOTATION, GroupVersionResource, ListQuery, NotFresh,
                                                WatchEvent)
+from kcp_virtual.framework.watchstream import Watch
 
 __all__ = ["Informer", "Informers", "Subscription", "NotFresh", "MIN_BACKOFF", "MAX_BACKOFF", "DEFAULT_LIMIT",
-           "HISTORY", "QUEUE_LIMIT", "BOOKMARK_INTERVAL", "IDLE_INTERVAL"]
+           "HISTORY", "QUEUE_LIMIT", "BOOKMARK_INTERVAL"]
 
 log = structlog.get_logger("kcp.informer")
 
@@ -69,8 +70,6 @@ HISTORY = 10_000
 QUEUE_LIMIT = 1_000
 #: Seconds between the BOOKMARKs of a subscription that allows them (the shard's ``bookmark_interval``).
 BOOKMARK_INTERVAL = 60.0
-#: How often an idle subscription asks whether its client left.
-IDLE_INTERVAL = 2.0
 #: As the apiserver: a watch without timeoutSeconds ends after 30 to 60 minutes.
 MIN_WATCH_TIMEOUT = 1800.0
 
@@ -111,7 +110,7 @@ def _check_limits(**limits: float) -> None:
 
 class _Event:
     """One change as the shard sent it: kept in the history and handed as is to every subscription it
-    concerns, so its stream line is serialized once for all of them (``watchstream.json_lines``)."""
+    concerns, so its stream line is serialized once for all of them (``watchstream.json_line``)."""
 
     __slots__ = ("rv", "type", "object", "cluster", "namespace", "_line")
 
@@ -147,9 +146,8 @@ class Informer:
     def __init__(self, shard: Any, gvr: GroupVersionResource, label_selector: str = "", *,
                  min_backoff: float = MIN_BACKOFF, max_backoff: float = MAX_BACKOFF, history: int = HISTORY,
                  queue_limit: int = QUEUE_LIMIT, bookmark_interval: float = BOOKMARK_INTERVAL,
-                 idle_interval: float = IDLE_INTERVAL, progress_notify: bool = True):
-        _check_limits(history=history, queue_limit=queue_limit, bookmark_interval=bookmark_interval,
-                      idle_interval=idle_interval)
+                 progress_notify: bool = True):
+        _check_limits(history=history, queue_limit=queue_limit, bookmark_interval=bookmark_interval)
         self.shard = shard
         self.gvr = gvr
         self.label_selector = label_selector
@@ -157,7 +155,6 @@ class Informer:
         self.max_backoff = max_backoff
         self.queue_limit = queue_limit
         self.bookmark_interval = bookmark_interval
-        self.idle_interval = idle_interval
         # the shard's progress bookmarks (every ~20 ms while anything is written), which ``fresh`` needs; a
         # consumer that only follows changes (``add_listener``, ``peek``) is spared them
         self.progress_notify = progress_notify
@@ -254,12 +251,11 @@ class Informer:
         return sum(map(len, self._subscriptions.values()))
 
     def watch(self, cluster: str, namespace: str, resource_version: str, fresh_as_of: int, *,
-              allow_bookmarks: bool = False, timeout_seconds: int | None = None,
-              client_gone: Callable[[], bool] | None = None) -> "Subscription | None":
+              allow_bookmarks: bool = False, timeout_seconds: int | None = None) -> "Subscription | None":
         """The watch the shard would serve for this view with no selector of the caller's: from resourceVersion
         "" or "0" the current objects as ADDED events in the shard's order, from N the events after N; then the
         changes, BOOKMARKs (with ``allow_bookmarks``) every ``bookmark_interval`` while caught up, until
-        ``timeout_seconds`` (default 30 to 60 minutes) or ``client_gone()`` says the client left. NotFresh (or
+        ``timeout_seconds`` (default 30 to 60 minutes) or ``close()`` (the client left). NotFresh (or
         None, for a logical cluster it holds no object of) when the cache cannot answer exactly that."""
         if resource_version in ("", "0"):
             listed = self.list(cluster, namespace, fresh_as_of)
@@ -275,7 +271,7 @@ class Informer:
         # no yield from the backlog to the subscription: the next event the informer applies is its first
         seconds = timeout_seconds if timeout_seconds is not None else MIN_WATCH_TIMEOUT * (1 + random.random())
         subscription = Subscription(self, cluster, namespace, backlog, allow_bookmarks=allow_bookmarks,
-                                    deadline=time.monotonic() + max(seconds, 0), client_gone=client_gone)
+                                    deadline=time.monotonic() + max(seconds, 0))
         self._subscriptions.setdefault((cluster, namespace), {})[subscription] = None
         return subscription
 
@@ -319,9 +315,9 @@ class Informer:
         if not groups:
             return
         overflowing = []
-        for (cluster, namespace), group in groups.items():
+        for (cluster, namespace), group in list(groups.items()):
             if event.concerns(cluster, namespace):
-                for subscription in group:
+                for subscription in list(group):  # a client leaving while it is handed the event leaves the group
                     if not subscription.offer(event):
                         overflowing.append(subscription)
         for subscription in overflowing:
@@ -462,86 +458,72 @@ class Informer:
             self._tell((cluster, *key))
 
 
-class Subscription:
-    """One client's watch served from an ``Informer`` (a ``framework.shardclient.Watch``): its backlog (initial
-    ADDED events or replayed ones), then the events the informer hands it (``offer``), BOOKMARKs, until its
-    deadline, its client leaves, ``close()`` or ``end()``. It has no greenlet of its own: the consumer's (the
-    request's) waits on an event flag that ``offer`` and ``end`` set."""
+class Subscription(Watch):
+    """One client's watch served from an ``Informer``: a push ``Watch`` (``framework.watchstream``). Started, it
+    sends its backlog (initial ADDED events or replayed ones) and whatever the informer handed it since it was
+    made, then each event as the informer applies it (``offer``, in the informer's greenlet, without waiting),
+    BOOKMARKs, until its deadline, ``close()`` or ``end()``. No greenlet of its own: one libev timer brings the
+    deadline and the bookmarks. Until it is started, at most ``queue_limit`` offered events wait (more ends it,
+    as the apiserver drops a watcher that falls behind); once started, the client connection's queue bounds it."""
 
-    __slots__ = ("informer", "cluster", "namespace", "_backlog", "_queue", "_signal", "_deadline", "_next_bookmark",
-                 "_client_gone", "_ended")
+    __slots__ = ("informer", "cluster", "namespace", "_backlog", "_deadline", "_bookmarks", "_ended")
 
     def __init__(self, informer: Informer, cluster: str, namespace: str, backlog: list, *, allow_bookmarks: bool,
-                 deadline: float, client_gone: Callable[[], bool] | None):
+                 deadline: float):
+        super().__init__()
         self.informer = informer
         self.cluster = cluster
         self.namespace = namespace
-        self._backlog = iter(backlog) if backlog else None
-        self._queue: deque[_Event] = deque()
-        self._signal = gevent.event.Event()
+        self._backlog: list | None = list(backlog)
         self._deadline = deadline
-        self._next_bookmark = time.monotonic() + informer.bookmark_interval if allow_bookmarks else None
-        self._client_gone = client_gone
+        self._bookmarks = allow_bookmarks
         self._ended = False
 
     def offer(self, event: _Event) -> bool:
-        """Queue ``event`` (never yields); False when the queue is full: the caller ends this watch."""
-        queue = self._queue
-        if len(queue) >= self.informer.queue_limit:
-            return False
-        queue.append(event)
-        self._signal.set()
+        """Hand ``event`` on (never yields); False when too many wait for a start: the caller ends this watch."""
+        backlog = self._backlog
+        if backlog is not None:
+            if len(backlog) >= self.informer.queue_limit:
+                return False
+            backlog.append(event)
+            return True
+        self._emit((event,))
         return True
 
     def end(self) -> None:
         """End the stream after the event being delivered (the informer's side: relist, overflow, stop)."""
         self._ended = True
-        self._queue.clear()
+        if self._backlog is not None:
+            self._backlog = []
+        elif not self.closed:
+            self._end()
+
+    def _run(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if self._ended:
+            self._end()
+            return
+        self._emit(backlog)
+        if not self.closed:
+            self._arm()
+
+    def _arm(self) -> None:
+        due = self._deadline
+        if self._bookmarks:
+            due = min(due, time.monotonic() + self.informer.bookmark_interval)
+        self._after(due - time.monotonic(), self._tick)
+
+    def _tick(self) -> None:
+        if time.monotonic() >= self._deadline:
+            self._end()
+            return
+        self._emit((WatchEvent("BOOKMARK", self.informer.bookmark()),))  # everything up to progress_rv is sent
+        if not self.closed:
+            self._arm()
+
+    def _stop(self) -> None:
         self._backlog = None
-        self._signal.set()
-
-    def close(self) -> None:
-        """The consumer's side: stop, and leave the informer at once."""
-        if not self._ended:
-            self.end()
         self.informer.unsubscribe(self)
-
-    def __iter__(self) -> "Subscription":
-        return self
-
-    def __next__(self) -> Any:
-        informer = self.informer
-        while True:
-            if self._backlog is not None:
-                event = next(self._backlog, None)
-                if event is not None:
-                    return event
-                self._backlog = None
-            if self._ended:
-                raise StopIteration
-            now = time.monotonic()
-            if now >= self._deadline:
-                self.close()
-                raise StopIteration
-            if self._queue:
-                return self._queue.popleft()
-            wait = min(informer.idle_interval, self._deadline - now)
-            if self._next_bookmark is not None:
-                if now >= self._next_bookmark:  # caught up: everything up to progress_rv has been delivered
-                    self._next_bookmark = now + informer.bookmark_interval
-                    return WatchEvent("BOOKMARK", informer.bookmark())
-                wait = min(wait, self._next_bookmark - now)
-            signal = self._signal
-            signal.clear()
-            if not signal.wait(wait) and self._client_gone is not None and self._gone():
-                self.close()
-                raise StopIteration
-
-    def _gone(self) -> bool:
-        try:
-            return bool(self._client_gone())
-        except Exception:  # noqa: BLE001 - a broken check means nobody is listening
-            return True
 
 
 class Informers:
@@ -551,7 +533,7 @@ class Informers:
 
     def __init__(self, shard: Any, *, limit: int = DEFAULT_LIMIT, **options):
         _check_limits(**{k: v for k, v in options.items()
-                         if k in ("history", "queue_limit", "bookmark_interval", "idle_interval")})
+                         if k in ("history", "queue_limit", "bookmark_interval")})
         self.shard = shard
         self.limit = limit
         self.options = options

@@ -15,7 +15,7 @@ All I/O is gevent-cooperative without monkey-patching (``kcp_virtual.transport.h
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import gevent
@@ -27,6 +27,7 @@ from kcp_virtual.external.informer import BOOKMARK_INTERVAL, Informer, Informers
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import Attributes, Decision, is_master
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, Rules, User, WatchEvent
+from kcp_virtual.framework.watchstream import Watch
 from kcp_virtual.transport import http1, httpclient
 
 __all__ = ["RemoteShardClient", "RemoteWatch", "status_error", "impersonation_headers"]
@@ -36,8 +37,6 @@ log = structlog.get_logger("kcp.remote")
 JSON = "application/json"
 USER_AGENT = "kcp-virtual-workspaces"
 REQUEST_TIMEOUT = 60.0
-#: How often an idle watch asks whether its client left (each ask is one non-blocking poll).
-IDLE_INTERVAL = 2.0
 _CLUSTER_SUFFIX = re.compile(r"/clusters/[^/]+/?$")
 #: Not a DNS label, so no namespace (and no RoleBinding) has it: a rules review "in" it lists cluster-wide rules.
 _NO_NAMESPACE = "*"
@@ -95,55 +94,37 @@ def _user(info: dict) -> User:
     return User(info.get("username", ""), info.get("uid", "") or "", tuple(info.get("groups") or ()), extra)
 
 
-class RemoteWatch:
-    """A watch of the shard as an iterator of ``WatchEvent``s; ``close()`` drops the upstream connection.
+class RemoteWatch(Watch):
+    """A watch of the shard (a push ``Watch``): a greenlet reads the upstream response and hands its events on;
+    ``close()`` drops the upstream connection (interrupting that read at once)."""
 
-    ``client_gone`` (the downstream's disconnect check) is polled by a timer every ``interval``
-    seconds -- a libev timer, not a greenlet -- and interrupts the upstream read when it says True.
-    """
-
-    def __init__(self, response: http1.Response, client_gone: Callable[[], bool] | None = None,
-                 interval: float = IDLE_INTERVAL):
+    def __init__(self, response: http1.Response):
+        super().__init__()
         self._response = response
-        self._finished = False
-        self._timer = None
-        if client_gone is not None:
-            timer = self._timer = gevent.get_hub().loop.timer(interval, interval)
+        self._greenlet: gevent.Greenlet | None = None
+        self._complete = False
 
-            def check():
-                try:
-                    gone = client_gone()
-                except Exception:  # noqa: BLE001 - a broken check means nobody is listening
-                    gone = True
-                if gone:
-                    timer.stop()
-                    response.interrupt()
+    def _run(self) -> None:
+        self._greenlet = gevent.spawn(self._pump)
 
-            timer.start(check)
-        self._events = self._read()
+    def _pump(self) -> None:
+        try:
+            for event in self._read():
+                if self.closed:
+                    return
+                self._emit((event,))
+        finally:
+            self._greenlet = None
+            self._end()
 
-    def __iter__(self) -> "RemoteWatch":
-        return self
-
-    def __next__(self) -> WatchEvent:
-        return next(self._events)
-
-    def close(self) -> None:
-        self._events.close()
-        self._finish(complete=False)
-
-    def _finish(self, complete: bool) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer.close()
-        if not complete:
-            self._response.close()  # half-read: never back into the pool
+    def _stop(self) -> None:
+        if not self._complete:
+            if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
+                self._response.interrupt()  # the reader ends; the connection never goes back into the pool
+            else:
+                self._response.close()
 
     def _read(self):
-        complete = False
         pending = b""
         try:
             for chunk in self._response.stream():
@@ -154,11 +135,10 @@ class RemoteWatch:
                         yield _event(line)
             if pending.strip():
                 yield _event(pending)
-            complete = True
+            self._complete = True
         except httpclient.UPSTREAM_ERRORS as exc:
             log.debug("watch of the shard ended", error=repr(exc))
-        finally:
-            self._finish(complete)
+            self._response.close()
 
 
 def _event(line: bytes) -> WatchEvent:
@@ -175,19 +155,17 @@ class RemoteShardClient:
     a certificate."""
 
     def __init__(self, url: str, *, ssl_context, token: str | None = None, maxsize: int = 128,
-                 request_timeout: float = REQUEST_TIMEOUT, idle_interval: float = IDLE_INTERVAL,
-                 bookmark_interval: float = BOOKMARK_INTERVAL):
+                 request_timeout: float = REQUEST_TIMEOUT, bookmark_interval: float = BOOKMARK_INTERVAL):
         parts = urlsplit(url)
         self.url = f"{parts.scheme}://{parts.netloc}"
         self.prefix = _CLUSTER_SUFFIX.sub("", parts.path).rstrip("/")
         self.pool = httpclient.https_pool(self.url, ssl_context, maxsize=maxsize)
         self._auth = [("Authorization", f"Bearer {token}")] if token else []
         self.request_timeout = request_timeout
-        self.idle_interval = idle_interval
         self._version: dict | None = None
         self._what = f"the shard at {self.url}"
         # watches served from the informers bookmark as often as the shard's own (its ``bookmark_interval``)
-        self.informers = Informers(self, bookmark_interval=bookmark_interval, idle_interval=idle_interval)
+        self.informers = Informers(self, bookmark_interval=bookmark_interval)
 
     @classmethod
     def from_kubeconfig(cls, path: str, context: str | None = None, **options) -> "RemoteShardClient":
@@ -270,7 +248,7 @@ class RemoteShardClient:
         return self._call("GET", self._path(gvr, cluster, namespace), query=query.query_params(), user=user)
 
     def watch(self, gvr: GroupVersionResource, cluster: str, namespace: str, query: ListQuery, *,
-              user: Any = None, client_gone: Callable[[], bool] | None = None) -> RemoteWatch:
+              user: Any = None) -> RemoteWatch:
         params = {"watch": "true", **query.query_params()}
         if query.send_initial_events:  # validated with it; the parsed query no longer carries it
             params["resourceVersionMatch"] = "NotOlderThan"
@@ -278,7 +256,7 @@ class RemoteShardClient:
                               stream=True)
         if response.status != 200:
             raise status_error(response.status, self._read(response), response.headers)
-        return RemoteWatch(response, client_gone, self.idle_interval)
+        return RemoteWatch(response)
 
     # ------------------------------------------------------------------ writes
 

@@ -29,7 +29,7 @@ from kcp_virtual.framework.openapi import OpenAPIIndex, v2_document
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
 from kcp_virtual.framework.virtualworkspace import Context, Request, VirtualWorkspace, always_ready
-from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_gone_check, table_lines
+from kcp_virtual.framework.watchstream import TableLines, WatchResponse, as_watch, json_line
 
 __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WILDCARD_VERBS", "WORKSPACE_COLUMN"]
 
@@ -222,14 +222,9 @@ class ResourceHandler:
         http = request.http
         table_version = negotiation.wants_table(http.headers.get("Accept", ""), stream=True, media_types=JSON_ONLY)
         include = negotiation.include_object(http.args.get("includeObject")) if table_version else ""
-        events = d.storage.watch(request, request.info.namespace, query, client_gone=peer_gone_check(http.environ))
-        if table_version:
-            stream = table_lines(events, d.table_columns(), include, table_version)
-        else:
-            stream = json_lines(events)
-        response = WatchResponse(stream, status=200, content_type=JSON, direct_passthrough=True)
-        response.headers["Cache-Control"] = "no-cache, private"
-        return response
+        watch = as_watch(d.storage.watch(request, request.info.namespace, query))
+        encode = TableLines(d.table_columns(), include, table_version) if table_version else json_line
+        return WatchResponse.of(watch, encode, http.environ, JSON)
 
     # ------------------------------------------------------------------ writes
 

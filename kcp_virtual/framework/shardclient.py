@@ -29,12 +29,12 @@ codes and messages the shard's HTTP API would have answered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request as HTTPRequest, Response
 
-from kcp_virtual.framework import errors
+from kcp_virtual.framework import errors, watchstream
 from kcp_virtual.framework.authorization import Attributes, Decision
 
 __all__ = ["GroupVersionResource", "User", "ListQuery", "WatchEvent", "Watch", "Rules", "ShardClient", "Informer",
@@ -182,25 +182,18 @@ class ListQuery:
 
 
 class WatchEvent(NamedTuple):
-    """One watch event. Implementations may yield any object with ``type`` and ``object`` attributes, and
-    ``encoded()`` when its stream line is serialized once for many watchers (``watchstream.json_lines``)."""
+    """One watch event. Implementations may deliver any object with ``type`` and ``object`` attributes, and
+    ``encoded()`` when its stream line is serialized once for many watchers (``watchstream.json_line``)."""
 
     type: str      # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR (object: a Status)
     object: dict
 
 
-class Watch(Protocol):
-    """An iterator of watch events that the consumer closes when it stops (which ends the upstream watch).
-
-    Like the apiserver's watch, an expired resource version is one ERROR event carrying a 410 Status,
-    not an exception; bad requests (selectors, too-large versions) raise before the first event.
-    """
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-    def __next__(self) -> Any: ...
-
-    def close(self) -> None: ...
+#: A watch is a ``kcp_virtual.framework.watchstream.Watch``: started with a sink, it pushes its events (no
+#: greenlet waits through it); iterated, a greenlet pulls them; ``close()`` ends it (and the upstream watch).
+#: Like the apiserver's watch, an expired resource version is one ERROR event carrying a 410 Status, not an
+#: exception; bad requests (selectors, too-large versions) raise before the first event.
+Watch = watchstream.Watch
 
 
 class Rules(NamedTuple):
@@ -235,12 +228,11 @@ class Informer(Protocol):
         cannot tell (a logical cluster it holds no object of may not exist: the shard answers that)."""
 
     def watch(self, cluster: str, namespace: str, resource_version: str, fresh_as_of: int, *,
-              allow_bookmarks: bool = False, timeout_seconds: int | None = None,
-              client_gone: Callable[[], bool] | None = None) -> Watch | None:
+              allow_bookmarks: bool = False, timeout_seconds: int | None = None) -> Watch | None:
         """The watch the shard would serve without selectors of the caller's, served from the cache: from
         ``resource_version`` "" or "0" the current objects as ADDED events (the shard's order), from N the events
         after N; then the changes, BOOKMARKs with ``allow_bookmarks``, until ``timeout_seconds`` or
-        ``client_gone()``. Its events may carry ``encoded()``, their stream line shared by every watcher. It ends
+        ``close()``. Its events may carry ``encoded()``, their stream line shared by every watcher. It ends
         early, without an error, when the cache loses track (the client watches again from what it saw).
         NotFresh (or None, as ``list``) when the cache cannot answer exactly as the shard would: the caller
         watches live."""
@@ -261,8 +253,8 @@ class ShardClient(Protocol):
              user: Any = None) -> dict: ...
 
     def watch(self, gvr: GroupVersionResource, cluster: str, namespace: str, query: ListQuery, *,
-              user: Any = None, client_gone: Callable[[], bool] | None = None) -> Watch:
-        """``client_gone`` is polled while the watch is idle; when it says True the watch ends."""
+              user: Any = None) -> Watch:
+        """A push ``Watch`` (see ``Watch`` above); its consumer closes it when the client leaves."""
 
     def create(self, gvr: GroupVersionResource, cluster: str, namespace: str, body: dict, *,
                dry_run: bool = False, user: Any = None) -> dict: ...

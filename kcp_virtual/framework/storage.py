@@ -51,6 +51,7 @@ from kcp_virtual.framework import errors
 from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, ShardClient, WatchEvent
 from kcp_virtual.framework.virtualworkspace import Context, Request
+from kcp_virtual.framework.watchstream import Watch, as_watch
 
 __all__ = ["ForwardingStorage", "Transformation", "ALL_VERBS", "READ_VERBS", "as_virtual_workspace", "as_caller"]
 
@@ -267,31 +268,28 @@ class ForwardingStorage:
         except NotFresh:
             return None
 
-    def watch(self, request: Request, namespace: str, query: ListQuery,
-              client_gone: Callable[[], bool] | None = None):
-        events = None
+    def watch(self, request: Request, namespace: str, query: ListQuery) -> Watch:
+        """The view's watch: the informer's or the shard's, through ``to_view`` when the view transforms
+        (``Watch.map``: events are rewritten as they are delivered; no greenlet waits through the watch)."""
+        watch = None
         if _cacheable_watch(query):
-            events = self._cached(request, lambda informer: informer.watch(
+            watch = self._cached(request, lambda informer: informer.watch(
                 request.context.cluster, namespace, query.resource_version, request.fresh_as_of,
-                allow_bookmarks=query.allow_bookmarks, timeout_seconds=query.timeout_seconds,
-                client_gone=client_gone))
-        if events is None:
-            events = self.shard.watch(self.gvr, request.context.cluster, namespace, self._narrow(query),
-                                      user=self.act_as(request), client_gone=client_gone)
+                allow_bookmarks=query.allow_bookmarks, timeout_seconds=query.timeout_seconds))
+        if watch is None:
+            watch = self.shard.watch(self.gvr, request.context.cluster, namespace, self._narrow(query),
+                                     user=self.act_as(request))
+        watch = as_watch(watch)
         if self.transform is None:
-            return events
-        return self._transformed(events, request.context)
+            return watch
+        to_view, context = self.transform.to_view, request.context
 
-    def _transformed(self, events, context: Context):
-        to_view = self.transform.to_view
-        try:
-            for event in events:
-                if event.type in _OBJECT_EVENTS:
-                    yield WatchEvent(event.type, to_view(event.object, context))
-                else:
-                    yield event
-        finally:
-            events.close()
+        def transformed(event):
+            if event.type in _OBJECT_EVENTS:
+                return WatchEvent(event.type, to_view(event.object, context))
+            return event
+
+        return watch.map(transformed)
 
     # ------------------------------------------------------------------ writes
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import gevent.pool
 import orjson
@@ -218,9 +218,8 @@ class WorkspaceStorage:
             return [get(name) for name in names]
         return list(gevent.pool.Pool(NAMED_CONCURRENCY).imap(get, names))
 
-    def watch(self, request: Request, namespace: str, query: ListQuery,
-              client_gone: Callable[[], bool] | None = None):
-        return WorkspaceWatch.start(self, request, query, client_gone)
+    def watch(self, request: Request, namespace: str, query: ListQuery) -> WorkspaceWatch:
+        return WorkspaceWatch.open(self, request, query)
 
     # ------------------------------------------------------------------ writes
 

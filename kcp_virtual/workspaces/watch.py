@@ -1,10 +1,12 @@
 """The watch of ``workspaces``: the caller's view kept current as workspaces and permissions change.
 
 A list answers from the live state once; a watch must also notice when the *view* changes, not
-only the objects in it. So one client watch is several shard watches merged (each read by its own
-greenlet into one queue): the ClusterWorkspaces of ``<org>`` with the client's selectors, and the
-ClusterRoles and ClusterRoleBindings of ``<org>`` (the caller's content rules) and of its parent
-(whether the caller may enter ``<org>`` at all). Then, per event:
+only the objects in it. So one client watch is several shard watches merged: the ClusterWorkspaces of
+``<org>`` with the client's selectors, and the ClusterRoles and ClusterRoleBindings of ``<org>`` (the
+caller's content rules) and of its parent (whether the caller may enter ``<org>`` at all). They push
+their events into it (``framework.watchstream``); what arrived is handled, in order of version, in a
+greenlet that exists only while there is something to handle (a recomputation asks the shard), so an
+idle watch holds none. Then, per event:
 
 * a workspace event is passed on when the workspace is in the view, as ADDED the first time the
   client hears of it, DELETED when it leaves (deleted, or relabelled out of the selectors);
@@ -27,30 +29,24 @@ may already hold, a DELETED of a workspace it may never have seen): clients appl
 from __future__ import annotations
 
 import random
-import time
-from typing import Callable, Iterator
+from typing import Any, Iterator
 
-import gevent
-import gevent.queue
-import structlog
 
 from kcp_virtual.framework import errors
 from kcp_virtual.framework.authorization import is_master
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, WatchEvent
 from kcp_virtual.framework.virtualworkspace import Request
+from kcp_virtual.framework.watchstream import Watch, as_watch
 from kcp_virtual.workspaces import projection
 from kcp_virtual.workspaces.projection import CLUSTER_WORKSPACES
 from kcp_virtual.workspaces.visibility import BoundRoles
 
 __all__ = ["WorkspaceWatch", "CLUSTER_ROLES", "CLUSTER_ROLE_BINDINGS"]
 
-log = structlog.get_logger("kcp.virtual.workspaces")
-
 RBAC_GROUP = "rbac.authorization.k8s.io"
 CLUSTER_ROLES = GroupVersionResource(RBAC_GROUP, "v1", "clusterroles")
 CLUSTER_ROLE_BINDINGS = GroupVersionResource(RBAC_GROUP, "v1", "clusterrolebindings")
 MIN_WATCH_TIMEOUT = 1800.0      # as the apiserver: a watch without timeoutSeconds ends after 30-60 minutes
-IDLE_INTERVAL = 2.0             # how often an idle watch checks that its client is still there
 NAMED_LOOKUPS = 64              # up to this many changed names, get them; more, list the org once
 _OBJECT_EVENTS = ("ADDED", "MODIFIED", "DELETED")
 _WORKSPACES = "workspaces"
@@ -68,47 +64,31 @@ def _name(obj: dict) -> str:
 
 
 class _Upstream:
-    """Shard watches read by one greenlet each into one queue of ``(tag, event)``; ``(tag, None)`` when one ends."""
+    """The sink of one merged shard watch: its events reach the client watch tagged with where they come from."""
 
-    def __init__(self):
-        self.queue: gevent.queue.Queue = gevent.queue.Queue()
-        self._watches: list = []
-        self._greenlets: list = []
+    __slots__ = ("watch", "tag")
 
-    def add(self, tag: tuple, watch) -> None:
-        self._watches.append(watch)
-        self._greenlets.append(gevent.spawn(self._pump, tag, watch))
+    def __init__(self, watch: "WorkspaceWatch", tag: tuple):
+        self.watch = watch
+        self.tag = tag
 
-    def _pump(self, tag: tuple, watch) -> None:
-        try:
-            for event in watch:
-                self.queue.put((tag, event))
-        except errors.StatusError as exc:
-            self.queue.put((tag, WatchEvent("ERROR", exc.status())))
-        except Exception as exc:  # noqa: BLE001 - the client gets an ERROR event instead of a silent end
-            log.exception("upstream watch failed", tag=tag)
-            self.queue.put((tag, WatchEvent("ERROR", errors.InternalError(f"{type(exc).__name__}: {exc}").status())))
-        finally:
-            self.queue.put((tag, None))
+    def events(self, events) -> None:
+        self.watch._arrived([(self.tag, event) for event in events])
 
-    def close(self) -> None:
-        gevent.killall(self._greenlets)
-        for watch in self._watches:
-            try:
-                watch.close()
-            except Exception:  # noqa: BLE001 - already finished, or a connection already gone
-                pass
+    def ended(self) -> None:
+        self.watch._arrived([(self.tag, None)])
 
 
-class WorkspaceWatch:
-    """One client watch; ``start`` does everything that can fail with a status before the response starts."""
+class WorkspaceWatch(Watch):
+    """One client watch (a push ``Watch``); ``open`` does everything that can fail with a status before the
+    response starts."""
 
-    def __init__(self, storage, request: Request, query: ListQuery, client_gone: Callable[[], bool] | None):
+    def __init__(self, storage, request: Request, query: ListQuery):
+        super().__init__()
         self.storage = storage
         self.shard = storage.shard
         self.request = request
         self.query = query
-        self.client_gone = client_gone
         self.org = request.context.cluster
         self.shown: dict[str, dict] = {}       # what the client holds (as far as we can know): name -> object
         self.bound: dict[str, BoundRoles] = {}  # logical cluster -> the caller's ClusterRoles there
@@ -117,14 +97,15 @@ class WorkspaceWatch:
         self.uncertain_until = 0               # workspace events up to here predate what we know of the client
         self.rbac_window_until = 0             # a relevant RBAC event up to here makes the resume impossible
         self.initial: list[dict] = []
-        self.upstream = _Upstream()
+        self.upstream: list[tuple[tuple, Any]] = []  # (tag, shard watch)
+        self.pending: list[tuple] = []  # (tag, event or None: that watch ended) not handled yet
 
     @classmethod
-    def start(cls, storage, request: Request, query: ListQuery,
-              client_gone: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:
-        watch = cls(storage, request, query, client_gone)
+    def open(cls, storage, request: Request, query: ListQuery) -> "WorkspaceWatch":
+        """The watch, its upstream watches open (not started yet: nothing is lost until the client's starts)."""
+        watch = cls(storage, request, query)
         watch._begin()
-        return watch._events()
+        return watch
 
     # ------------------------------------------------------------------ start
 
@@ -183,13 +164,14 @@ class WorkspaceWatch:
         seconds = int(self.timeout) + 5  # outlive this watch, which ends them
         common = dict(resource_version=str(start), allow_bookmarks=True, timeout_seconds=seconds)
         try:
-            self.upstream.add((_WORKSPACES, self.org),
-                              self.shard.watch(CLUSTER_WORKSPACES, self.org, "", self._selectors(**common)))
+            self.upstream.append(((_WORKSPACES, self.org), as_watch(
+                self.shard.watch(CLUSTER_WORKSPACES, self.org, "", self._selectors(**common)))))
             for cluster in self.bound:
                 for gvr in (CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS):
-                    self.upstream.add((gvr.resource, cluster), self.shard.watch(gvr, cluster, "", ListQuery(**common)))
+                    self.upstream.append(((gvr.resource, cluster),
+                                          as_watch(self.shard.watch(gvr, cluster, "", ListQuery(**common)))))
         except BaseException:
-            self.upstream.close()
+            self._stop()
             raise
         self.progress = {tag: start for tag in self._tags()}
 
@@ -201,40 +183,48 @@ class WorkspaceWatch:
 
     # ------------------------------------------------------------------ the stream
 
-    def _events(self) -> Iterator[WatchEvent]:
-        try:
-            for obj in self.initial:
-                yield WatchEvent("ADDED", projection.to_workspace(obj))
-            self.initial = []
-            if self.query.send_initial_events:
-                yield WatchEvent("BOOKMARK", projection.bookmark(self.start_rv, initial_events_end=True))
-            deadline = time.monotonic() + self.timeout
-            queue = self.upstream.queue
-            while True:
-                wait = min(IDLE_INTERVAL, deadline - time.monotonic())
-                if wait <= 0:
-                    return
-                try:
-                    batch = [queue.get(timeout=wait)]
-                except gevent.queue.Empty:
-                    if self.client_gone is not None and self.client_gone():
-                        return
-                    continue
-                while True:  # everything already there: ordered by version and handled together
-                    try:
-                        batch.append(queue.get_nowait())
-                    except gevent.queue.Empty:
-                        break
-                ended = False
-                for event in self._handle(batch):
-                    if event is None:
-                        ended = True
-                        break
-                    yield event
-                if ended:
-                    return
-        finally:
-            self.upstream.close()
+    def _run(self) -> None:
+        initial, self.initial = self.initial, []
+        events = [WatchEvent("ADDED", projection.to_workspace(obj)) for obj in initial]
+        if self.query.send_initial_events:
+            events.append(WatchEvent("BOOKMARK", projection.bookmark(self.start_rv, initial_events_end=True)))
+        self._emit(events)
+        for tag, watch in self.upstream:
+            if self.closed:
+                return
+            watch.start(_Upstream(self, tag))
+        if not self.closed:
+            self._after(self.timeout, self._end)
+
+    def _stop(self) -> None:
+        for _, watch in self.upstream:
+            try:
+                watch.close()
+            except Exception:  # noqa: BLE001 - already finished, or a connection already gone
+                pass
+        self.pending = []
+
+    def _arrived(self, batch: list[tuple]) -> None:
+        """Upstream events (from their producers: must not block): handled in a worker greenlet, together with
+        whatever else arrives before it runs."""
+        if self.closed:
+            return
+        if not self.pending:
+            self.call_soon(self._process)
+        self.pending.extend(batch)
+
+    def _process(self) -> None:
+        batch, self.pending = self.pending, []
+        out = []
+        for event in self._handle(batch):
+            if self.closed:
+                return
+            if event is None:
+                self._emit(out)
+                self._end()
+                return
+            out.append(event)
+        self._emit(out)
 
     def _handle(self, batch: list[tuple]) -> Iterator[WatchEvent | None]:
         """Events for the client from one batch of upstream events; None ends the watch."""

@@ -50,7 +50,10 @@ def default_names(spec: dict) -> None:
 
 
 def _crd_prepare(obj: dict, old: dict | None) -> list[dict]:
-    """Defaults of the CRD spec; on create, the cleanup finalizer (deleting a CRD deletes its objects)."""
+    """Defaults of the CRD spec; on create, the cleanup finalizer (deleting a CRD deletes its objects) and the
+    status kube's strategy gives a new CRD: no conditions, no accepted names yet, the storage version stored
+    (clients check the create response for it); on update the storage version joins ``storedVersions``, as
+    kube's does. The CRD controller adds the rest."""
     spec = obj.get("spec")
     if isinstance(spec, dict):
         default_names(spec)
@@ -59,7 +62,24 @@ def _crd_prepare(obj: dict, old: dict | None) -> list[dict]:
         meta = obj["metadata"]
         if FINALIZER not in (meta.get("finalizers") or ()):
             meta["finalizers"] = [*(meta.get("finalizers") or ()), FINALIZER]
+        obj["status"] = {"conditions": [], "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": []}
+    storage = storage_version(obj)
+    status = obj.get("status")
+    if storage and isinstance(status, dict):
+        stored = status.get("storedVersions")
+        stored = list(stored) if isinstance(stored, list) else []
+        if storage not in stored:
+            obj["status"] = {**status, "storedVersions": [*stored, storage]}
     return []
+
+
+def storage_version(crd: dict) -> str | None:
+    """The name of the version marked ``storage`` (None while the spec has none: validation says so)."""
+    spec = crd.get("spec")
+    versions = spec.get("versions") if isinstance(spec, dict) else None
+    if not isinstance(versions, list):
+        return None
+    return next((v.get("name") for v in versions if isinstance(v, dict) and v.get("storage")), None)
 
 
 def _crd_validate(obj: dict, old: dict | None) -> list[dict]:
@@ -461,4 +481,5 @@ def _servable(crd: dict) -> bool:
 
 
 __all__ = ["CUSTOM_RESOURCE_DEFINITIONS", "TYPES", "CustomResourceIndex", "Acceptance",
-           "decide_names", "default_names", "validate_crd", "custom_resource_types", "version_priority"]
+           "decide_names", "default_names", "validate_crd", "custom_resource_types", "version_priority",
+           "storage_version"]

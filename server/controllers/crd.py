@@ -8,7 +8,7 @@ import structlog
 
 from kcp_virtual.framework import errors
 from server.apis.apiextensions import (CUSTOM_RESOURCE_DEFINITIONS, FINALIZER, CustomResourceIndex, crd_group,
-                                       crd_names)
+                                       crd_names, storage_version)
 from server.controllers.base import Reconciler
 from server.registry.generic import ListOptions, Registry, now_rfc3339
 from server.storage import Key
@@ -69,7 +69,7 @@ class CRDController:
                                         "not all names are accepted", now)
             status.setdefault("acceptedNames", {"plural": "", "kind": ""})
         status["conditions"] = conditions
-        storage = next((v["name"] for v in crd["spec"]["versions"] if v.get("storage")), None)
+        storage = storage_version(crd)
         stored = list(status.get("storedVersions") or ())
         if storage and storage not in stored:
             stored.append(storage)

@@ -16,10 +16,10 @@ from kcp_virtual.framework import decoding, errors, negotiation, table
 from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.requestinfo import RequestInfo
 from kcp_virtual.framework.shardclient import list_limit, resource_version_match
-from kcp_virtual.framework.watchstream import WatchResponse, json_lines, peer_gone_check, table_lines
+from kcp_virtual.framework.watchstream import TableLines, WatchResponse, json_line
 from server.endpoints import protobuf
 from server.registry import managedfields, patch as patches
-from server.registry.generic import ListOptions, Registry, WatchEvent, parse_resource_version
+from server.registry.generic import ListOptions, Registry, parse_resource_version
 from server.registry.resourcetype import RequestContext, ResourceType
 from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
@@ -94,10 +94,9 @@ def _progress_notify(request) -> bool:
 class ResourceAPI:
     """Serves resource requests for one catalog+registry."""
 
-    def __init__(self, registry: Registry, *, bookmark_interval: float = 60.0, idle_interval: float = 5.0):
+    def __init__(self, registry: Registry, *, bookmark_interval: float = 60.0):
         self.registry = registry
         self.bookmark_interval = bookmark_interval
-        self.idle_interval = idle_interval
 
     def handle(self, request: Request, cluster: str, info: RequestInfo, rt: ResourceType, user=None,
                services=None) -> Response:
@@ -168,22 +167,13 @@ class ResourceAPI:
         deadline = time.monotonic() + max(seconds, 0.0)
         table_version = negotiation.wants_table(request.headers.get("Accept", ""), stream=True,
                                                 media_types=JSON_ONLY)
-        events = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
-                                     allow_bookmarks=_flag(query, "allowWatchBookmarks"),
-                                     progress_notify=_progress_notify(request),
-                                     bookmark_interval=self.bookmark_interval, deadline=deadline,
-                                     idle_check=peer_gone_check(request.environ),
-                                     idle_interval=self.idle_interval)
-        if rt.convert is not None:
-            events = converted_events(events, rt.convert)
-        if table_version:
-            stream = table_lines(events, rt.table_columns(), negotiation.include_object(query.get("includeObject")),
-                                  table_version)
-        else:
-            stream = json_lines(events)
-        response = WatchResponse(stream, status=200, content_type=JSON, direct_passthrough=True)
-        response.headers["Cache-Control"] = "no-cache, private"
-        return response
+        watch = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
+                                    allow_bookmarks=_flag(query, "allowWatchBookmarks"),
+                                    progress_notify=_progress_notify(request),
+                                    bookmark_interval=self.bookmark_interval, deadline=deadline)
+        encode = TableLines(rt.table_columns(), negotiation.include_object(query.get("includeObject")),
+                            table_version) if table_version else json_line
+        return WatchResponse.of(watch, encode, request.environ, JSON)
 
     # ------------------------------------------------------------------ writes
 
@@ -309,15 +299,4 @@ class ResourceAPI:
             resource_version=query.get("resourceVersion", ""), resource_version_match=match)
 
 
-def converted_events(events, convert):
-    """Watch events with their objects shown in the watched version; closing it closes ``events``."""
-    try:
-        for event in events:
-            if event.type in ("ADDED", "MODIFIED", "DELETED"):
-                event = WatchEvent(event.type, convert(event.object))
-            yield event
-    finally:
-        events.close()
-
-
-__all__ = ["ResourceAPI", "json_response", "decode_body", "read_body", "converted_events", "WatchEvent"]
+__all__ = ["ResourceAPI", "json_response", "decode_body", "read_body"]

@@ -235,7 +235,7 @@ class Forwarder:
 
         def on_data(piece: bytes) -> None:
             tail[0] = piece
-            parked.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            parked.send(piece)
 
         def on_end(error: BaseException | None) -> None:
             if error is not None and not parked.done:
@@ -244,9 +244,8 @@ class Forwarder:
                 if end is None:
                     parked.abort("the upstream stream broke")  # no last chunk: the client sees it cut short
                     return
-                parked.write(b"%x\r\n%b\r\n" % (len(end), end))
-            parked.write(b"0\r\n\r\n")
-            parked.finish()
+                parked.send(end)
+            parked.end()
 
         upstream.attach(on_data, on_end)
         return True

@@ -521,6 +521,26 @@ class _Request:
             self.bytes += len(chunk)
             yield chunk
 
+    @property
+    def park(self):
+        """The app's ``park(outlet)`` when its response can go on without the greenlet (a watch), else None.
+        The access line is then logged when the parked stream ends, with the bytes it wrote."""
+        park = getattr(self.result, "park", None)
+        if park is None:
+            return None
+
+        def parked(outlet) -> None:
+            environ = self.environ  # an idle watch may go on for an hour: keep only what its line names
+            self.environ = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
+            outlet.when_done(lambda: self._parked_done(outlet))
+            self.ctx.run(park, outlet)
+
+        return parked
+
+    def _parked_done(self, outlet) -> None:
+        self.bytes += outlet.bytes
+        self.close()
+
     def close(self) -> None:
         self.ctx.run(self._close)
 

@@ -1,84 +1,123 @@
-"""Streaming responses that go on without their connection's greenlet (``RawExchange.park``).
+"""Streaming responses that go on without their connection's greenlet: every watch, direct or forwarded.
 
 Why: a greenlet waiting through an idle watch holds its saved C stack, a page of Python frames, the
-request handler and its read buffer: an idle forwarded watch cost the shard 43 KiB, parked 28
-(``hack/bench``, 1,000 watches), and thousands of idle watches are most of what a shard holds.
-Parked, a stream is its socket, one io watcher and this object. Whoever produces the stream
-(callbacks run by another greenlet, e.g. the forwarder's HTTP/2 reader) calls ``write``, which never
-blocks: it sends at once, or -- only while the client is slow -- queues behind a short-lived writer
-greenlet, up to ``MAX_QUEUED`` bytes, past which the client is dropped (as kube drops a watch client
-that falls behind).
+request handler and its read buffer: thousands of idle watches are most of what a shard holds. Parked,
+a stream is its socket, one io watcher and a few objects. Whoever produces the stream -- the store's
+fan-out (``kcp_virtual.framework.watchstream.WatchBody``), the forwarder's HTTP/2 reader -- writes into
+it from its own context; writes never block.
 
-The client sending anything or leaving ends the stream (as ``interrupted_when_client_leaves`` does
-for a stream served in a greenlet): ``on_gone`` runs and the connection closes. ``finish()`` ends it
-normally: once the queue is sent, the connection's keep-alive loop resumes in a new greenlet.
+* ``Outbox``: ordered, non-blocking writes to one socket. Sent at once, or -- only while the peer is slow
+  -- queued behind a short-lived writer greenlet, up to ``MAX_QUEUED`` bytes, past which the peer is
+  dropped (as kube drops a watch client that falls behind). The HTTP/2 server's connections use it too.
+* ``ParkedStream``: an HTTP/1.1 connection's streaming response. The client sending anything or leaving
+  (EOF, reset, a TLS close_notify) makes its socket readable: the io watcher sees it at once, ``on_gone``
+  runs, nothing more is written and the connection closes. ``end()`` ends the body normally (the last
+  chunk); once sent, the connection's keep-alive loop resumes in a new greenlet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from typing import Callable
 
 import gevent
 import structlog
+from gevent.socket import wait_read, wait_write
 
-from kcp_virtual.transport.http1 import send_all
-
-__all__ = ["ParkedStream", "MAX_QUEUED"]
+__all__ = ["Outbox", "ParkedStream", "MAX_QUEUED", "send_now", "send_blocking", "recv_waiting"]
 
 log = structlog.get_logger("kcp.serving")
 
 #: Bytes queued for a slow client before it is dropped.
 MAX_QUEUED = 16 * 1024 * 1024
 _READ = 1  # libev/libuv READ event
+_WOULD_BLOCK = (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError)
 
 
-class ParkedStream:
-    """The rest of a streaming response on ``sock``, owned by no greenlet.
+def send_now(sock, data) -> int:
+    """Send what the socket takes now (its timeout is 0): the bytes sent, 0 if it would block. TLS sends whole
+    records only, so after 0 the same bytes must be offered again."""
+    try:
+        return sock.send(data)
+    except _WOULD_BLOCK:
+        return 0
 
-    ``server`` is ``server.http.serving``'s pywsgi server: its ``kcp_parked`` registry (for ``stop()`` and the
-    connection cap), ``kcp_serve_connection`` (to resume keep-alive), its pool, stopping event and idle
-    timeout. ``keep_alive``: whether the request allows another one on this connection afterwards.
+
+def send_blocking(sock, data, timeout: float | None) -> None:
+    """Send all of ``data``, waiting (this greenlet) up to ``timeout`` for the socket each time it is full."""
+    view = memoryview(data)
+    while view:
+        sent = send_now(sock, view)
+        if sent:
+            view = view[sent:]
+        else:
+            wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError("timed out writing to the client"))
+
+
+def recv_waiting(sock, size: int) -> bytes:
+    """``recv`` on a socket whose timeout is 0, waiting for it to be readable (no timeout: TCP keepalive and
+    the peer decide); TLS bytes already decrypted are read first."""
+    while True:
+        try:
+            return sock.recv(size)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            wait_read(sock.fileno())
+
+
+class Outbox:
+    """Ordered writes to ``sock`` that never block the caller; see the module docstring.
+
+    ``on_error(reason)`` runs (once) when a write fails or the peer falls too far behind; ``on_drained``
+    (optional) when a queue that had formed is sent. ``timeout`` bounds each blocked send of the writer. The
+    socket's own timeout stays 0 (a reader of the same socket waits with ``recv_waiting``).
+    ``blocking()``: while in it, writes block the calling greenlet instead (the request's own greenlet
+    writing the first events of a watch: a big initial list is no slow client).
     """
 
-    __slots__ = ("_server", "sock", "_address", "_keep_alive", "_watcher", "_queue", "_queued", "_finishing",
-                 "bytes", "done", "on_gone", "_on_done")
+    __slots__ = ("sock", "_timeout", "_on_error", "on_drained", "_queue", "_queued", "_blocking", "failed")
 
-    def __init__(self, server, sock, address, *, keep_alive: bool):
-        self._server = server
+    def __init__(self, sock, timeout: float, on_error: Callable[[str], None]):
         self.sock = sock
-        self._address = address
-        self._keep_alive = keep_alive
+        self._timeout = timeout
+        self._on_error = on_error
+        self.on_drained: Callable[[], None] | None = None
         self._queue: list[bytes] | None = None  # not None while a writer greenlet drains it
         self._queued = 0
-        self._finishing = False
-        self.bytes = 0
-        self.done = False
-        self.on_gone: Callable[[], None] | None = None  # the client left: stop producing
-        self._on_done: list[Callable[[], None]] = []
-        sock.settimeout(0.0)  # sends never block the producer; a would-block send returns 0
-        self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
-        self._watcher.start(self._client_spoke)
-        server.kcp_parked[sock] = self
+        self._blocking = False
+        self.failed = False
+        sock.settimeout(0.0)  # a would-block send returns 0 (TLS) or sends part (plain)
 
-    def when_done(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once the stream has ended, however it ended (now, if it has)."""
-        if self.done:
-            callback()
-        else:
-            self._on_done.append(callback)
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be sent."""
+        return self._queue is None
+
+    @contextlib.contextmanager
+    def blocking(self):
+        self._blocking = True
+        try:
+            yield
+        finally:
+            self._blocking = False
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` without blocking the caller (queued while the client is slow)."""
-        if self.done or not data:
+        if self.failed or not data:
             return
-        self.bytes += len(data)
         if self._queue is not None:
             self._enqueue(data)
             return
+        sock = self.sock
+        if self._blocking:
+            try:
+                send_blocking(sock, data, self._timeout)
+            except OSError as exc:
+                self._fail(f"write failed: {exc!r}")
+            return
         try:
-            sent = self.sock.send(data)
+            sent = send_now(sock, data)
         except OSError as exc:
-            self.abort(f"write failed: {exc!r}")
+            self._fail(f"write failed: {exc!r}")
             return
         if sent < len(data):
             # TLS never sends part of a record: 0 means "would block", and the retry must repeat the
@@ -91,31 +130,97 @@ class ParkedStream:
         self._queue.append(data)
         self._queued += len(data)
         if self._queued > MAX_QUEUED:
-            self.abort("the client fell behind")
+            self._fail("the client fell behind")
 
     def _drain(self) -> None:
         sock, queue = self.sock, self._queue
         try:
-            sock.settimeout(self._server.kcp_idle_timeout)
-            while queue and not self.done:
-                send_all(sock, queue[0])
+            while queue and not self.failed:
+                send_blocking(sock, queue[0], self._timeout)
                 self._queued -= len(queue.pop(0))
-            if not self.done:
-                sock.settimeout(0.0)
         except OSError as exc:
-            self.abort(f"write failed: {exc!r}")
+            self._fail(f"write failed: {exc!r}")
             return
         finally:
             self._queue = None
-        if self._finishing:
-            self._complete()
+            self._queued = 0
+        if not self.failed and self.on_drained is not None:
+            self.on_drained()
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self._on_error(reason)
+
+
+class ParkedStream:
+    """The rest of a streaming HTTP/1.1 response on ``sock``, owned by no greenlet (an ``Outlet``).
+
+    ``server`` is ``server.http.serving``'s pywsgi server: its ``kcp_parked`` registry (for ``stop()`` and the
+    connection cap), ``kcp_serve_connection`` (to resume keep-alive), its pool, stopping event and idle
+    timeout. ``keep_alive``: whether the request allows another one on this connection afterwards.
+    ``chunked``: whether ``send`` frames its data as HTTP/1.1 chunks (``write`` never frames).
+    """
+
+    __slots__ = ("_server", "sock", "_address", "_keep_alive", "_watcher", "_out", "_finishing", "chunked",
+                 "bytes", "done", "on_gone", "_on_done")
+
+    def __init__(self, server, sock, address, *, keep_alive: bool, chunked: bool = True):
+        self._server = server
+        self.sock = sock
+        self._address = address
+        self._keep_alive = keep_alive
+        self.chunked = chunked
+        self._finishing = False
+        self.bytes = 0
+        self.done = False
+        self.on_gone: Callable[[], None] | None = None  # the client left: stop producing
+        self._on_done: list[Callable[[], None]] = []
+        self._out = Outbox(sock, server.kcp_idle_timeout, self.abort)
+        self._out.on_drained = self._drained
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
+        self._watcher.start(self._client_spoke)
+        server.kcp_parked[sock] = self
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the stream has ended, however it ended (now, if it has)."""
+        if self.done:
+            callback()
+        else:
+            self._on_done.append(callback)
+
+    def blocking(self):
+        """Writes block the calling greenlet while in this context (see ``Outbox.blocking``)."""
+        return self._out.blocking()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as it is, without blocking the caller (queued while the client is slow)."""
+        if self.done or not data:
+            return
+        self.bytes += len(data)
+        self._out.write(data)
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` as one chunk of the body (one write: the chunk's head, data and end together)."""
+        if data:
+            self.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+
+    def end(self) -> None:
+        """The body is complete: its last chunk, then the connection goes on (``finish``)."""
+        if self.chunked:
+            self.write(b"0\r\n\r\n")
+        self.finish()
 
     def finish(self) -> None:
         """The stream ended (its last bytes written): resume the connection once they are sent."""
         if self.done:
             return
         self._finishing = True
-        if self._queue is None:
+        if self._out.idle:
+            self._complete()
+
+    def _drained(self) -> None:
+        if self._finishing and not self.done:
             self._complete()
 
     def abort(self, reason: str = "the client left") -> None:
@@ -123,6 +228,7 @@ class ParkedStream:
         if self.done:
             return
         log.debug("parked stream ended", reason=reason, peer=self._address)
+        self._out.failed = True  # nothing more is written: the client may have sent its close_notify
         self._end()
         on_gone, self.on_gone = self.on_gone, None
         try:
@@ -132,11 +238,13 @@ class ParkedStream:
             self._close()
 
     def _client_spoke(self) -> None:
-        # A streaming client sends nothing more: readable means it left (EOF, reset) or broke protocol.
+        # A streaming client sends nothing more: readable means it left (EOF, reset, close_notify) or broke
+        # protocol.
         self.abort()
 
     def _complete(self) -> None:
         self._end()
+        self.on_gone = None
         server = self._server
         if self._keep_alive and not server.kcp_stopping.is_set() and not server.pool.full():
             server.pool.spawn(server.kcp_serve_connection, self.sock, self._address)

@@ -4,12 +4,14 @@
   sends, and Nagle + delayed ACK otherwise stall keep-alive responses by ~40 ms. The head and
   an ordinary-sized first body part go out in one send anyway.
 * The verified client certificate goes into the environ (pywsgi does not do that) as
-  ``kcp.peer_certificate``; the socket as ``kcp.socket`` so a watch can notice a disconnect
-  without writing (``kcp_virtual.framework.watchstream.peer_gone_check``); whether any header
+  ``kcp.peer_certificate``; the socket as ``kcp.socket`` (a streamed response that is not parked
+  watches it to notice its client leave); whether any header
   claims an identity (``kcp_virtual.external.delegated.IDENTITY_HEADERS``), so that nobody has to look.
 * Client disconnects (EOF, reset, broken pipe, failed handshakes) are logged at debug level
   without tracebacks; pywsgi's access log is off (``RequestLogMiddleware`` logs requests)
   and its error log goes to structlog.
+* A watch response (``WatchBody``: it has ``park``) is parked once its head is out
+  (``_Handler.run_application``): its greenlet ends and the watch writes into the connection.
 * An interceptor may park a streaming answer (``RawExchange.park``, ``server.http.parking``): the
   connection's greenlet ends and the stream goes on without it (an idle forwarded watch: 43 KiB
   of the shard's memory in a greenlet, 28 parked). Parked connections count against the cap
@@ -514,6 +516,42 @@ class _Handler(pywsgi.WSGIHandler):
                     self.close_connection = True
                 return
         super().handle_one_response()
+        if self.parked:  # the connection is the ParkedStream's now: let go of it
+            self.close_connection = True
+            self.socket = self.rfile = self.wsgi_input = self.environ = None
+
+    def run_application(self):
+        # pywsgi's, except that a response that can be parked (a watch: ``WatchBody.park``, through the access
+        # log's wrapper) is, once its head is out: the connection goes to a ``ParkedStream`` and this greenlet
+        # ends; the stream's producer writes the rest.
+        self.result = self.application(self.environ, self.start_response)
+        park = getattr(self.result, "park", None)
+        if park is not None and self.headers_sent and self.response_use_chunked and self._park(park):
+            return
+        try:
+            self.process_result()
+        finally:
+            close = getattr(self.result, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                self.result = None
+
+    def _park(self, park) -> bool:
+        """Hand the connection and the rest of the response to a ``ParkedStream``; False: serve it here."""
+        if self.environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in self.environ:
+            return False  # a body we would have to discard first
+        if not self.release_reader():
+            # the client sent more after a watch request, or left: a parked stream would end at once
+            self.close_connection = True
+            return False
+        parked = ParkedStream(self.server, self.socket, self.client_address, keep_alive=not self.close_connection)
+        self.parked = True
+        self.result = None
+        with parked.blocking():  # the initial events from this greenlet: they may be many
+            park(parked)
+        return True
 
     def finalize_headers(self):
         super().finalize_headers()

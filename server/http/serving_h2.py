@@ -6,11 +6,16 @@ connection instead of one connection each. A server enables it with ``Server(...
 (kubectl, client-go, browsers) keep HTTP/1.1 and only a client offering ``h2`` alone gets this.
 
 The protocol machine is the ``h2`` library. Each request stream gets a WSGI environ like pywsgi's
-(plus ``kcp.peer_certificate``, ``kcp.stopping``, and ``kcp.client_gone`` in place of
-``kcp.socket``: on a shared connection a readable socket says nothing about one stream), and its
+(plus ``kcp.peer_certificate`` and ``kcp.stopping``; no ``kcp.socket``: on a shared connection a
+readable socket says nothing about one stream), and its
 app runs in a greenlet of the connection's group; a stream reset by the client, or the connection
 ending, kills that greenlet, so a watch's ``finally`` runs at once. Responses stream frame by frame
 (a watch event is sent when it is yielded); the client's flow-control windows are respected.
+
+A response that can be parked (a watch: ``WatchBody.park``) is, once its head is sent: its greenlet ends
+and the stream's producer writes DATA frames through a ``_ParkedStream`` (an ``Outlet``); a reset of the
+stream, or the end of the connection, is its client leaving (``on_gone``). All output of a connection goes
+through one ``Outbox`` (``server.http.parking``), so writes never block the reader or a producer.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from urllib.parse import unquote
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.pool
 import h2.config
 import h2.connection
@@ -30,6 +34,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+
+from server.http.parking import MAX_QUEUED, Outbox, recv_waiting
 
 __all__ = ["serve_connection", "ALPN"]
 
@@ -44,13 +50,96 @@ _unquote_latin1 = partial(unquote, encoding="latin-1")
 
 
 class _StreamState:
-    __slots__ = ("headers", "body", "greenlet", "reset")
+    __slots__ = ("headers", "body", "greenlet", "reset", "parked")
 
     def __init__(self, headers):
         self.headers = headers
         self.body = io.BytesIO()
         self.greenlet = None
         self.reset = False
+        self.parked: _ParkedStream | None = None
+
+
+class _ParkedStream:
+    """The rest of one stream's response, written by its producer (an ``Outlet``, see the module docstring):
+    DATA frames as the client's windows allow, the rest kept here (up to ``MAX_QUEUED``, then the stream is
+    reset: a client too far behind is dropped)."""
+
+    __slots__ = ("conn", "stream_id", "pending", "ending", "done", "bytes", "on_gone", "_on_done")
+
+    def __init__(self, conn: "_H2Connection", stream_id: int):
+        self.conn = conn
+        self.stream_id = stream_id
+        self.pending = b""
+        self.ending = False
+        self.done = False
+        self.bytes = 0
+        self.on_gone: Callable[[], None] | None = None
+        self._on_done: list[Callable[[], None]] = []
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the stream has ended, however it ended (now, if it has)."""
+        if self.done:
+            callback()
+        else:
+            self._on_done.append(callback)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.conn.forget(self.stream_id)
+        callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one failing callback must not keep the others from running
+                self.conn.server.kcp_log.exception("parked stream callback failed")
+
+    def send(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self.bytes += len(data)
+        self.pending += data
+        if len(self.pending) > MAX_QUEUED:
+            self.conn.server.kcp_log.info("HTTP/2 stream too slow, resetting it", peer=self.conn.address)
+            self.conn.reset(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.gone()
+            return
+        self.flush()
+
+    def end(self) -> None:
+        if not self.done:
+            self.ending = True
+            self.flush()
+
+    def flush(self) -> None:
+        """Frame what the windows allow (again when the client opens them: ``_H2Connection``)."""
+        conn, stream_id = self.conn, self.stream_id
+        h2conn = conn.h2
+        try:
+            while self.pending:
+                size = min(len(self.pending), h2conn.local_flow_control_window(stream_id),
+                           h2conn.max_outbound_frame_size)
+                if size <= 0:
+                    break
+                piece, self.pending = self.pending[:size], self.pending[size:]
+                h2conn.send_data(stream_id, piece)
+            if self.ending and not self.pending:
+                h2conn.end_stream(stream_id)
+                self._finish()
+        except h2.exceptions.H2Error:  # the stream is gone on the client's side
+            self.gone()
+            return
+        conn.flush()
+
+    def gone(self) -> None:
+        """The client left (a reset, the connection's end): stop the producer."""
+        if self.done:
+            return
+        self.pending = b""
+        on_gone, self.on_gone = self.on_gone, None
+        self._finish()
+        if on_gone is not None:
+            on_gone()
 
 
 class _H2Connection:
@@ -60,17 +149,51 @@ class _H2Connection:
         self.server = server
         self.peer = peer
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-        self.lock = gevent.lock.Semaphore()
         self.window_opened = gevent.event.Event()
         self.streams: dict[int, _StreamState] = {}
+        self.parked: dict[int, _ParkedStream] = {}
         self.group = gevent.pool.Group()
+        self.out = Outbox(sock, server.kcp_idle_timeout, self._failed)
+        self.out.on_drained = self._drained
+        self.drained = gevent.event.Event()
+        self.drained.set()
+
+    def _failed(self, reason: str) -> None:
+        self.server.kcp_log.debug("HTTP/2 connection ended", peer=self.address, error=reason)
+        try:
+            self.sock.shutdown(2)  # the reader sees the end and cleans up
+        except OSError:
+            pass
+
+    def _drained(self) -> None:
+        self.drained.set()
+
+    def flush(self) -> None:
+        """Everything h2 has to send, written in order without blocking (``Outbox``)."""
+        data = self.h2.data_to_send()
+        if data:
+            self.out.write(data)
+            if not self.out.idle:
+                self.drained.clear()
 
     def send(self, action: Callable[[h2.connection.H2Connection], None]) -> None:
-        with self.lock:
-            action(self.h2)
-            data = self.h2.data_to_send()
-            if data:
-                self.sock.sendall(data)
+        """``action`` on the protocol machine, then its output written; a greenlet writing a large response
+        waits while the client is slow (a parked producer never does: it calls ``flush``)."""
+        action(self.h2)
+        self.flush()
+        if not self.out.idle and gevent.getcurrent() is not gevent.get_hub():
+            self.drained.wait()
+
+    def forget(self, stream_id: int) -> None:
+        self.parked.pop(stream_id, None)
+        self.streams.pop(stream_id, None)
+
+    def reset(self, stream_id: int, code) -> None:
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.H2Error:
+            return
+        self.flush()
 
     def serve(self) -> None:
         self.h2.initiate_connection()
@@ -79,18 +202,20 @@ class _H2Connection:
         self.send(lambda c: None)
         try:
             while not self.server.kcp_stopping.is_set():
-                data = self.sock.recv(_RECV)
+                data = recv_waiting(self.sock, _RECV)
                 if not data:
                     return
-                with self.lock:
-                    events = self.h2.receive_data(data)
+                events = self.h2.receive_data(data)
                 for event in events:
                     self._dispatch(event)
-                self.send(lambda c: None)
+                self.flush()
         except (OSError, h2.exceptions.H2Error) as exc:
             self.server.kcp_log.debug("HTTP/2 connection ended", peer=self.address, error=repr(exc))
         finally:
             self.group.kill(block=False)
+            parked, self.parked = self.parked, {}
+            for stream in parked.values():
+                stream.gone()
 
     def _dispatch(self, event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -99,8 +224,7 @@ class _H2Connection:
                 self._start(event.stream_id)
         elif isinstance(event, h2.events.DataReceived):
             state = self.streams.get(event.stream_id)
-            with self.lock:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if state is not None and state.greenlet is None:
                 if state.body.tell() + len(event.data) > _MAX_BODY:
                     self._refuse(event.stream_id)
@@ -116,18 +240,20 @@ class _H2Connection:
                 state.reset = True
                 if state.greenlet is not None:
                     state.greenlet.kill(block=False)
+            parked = self.parked.get(event.stream_id)
+            if parked is not None:
+                parked.gone()
         elif isinstance(event, h2.events.WindowUpdated):
             self.window_opened.set()
+            for parked in [p for p in self.parked.values() if p.pending]:
+                if event.stream_id in (0, parked.stream_id):
+                    parked.flush()
         elif isinstance(event, h2.events.ConnectionTerminated):
             raise OSError(f"the client ended the connection ({event.error_code!r})")
 
     def _refuse(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
-        with self.lock:
-            try:
-                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            except h2.exceptions.H2Error:
-                pass
+        self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
 
     def _start(self, stream_id: int) -> None:
         state = self.streams[stream_id]
@@ -160,7 +286,7 @@ class _H2Connection:
                     "PATH_INFO": _unquote_latin1(path), "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/2",
                     "REMOTE_ADDR": str(self.address[0]), "REMOTE_PORT": str(self.address[1]),
                     "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True,
-                    "kcp.stopping": self.server.kcp_stopping, "kcp.client_gone": lambda: state.reset})
+                    "kcp.stopping": self.server.kcp_stopping})
         if body and "CONTENT_LENGTH" not in env:
             env["CONTENT_LENGTH"] = str(len(body))
         if b":authority" in pseudo and "HTTP_HOST" not in env:
@@ -181,6 +307,12 @@ class _H2Connection:
         result = None
         try:
             result = self.server.application(self._environ(state), start_response)
+            park = getattr(result, "park", None)
+            if park is not None and response.get("sent") and not state.reset:
+                parked = state.parked = self.parked[stream_id] = _ParkedStream(self, stream_id)
+                result = None  # closed by the parked stream's end (the access log's wrapper: ``when_done``)
+                park(parked)
+                return
             for chunk in result:
                 self._data(stream_id, response, chunk)
             self._data(stream_id, response, b"", end=True)
@@ -192,7 +324,7 @@ class _H2Connection:
             self.server.kcp_log.exception("unhandled error in an HTTP/2 stream", peer=self.address)
             self._reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         finally:
-            self.streams.pop(stream_id, None)
+            self.streams.pop(stream_id, None)  # a parked stream is in ``parked``: its request is let go
             close = getattr(result, "close", None)
             if close is not None:
                 close()
@@ -211,8 +343,7 @@ class _H2Connection:
                 return
         view = memoryview(data)
         while view:
-            with self.lock:
-                size = min(len(view), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            size = min(len(view), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
             if size <= 0:
                 self.window_opened.clear()
                 self.window_opened.wait()
@@ -223,10 +354,7 @@ class _H2Connection:
             self.send(lambda c: c.end_stream(stream_id))
 
     def _reset(self, stream_id: int, code) -> None:
-        try:
-            self.send(lambda c: c.reset_stream(stream_id, code))
-        except (OSError, h2.exceptions.H2Error):
-            pass
+        self.reset(stream_id, code)
 
 
 def serve_connection(sock, address, server, peer) -> None:

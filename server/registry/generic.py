@@ -9,11 +9,10 @@ methods serve in-process callers such as controllers and embedded virtual worksp
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
-from typing import Callable, Iterator
 
 import orjson
 
@@ -23,6 +22,7 @@ from server.registry.resourcetype import Catalog, ResourceType
 from server.registry.schema import builtins as builtin_schemas, structural, typecheck
 from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
+from server.registry.watch import RegistryWatch
 from server.storage import ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError, Store
 
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
@@ -30,8 +30,6 @@ LOGICAL_CLUSTERS = "core.kcp.dev/logicalclusters"
 WILDCARD = "*"
 _GENERATE_NAME_ATTEMPTS = 8
 _PATCH_ATTEMPTS = 16
-#: How often a ``progress_notify`` watch reports progress (a BOOKMARK, only when it advanced).
-PROGRESS_NOTIFY_INTERVAL = 0.02
 #: Namespaces kube's NamespaceLifecycle admission never lets anyone delete (in every workspace here).
 IMMORTAL_NAMESPACES = frozenset(("default", "kube-system", "kube-public"))
 #: The field manager of writes that name none (in-process callers: controllers, virtual workspaces).
@@ -60,15 +58,6 @@ class ListOptions:
     @property
     def filtered(self) -> bool:
         return self.label_selector is not None or self.field_selector is not None
-
-
-@dataclass(slots=True)
-class WatchEvent:
-    type: str      # ADDED, MODIFIED, DELETED, BOOKMARK
-    object: dict
-    # The stream line of an event passed through unchanged, serialized once for every watcher
-    # (``storage.Event.line``); None when the type or object differs from the stored event.
-    encoded: "Callable[[], bytes] | None" = None
 
 
 class Registry:
@@ -233,20 +222,22 @@ class Registry:
 
     def watch(self, rt: ResourceType, cluster: str, namespace: str, options: ListOptions, *,
               send_initial_events: bool | None = None, bookmark_interval: float = 60.0,
-              allow_bookmarks: bool = False, progress_notify: bool = False, deadline: float | None = None,
-              idle_check=None, idle_interval: float = 5.0) -> Iterator[WatchEvent]:
-        """Yield watch events until ``deadline`` (monotonic) or until ``idle_check()`` says the client left.
+              allow_bookmarks: bool = False, progress_notify: bool = False,
+              deadline: float | None = None) -> RegistryWatch:
+        """A push watch (``server.registry.watch``) of ``rt`` until ``deadline`` (monotonic) or ``close()``.
 
         Expired resource versions are reported as one ERROR event carrying a 410 Status, as the
         apiserver's watch cache does, never as an exception. ``progress_notify`` (with
-        ``allow_bookmarks``) adds a BOOKMARK about every ``PROGRESS_NOTIFY_INTERVAL`` whenever the
+        ``allow_bookmarks``) adds a BOOKMARK about every ``watch.PROGRESS_NOTIFY_INTERVAL`` whenever the
         watcher's progress went past what the client was last told -- also when only other resources
         were written -- so a watch-fed cache can prove it has seen everything up to a resourceVersion.
+        Objects are shown in ``rt``'s version (``rt.convert``).
         """
         store_cluster = None if cluster == WILDCARD else cluster
         store_namespace = namespace if rt.namespaced and namespace else None
         requested = options.resource_version
         initial = send_initial_events if send_initial_events is not None else requested in ("", "0")
+        bookmark = partial(self._bookmark, rt)
         try:
             if initial:
                 items, since = self.store.list(rt.storage_key, store_cluster, store_namespace)
@@ -257,63 +248,13 @@ class Registry:
                 items = ()
             watcher = self.store.watch(rt.storage_key, store_cluster, store_namespace, since)
         except ResourceExpiredError as exc:
-            yield WatchEvent("ERROR", errors.Gone(str(exc)).status())
-            return
+            return RegistryWatch.failed(errors.Gone(str(exc)).status(), bookmark)
         except errors.StatusError as exc:
-            yield WatchEvent("ERROR", exc.status())
-            return
-        progress = allow_bookmarks and progress_notify
-        try:
-            for obj in items:
-                if options.matches(obj):
-                    yield WatchEvent("ADDED", obj)
-            if send_initial_events:
-                yield WatchEvent("BOOKMARK", self._bookmark(rt, since, initial_events_end=True))
-            last_rv = since
-            told_rv = since  # the highest resourceVersion the client has had: an event's or a bookmark's
-            next_bookmark = time.monotonic() + bookmark_interval
-            next_progress = time.monotonic() + PROGRESS_NOTIFY_INTERVAL
-            next_idle_check = time.monotonic() + idle_interval
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return
-                wait = min(idle_interval, next_bookmark - now)
-                if progress:
-                    wait = min(wait, next_progress - now)
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                try:
-                    events = watcher.next(max(wait, 0.0))
-                except ResourceExpiredError as exc:
-                    yield WatchEvent("ERROR", errors.Gone(str(exc)).status())
-                    return
-                for event in events:
-                    last_rv = event.rv
-                    out = _translate(event, options)
-                    if out is not None:
-                        told_rv = event.rv
-                        yield WatchEvent(*out, event.line if out[0] == event.type else None)
-                if not events and idle_check is not None:
-                    # a progress watch wakes every few ms: ask about the client at the usual pace only
-                    if not progress or time.monotonic() >= next_idle_check:
-                        if idle_check():
-                            return
-                        next_idle_check = time.monotonic() + idle_interval
-                if progress and time.monotonic() >= next_progress:
-                    rv = watcher.progress_rv()
-                    if rv > told_rv:
-                        told_rv = rv
-                        yield WatchEvent("BOOKMARK", self._bookmark(rt, rv))
-                    next_progress = time.monotonic() + PROGRESS_NOTIFY_INTERVAL
-                if time.monotonic() >= next_bookmark:
-                    if allow_bookmarks:
-                        rv = max(last_rv, watcher.progress_rv())
-                        told_rv = max(told_rv, rv)
-                        yield WatchEvent("BOOKMARK", self._bookmark(rt, rv))
-                    next_bookmark = time.monotonic() + bookmark_interval
-        finally:
-            watcher.close()
+            return RegistryWatch.failed(exc.status(), bookmark)
+        return RegistryWatch(watcher, options, items, since, bookmark=bookmark,
+                             send_initial=bool(send_initial_events), allow_bookmarks=allow_bookmarks,
+                             progress=progress_notify, bookmark_interval=bookmark_interval, deadline=deadline,
+                             convert=rt.convert)
 
     @staticmethod
     def _bookmark(rt: ResourceType, rv: int, initial_events_end: bool = False) -> dict:
@@ -765,16 +706,3 @@ def _set_managed_fields(obj: dict, entries: list | None) -> None:
         obj["metadata"].pop("managedFields", None)
 
 
-def _translate(event, options: ListOptions) -> tuple[str, dict] | None:
-    """Map a storage event onto what a filtered watcher sees: entering is ADDED, leaving is DELETED."""
-    now = options.matches(event.obj)
-    if event.type == "DELETED":
-        return ("DELETED", event.obj) if now else None
-    before = event.prev is not None and options.matches(event.prev)
-    if now and before:
-        return ("MODIFIED", event.obj)
-    if now:
-        return ("ADDED", event.obj)
-    if before:
-        return ("DELETED", event.obj)
-    return None

@@ -27,11 +27,14 @@ import gevent
 import gevent.event
 import gevent.lock
 import orjson
+import structlog
 from gevent import getcurrent, get_hub
 
 from .backend import Backend, decode_key, encode_key, key_prefix
 from .errors import (ConflictError, KeyExistsError, KeyNotFoundError, ResourceExpiredError, StorageError,
                      StorageUnavailableError)
+
+log_exception = structlog.get_logger("kcp.storage").exception
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -69,6 +72,13 @@ class Event:
             line = self._line = orjson.dumps({"type": self.type, "object": self.obj}) + b"\n"
         return line
 
+    encoded = line  # what a watch stream asks of an event (``watchstream.json_line``)
+
+    @property
+    def object(self) -> dict:
+        """The object as a watch event carries it (a watcher is handed the store's own events)."""
+        return self.obj
+
     def __repr__(self) -> str:
         return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
 
@@ -81,7 +91,7 @@ class _Log:
     all waiters and no per-watcher queue is needed.
     """
 
-    __slots__ = ("events", "rvs", "offset", "oldest_rv", "signal")
+    __slots__ = ("events", "rvs", "offset", "oldest_rv", "signal", "subscribers", "delivering")
 
     def __init__(self, oldest_rv: int):
         self.events: list[Event] = []
@@ -89,12 +99,27 @@ class _Log:
         self.offset = 0
         self.oldest_rv = oldest_rv  # a watch from any rv >= this misses nothing
         self.signal = gevent.event.Event()
+        # Watchers that are handed their events (``Watcher.subscribe``), in subscription order.
+        self.subscribers: dict[Watcher, None] = {}
+        self.delivering = False
 
     def wake(self) -> None:
         signal = self.signal
         if signal.linkcount():
             self.signal = gevent.event.Event()
             signal.set()
+        if self.subscribers and not self.delivering:
+            self.delivering = True
+            get_hub().loop.run_callback(self.deliver)
+
+    def deliver(self) -> None:
+        """Hand every subscriber what it has not had yet: one pass in a hub callback, after the write that woke
+        it (and any other in the same loop turn) -- nothing in it may block."""
+        try:
+            for watcher in list(self.subscribers):
+                watcher.push()
+        finally:
+            self.delivering = False
 
 
 class _Interrupted(BaseException):
@@ -108,7 +133,8 @@ def _expired(since_rv: int, oldest_rv: int) -> ResourceExpiredError:
 class Watcher:
     """A cursor into one resource's event log; holds no queue and no greenlet (about 150 bytes)."""
 
-    __slots__ = ("_store", "_log", "resource", "cluster", "namespace", "_rv", "_pos", "_closed", "_waiting")
+    __slots__ = ("_store", "_log", "resource", "cluster", "namespace", "_rv", "_pos", "_closed", "_waiting",
+                 "_on_events", "_on_end")
 
     def __init__(self, store: "Store", log: _Log, resource: str, cluster: str | None,
                  namespace: str | None, since_rv: int, pos: int):
@@ -121,6 +147,8 @@ class Watcher:
         self._pos = pos  # absolute index (log.offset-relative) of the next event to examine
         self._closed = False
         self._waiting = None  # the greenlet blocked in next(), so close() can interrupt it
+        self._on_events = self._on_end = None
+        store._watchers += 1
 
     @property
     def rv(self) -> int:
@@ -138,6 +166,74 @@ class Watcher:
             return max(self._rv, self._store._rv)
         return self._rv
 
+    def take(self) -> list[Event]:
+        """The matching events after the last delivered one, in rv order, without waiting (maybe none).
+
+        Raises :class:`ResourceExpiredError` if the history it still needed has been trimmed.
+        """
+        log = self._log
+        start = self._pos - log.offset
+        if start < 0:
+            raise _expired(self._rv, log.oldest_rv)
+        events = log.events
+        end = len(events)
+        if start >= end:
+            return []
+        floor = self._rv
+        cluster = self.cluster
+        namespace = self.namespace
+        batch = events[start:end] if start else events[:]
+        if cluster is None and namespace is None:
+            out = [e for e in batch if e.rv > floor]
+        elif namespace is None:
+            out = [e for e in batch if e.rv > floor and e.key.cluster == cluster]
+        elif cluster is None:
+            out = [e for e in batch if e.rv > floor and e.key.namespace == namespace]
+        else:
+            out = [e for e in batch if e.rv > floor and e.key.cluster == cluster and e.key.namespace == namespace]
+        self._pos = log.offset + end
+        last = events[end - 1].rv
+        if last > floor:
+            self._rv = last
+        return out
+
+    def subscribe(self, on_events, on_end) -> None:
+        """Be handed the events from now on instead of asking for them: ``on_events(events)`` from the store's
+        fan-out (a hub callback: it must not block), once for what is already there too; ``on_end(error)`` once,
+        with a :class:`ResourceExpiredError` when the history it needed was trimmed, None when the store closed.
+        ``close()`` unsubscribes. No greenlet waits: the point, for an idle watch."""
+        self._on_events, self._on_end = on_events, on_end
+        log = self._log
+        log.subscribers[self] = None
+        if self._pos - log.offset < len(log.events) and not log.delivering:
+            log.delivering = True
+            get_hub().loop.run_callback(log.deliver)
+
+    def push(self) -> None:
+        """Hand the subscriber its new events (``subscribe``)."""
+        if self._closed:
+            return
+        if self._store._closed:
+            self._finish(None)
+            return
+        try:
+            events = self.take()
+        except ResourceExpiredError as exc:
+            self._finish(exc)
+            return
+        if events:
+            try:
+                self._on_events(events)
+            except Exception:  # noqa: BLE001 - one broken consumer must not stop the fan-out to the others
+                log_exception("watch subscriber failed", resource=self.resource)
+                self.close()
+
+    def _finish(self, error: BaseException | None) -> None:
+        on_end = self._on_end
+        self.close()
+        if on_end is not None:
+            on_end(error)
+
     def next(self, timeout: float | None) -> list[Event]:
         """Matching events after the last delivered one, in rv order; waits up to ``timeout``
         seconds (``None``: until there are some).
@@ -150,31 +246,9 @@ class Watcher:
         while True:
             if self._closed or self._store._closed:
                 return []
-            start = self._pos - log.offset
-            if start < 0:
-                raise _expired(self._rv, log.oldest_rv)
-            events = log.events
-            end = len(events)
-            if start < end:
-                floor = self._rv
-                cluster = self.cluster
-                namespace = self.namespace
-                batch = events[start:end]
-                if cluster is None and namespace is None:
-                    out = [e for e in batch if e.rv > floor]
-                elif namespace is None:
-                    out = [e for e in batch if e.rv > floor and e.key.cluster == cluster]
-                elif cluster is None:
-                    out = [e for e in batch if e.rv > floor and e.key.namespace == namespace]
-                else:
-                    out = [e for e in batch if e.rv > floor and e.key.cluster == cluster
-                           and e.key.namespace == namespace]
-                self._pos = log.offset + end
-                last = events[end - 1].rv
-                if last > floor:
-                    self._rv = last
-                if out:
-                    return out
+            out = self.take()
+            if out:
+                return out
             if timeout is None:
                 remaining = None
             else:
@@ -198,6 +272,10 @@ class Watcher:
         if self._closed:
             return
         self._closed = True
+        self._store._watchers -= 1
+        if self._on_events is not None:
+            self._log.subscribers.pop(self, None)
+            self._on_events = self._on_end = None
         waiting = self._waiting
         if waiting is not None and waiting is not getcurrent():
             get_hub().loop.run_callback(self._interrupt, waiting)
@@ -290,6 +368,7 @@ class Store:
         self._counts: dict[str, int] = {}
         self._total = 0
         self._logs: dict[str, _Log] = {}
+        self._watchers = 0
         self._interner = _Interner()
         self._unsettled: set[Key] = set()  # keys whose last write is in doubt (``_settle``)
         self._settler: gevent.Greenlet | None = None
@@ -603,6 +682,11 @@ class Store:
         pos = log.offset + bisect_right(log.rvs, since_rv)
         return Watcher(self, log, resource, cluster, namespace, since_rv, pos)
 
+    @property
+    def open_watchers(self) -> int:
+        """Watchers not closed yet (each is a watch some client or controller holds open)."""
+        return self._watchers
+
     def oldest_rv(self, resource: str) -> int:
         """The lowest rv a watch on ``resource`` may start from."""
         log = self._logs.get(resource)
@@ -617,7 +701,7 @@ class Store:
                 return
             self._closed = True
             for log in self._logs.values():
-                log.wake()
+                log.wake()  # pulling watchers return [], subscribers are ended
             if self._settler is not None:
                 self._settler.kill(block=False)
             self._backend.close()

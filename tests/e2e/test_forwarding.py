@@ -15,6 +15,8 @@ import uuid
 
 import pytest
 
+from kcp_virtual.transport import http2
+
 from server.shard import ShardConfig
 from tests.topologies import running_topology
 from tests.vw_demo import DEMO_VIRTUAL_WORKSPACES
@@ -120,7 +122,9 @@ def test_a_forwarded_request_is_logged_and_counted_once_with_its_virtual_workspa
 
 
 def _parked(shard) -> int:
-    return len(shard.shard.server._server.kcp_parked)
+    """Parked forwarded watches (every watch on the shard is parked: the external process's own too)."""
+    return sum(1 for parked in shard.shard.server._server.kcp_parked.values()
+               if isinstance(getattr(parked.on_gone, "__self__", None), http2.Stream))  # on_gone: its interrupt
 
 
 def _forwarded_watches(metrics) -> int:

@@ -25,14 +25,14 @@ SCHEMA = {"type": "object", "properties": {
     "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
 
 
-def crd(plural="widgets", kind="Widget", group="example.com", versions=None, **names) -> dict:
+def crd(plural="widgets", kind="Widget", group="example.com", versions=None, status=None, **names) -> dict:
     version = {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": SCHEMA},
                "subresources": {"status": {}}, "selectableFields": [{"jsonPath": ".spec.color"}],
                "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]}
     return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": f"{plural}.{group}"},
             "spec": {"group": group, "scope": "Namespaced", "names": {"plural": plural, "kind": kind, **names},
-                     "versions": versions or [version]}}
+                     "versions": versions or [version]}, **({"status": status} if status else {})}
 
 
 @pytest.fixture
@@ -179,6 +179,24 @@ def test_controller_writes_conditions_and_finalizes(shard):
     assert registry.catalog.lookup("root", "example.com", "v1", "widgets") is None
     controller.reconcile(key)    # the gadgets CRD gets the names now
     assert registry.catalog.lookup("root", "example.com", "v1", "gadgets") is not None
+
+
+def test_a_created_crd_carries_the_status_kube_gives_it(shard):
+    """As kube's strategy: the create response and every read after it have ``status`` (the storage version
+    stored, no names accepted, no conditions yet) before the controller ran; a new storage version joins."""
+    registry, _, controller = shard
+    created = registry.create(CRDS, "root", "", crd(status={"storedVersions": ["bogus"]}))
+    expected = {"conditions": [], "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": ["v1"]}
+    assert created["status"] == expected
+    assert registry.get(CRDS, "root", "", "widgets.example.com")["status"] == expected
+    v1 = crd()["spec"]["versions"][0]
+    v2 = {**v1, "name": "v2"}
+    updated = registry.update(CRDS, "root", "", "widgets.example.com", {
+        **created, "spec": {**created["spec"], "versions": [{**v1, "storage": False}, v2]}})
+    assert updated["status"]["storedVersions"] == ["v1", "v2"]
+    controller.reconcile(registry.key(CRDS, "root", "", "widgets.example.com"))
+    status = registry.get(CRDS, "root", "", "widgets.example.com")["status"]
+    assert status["storedVersions"] == ["v1", "v2"] and status["acceptedNames"]["kind"] == "Widget"
 
 
 def test_several_versions_store_one_and_show_each(shard):

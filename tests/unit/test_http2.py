@@ -47,8 +47,7 @@ def environ_app(environ, start_response):
     return [json.dumps({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
                         "query": environ["QUERY_STRING"], "x_multi": environ.get("HTTP_X_MULTI"),
                         "host": environ.get("HTTP_HOST"), "protocol": environ["SERVER_PROTOCOL"],
-                        "user": peer.get("user"), "has_socket": "kcp.socket" in environ,
-                        "gone": environ["kcp.client_gone"]()}).encode()]
+                        "user": peer.get("user"), "has_socket": "kcp.socket" in environ}).encode()]
 
 
 def test_many_streams_share_one_connection_and_pieces_arrive_as_yielded(shard_pki):
@@ -70,7 +69,7 @@ def test_a_stream_carries_the_request_as_pywsgi_would_give_it(shard_pki):
         got = json.loads(stream.read())
         assert got == {"method": "GET", "path": "/a b/c/d", "query": "x=1&y=%20", "x_multi": "1,2",
                        "host": f"127.0.0.1:{srv.port}", "protocol": "HTTP/2", "user": "kcp-admin",
-                       "has_socket": False, "gone": False}
+                       "has_socket": False}
         pool.close()
 
 

@@ -28,7 +28,7 @@ from kcp_virtual.framework.requestinfo import parse_request_info
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, User
 from kcp_virtual.framework.storage import ForwardingStorage, as_caller
 from kcp_virtual.framework.virtualworkspace import Context, Request
-from kcp_virtual.framework.watchstream import json_lines
+from kcp_virtual.framework.watchstream import json_line
 from server.shard import ShardConfig
 from server.testing import running_shard
 from tests.vw_demo import CONFIGMAPS, DEMO_LABELS, UPPER_CASE
@@ -458,7 +458,10 @@ def test_read_your_writes_through_the_storage(shard, client):
 
 def stream(events) -> bytes:
     """A watch's bytes as the resource handler streams them (ended by the watch's timeout)."""
-    return b"".join(json_lines(events))
+    try:
+        return b"".join(map(json_line, events))
+    finally:
+        events.close()
 
 
 def side_by_side(storage: ForwardingStorage, cluster: str, namespace: str, query: ListQuery, rv: int,
@@ -720,13 +723,12 @@ def test_bookmarks_when_allowed(shard, client):
 
 
 def test_a_client_leaving_removes_its_subscription(shard, client):
-    informer = synced_informer(client, idle_interval=0.05)
+    informer = synced_informer(client)
     rv = caught_up(shard, informer)
-    gone = [False, False]
-    readers = [gevent.spawn(stream, informer.watch("*", "", "", rv, client_gone=lambda i=i: gone[i]))
-               for i in range(2)]
+    watches = [informer.watch("*", "", "", rv) for _ in range(2)]
+    readers = [gevent.spawn(stream, watch) for watch in watches]
     wait_until(lambda: informer.subscriptions == 2)
-    gone[0] = True
+    watches[0].close()  # what the client connection does when its client leaves
     readers[0].join(1)
     assert readers[0].dead and not readers[1].dead and informer.subscriptions == 1
     readers[1].kill()  # the consumer killed (a stream reset): its close() runs

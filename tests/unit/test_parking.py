@@ -118,8 +118,8 @@ def test_a_client_leaving_ends_the_parked_stream_at_once(shard_pki):
 
 def test_a_slow_client_is_queued_for_and_receives_everything_in_order(shard_pki, monkeypatch):
     drains = []
-    drain = parking.ParkedStream._drain
-    monkeypatch.setattr(parking.ParkedStream, "_drain", lambda self: (drains.append(1), drain(self)))
+    drain = parking.Outbox._drain
+    monkeypatch.setattr(parking.Outbox, "_drain", lambda self: (drains.append(1), drain(self)))
     producer = Producer(count=200, interval=0, size=64 * 1024)  # 12.5 MiB, far beyond the socket buffers
     with running(shard_pki, producer) as srv:
         sock = tls_socket(shard_pki, srv.port)
