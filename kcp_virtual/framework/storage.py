@@ -307,13 +307,16 @@ class ForwardingStorage:
         asked = _rv(body) if isinstance(body, dict) else ""
         for _ in _attempts():
             current = self._current(request, namespace, name)
-            if pinned and _rv(body) != _rv(current):
-                # optimistic locking first, as the apiserver does: a stale write is a 409, whatever it says
-                raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name)
-            obj = body if subresource else self._admit(body)  # a status write leaves labels alone
-            written = subresource
-            if self.transform is not None:
-                obj, written = self.transform.write(obj, current, request.context, subresource)
+            stale = bool(asked) and asked != _rv(current)
+            try:
+                obj = body if subresource else self._admit(body)  # a status write leaves labels alone
+                written = subresource
+                if self.transform is not None:
+                    obj, written = self.transform.write(obj, current, request.context, subresource)
+            except (errors.Invalid, errors.Forbidden):
+                if stale:  # optimistic locking first, as the apiserver does: judged against a newer object,
+                    raise errors.Conflict.modified(self.gvr.resource, self.gvr.group, name) from None
+                raise      # a stale write is a 409, whatever the view says of it
             if not asked:
                 obj = _with_rv(obj, _rv(current))
             elif _rv(obj) == asked != _rv(current):
