@@ -13,7 +13,7 @@ from typing import Callable
 from kcp_virtual.framework import errors
 from server.apis.apis_kcp import set_condition
 from server.apis.tenancy import ROOT, SHARDS
-from server.controllers.base import Reconciler
+from server.controllers.base import Reconciler, TriggeredController
 from server.registry.generic import Registry, cluster_of, now_rfc3339
 from server.registry.resourcetype import ResourceType
 from server.storage import Key, Store
@@ -55,7 +55,7 @@ class ShardsChanged(Reconciler):
             self.target.enqueue(self.registry.key(self.published, cluster_of(meta), "", meta["name"]))
 
 
-class URLPublisher:
+class URLPublisher(TriggeredController):
     """Keeps ``status.virtualWorkspaces`` (and condition ``VirtualWorkspaceURLsReady``) of every object of
     ``published`` at ``path_of(cluster, name)`` on every Shard."""
 
@@ -66,19 +66,7 @@ class URLPublisher:
         self.path_of = path_of
         self.reconciler = Reconciler(registry.store, published.storage_key, self.reconcile, name=name,
                                      workers=workers, backoff_max=5.0)
-        self.shards = ShardsChanged(registry, published, self.reconciler, name=f"{name}-shards")
-
-    def start(self) -> None:
-        self.reconciler.start()
-        self.shards.start()
-
-    def stop(self) -> None:
-        self.shards.stop()
-        self.reconciler.stop()
-
-    @property
-    def idle(self) -> bool:
-        return self.reconciler.idle and self.shards.idle
+        self.triggers = [ShardsChanged(registry, published, self.reconciler, name=f"{name}-shards")]
 
     def reconcile(self, key: Key) -> None:
         if not self.registry.cluster_exists(key.cluster):

@@ -39,7 +39,7 @@ from server.apis import tenancy
 from server.apis.logicalclusters import (LOGICAL_CLUSTER, NAME as LOGICAL_CLUSTER_NAME, OWNER_ANNOTATION as
                                         CLUSTER_OWNER, PARENT_SHARD_ANNOTATION, create_logical_cluster, ensure_fields)
 from server.apis.tenancy import CLUSTER_WORKSPACES, FINALIZER, INITIALIZING, READY, SCHEDULING, SHARDS
-from server.controllers.base import Reconciler
+from server.controllers.base import Reconciler, TriggeredController
 from server.controllers.shards import ShardDirectory, shard_base_url
 from server.registry.generic import Registry, cluster_of, now_rfc3339
 from server.registry.selectors import LabelSelector
@@ -73,7 +73,7 @@ class Unschedulable(Exception):
     """No shard matches the workspace's ``spec.shard``."""
 
 
-class WorkspaceController:
+class WorkspaceController(TriggeredController):
     """``directory`` (``server.controllers.shards``): the shards to schedule to; without one every workspace is
     placed on this shard, as a single shard does. Sixteen workers (greenlets): a reconcile that makes a logical
     cluster on another shard waits for that shard's answer, and must not hold up the local ones meanwhile."""
@@ -92,23 +92,14 @@ class WorkspaceController:
         self.reconciler = Reconciler(registry.store, CLUSTER_WORKSPACES.storage_key, self.reconcile,
                                      name="workspaces", workers=workers)
         # A Shard that comes or changes may take the workspaces no shard matched so far.
-        self.shards = Reconciler(registry.store, SHARDS.storage_key, self._shard_changed, name="workspaces-shards",
-                                 workers=1)
+        self.triggers = [Reconciler(registry.store, SHARDS.storage_key, self._shard_changed,
+                                    name="workspaces-shards", workers=1)]
 
     def start(self) -> None:
         if self.directory is None or self.directory.is_root:
             tenancy.bootstrap(self.registry, base_url=self.base_url, virtual_workspace_url=self.virtual_workspace_url,
                               name=self.name)
-        self.reconciler.start()
-        self.shards.start()
-
-    def stop(self) -> None:
-        self.shards.stop()
-        self.reconciler.stop()
-
-    @property
-    def idle(self) -> bool:
-        return self.reconciler.idle and self.shards.idle
+        super().start()
 
     def _shard_changed(self, key: Key) -> None:
         """A Shard that came, went or was relabelled may take what no shard matched (its load reports, every

@@ -530,8 +530,10 @@ class _Request:
             return None
 
         def parked(outlet) -> None:
-            environ = self.environ  # an idle watch may go on for an hour: keep only what its line names
-            self.environ = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
+            environ = self.environ  # an idle watch may go on for an hour: keep only what its line (and audit) names
+            audit = self.mw.audit
+            self.environ = audit.kept(environ) if audit is not None else {
+                "REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
             outlet.when_done(lambda: self._parked_done(outlet))
             self.ctx.run(park, outlet)
 
