@@ -55,16 +55,35 @@ def kopf_source() -> Path:
     return tree
 
 
+def _run_examples(source: Path, env: dict, names) -> tuple[set[str], str]:
+    """kopf's pytest over these examples: (the names that passed, its whole output)."""
+    tests = [f"tests/e2e/test_examples.py::test_all_examples_are_runnable[{name}]" for name in names]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *PYTEST_OVERRIDES,
+                             "--only-e2e", "-rA", "-q", *tests],
+                            cwd=source, env=env, capture_output=True, text=True, timeout=900)
+    passed = {line.rsplit("[", 1)[-1].rstrip("]") for line in result.stdout.splitlines() if line.startswith("PASSED")}
+    return passed, result.stdout + result.stderr
+
+
+def _tail(output: str) -> str:
+    return output[-20000:]
+
+
+#: What a failure that kopf's shutdown races is: an operator's loop closed while one of its TLS connections
+#: still waited for the server's answer to its close_notify (aiohttp closes the session without waiting; the
+#: server answers within a few ms: see the note of issue 19), found as an unclosed transport by the next test.
+_SHUTDOWN_RACE = "ResourceWarning: unclosed transport <_SelectorSocketTransport"
+
+
 def test_kopf_examples_pass_with_kopf_strict_warnings(kcp_shard, kopf_source, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "KUBECONFIG": kcp_shard.kubeconfig, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTEST_ADDOPTS", None)
-    tests = [f"tests/e2e/test_examples.py::test_all_examples_are_runnable[{name}]" for name in EXAMPLES]
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *PYTEST_OVERRIDES,
-                             "--only-e2e", "-rA", "-q", *tests],
-                            cwd=kopf_source, env=env, capture_output=True, text=True, timeout=900)
-    summary = result.stdout[-20000:] + result.stderr[-5000:]
-    assert result.returncode == 0, summary
-    passed = [line for line in result.stdout.splitlines() if line.startswith("PASSED")]
-    assert len(passed) == len(EXAMPLES), summary
+    passed, output = _run_examples(kopf_source, env, EXAMPLES)
+    failed = [name for name in EXAMPLES if name not in passed]
+    if failed:
+        # A second chance only for the shutdown race, never for a failure of the operator itself.
+        assert _SHUTDOWN_RACE in output and "AssertionError" not in output, _tail(output)
+        again, output = _run_examples(kopf_source, env, failed)
+        assert again == set(failed), _tail(output)
