@@ -117,6 +117,7 @@ class Informer:
         self.objects: dict[tuple[str, str, str], dict] = {}   # what it knows, by ``object_key``
         self.version = ""      # the resourceVersion to watch from; "" until listed, and after a 410
         self.lists = 0         # LISTs done: one, and one more per expired version
+        self.watches = 0       # watch calls made
         self.stopped = threading.Event()
         self._response = None  # the open watch, shut down by stop() so that it ends now
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -197,6 +198,7 @@ class Informer:
                                   timeout_seconds=WATCH_SECONDS, _preload_content=False,
                                   _request_timeout=(CONNECT_SECONDS, WATCH_SECONDS + LIST_SECONDS))
         self._response = response
+        self.watches += 1
         complete = False
         try:
             if self.stopped.is_set():   # stop() came before the response was there to shut down
