@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 from kubernetes import client
@@ -85,92 +86,82 @@ def configmaps(shard, handle) -> tuple[URLWorker, urlfollower.Informer, client.C
     return worker, informer, core, ns
 
 
-def test_the_informer_goes_on_from_its_last_version_across_watch_calls(shard, quick_watches):
+@pytest.fixture
+def informed(shard):
+    """A URLWorker informing a ``Recorder`` of the ConfigMaps of a fresh namespace (start it); stopped at the end."""
     handle = Recorder()
     worker, informer, core, ns = configmaps(shard, handle)
+    yield SimpleNamespace(handle=handle, worker=worker, informer=informer, core=core, ns=ns)
+    if handle.hold is not None:
+        handle.hold[1].set()
+    worker.stop()
+    worker.join(10)
+
+
+def test_the_informer_goes_on_from_its_last_version_across_watch_calls(informed, quick_watches):
+    handle, informer, core, ns = informed.handle, informed.informer, informed.core, informed.ns
     configmap(core, ns, "listed")
-    worker.start()
-    try:
-        wait_for(lambda: ("ADDED", "listed") in handle.seen())
-        configmap(core, ns, "watched")
-        wait_for(lambda: ("ADDED", "watched") in handle.seen())
-        calls = informer.watches
-        wait_for(lambda: informer.watches >= calls + 2, timeout=15)   # watch calls ended and were made again
-        configmap(core, ns, "later")
-        core.delete_namespaced_config_map("watched", ns)
-        wait_for(lambda: ("DELETED", "watched") in handle.seen())
-        assert handle.seen() == [("ADDED", "listed"), ("ADDED", "watched"), ("ADDED", "later"),
-                                 ("DELETED", "watched")]
-        assert informer.lists == 1
-        assert set(informer.objects) == {("root", ns, "listed"), ("root", ns, "later")}
-    finally:
-        worker.stop()
-        worker.join(10)
+    informed.worker.start()
+    wait_for(lambda: ("ADDED", "listed") in handle.seen())
+    configmap(core, ns, "watched")
+    wait_for(lambda: ("ADDED", "watched") in handle.seen())
+    calls = informer.watches
+    wait_for(lambda: informer.watches >= calls + 2, timeout=15)   # watch calls ended and were made again
+    configmap(core, ns, "later")
+    core.delete_namespaced_config_map("watched", ns)
+    wait_for(lambda: ("DELETED", "watched") in handle.seen())
+    assert handle.seen() == [("ADDED", "listed"), ("ADDED", "watched"), ("ADDED", "later"), ("DELETED", "watched")]
+    assert informer.lists == 1
+    assert set(informer.objects) == {("root", ns, "listed"), ("root", ns, "later")}
 
 
-def test_bookmarks_carry_the_version_past_what_the_informer_does_not_see(shard, quick_watches):
-    handle = Recorder()
-    worker, informer, core, ns = configmaps(shard, handle)
+def test_bookmarks_carry_the_version_past_what_the_informer_does_not_see(shard, informed, quick_watches):
+    handle, informer, core, ns = informed.handle, informed.informer, informed.core, informed.ns
     configmap(core, ns, "mine")
     _, elsewhere = namespace(shard)
-    worker.start()
-    try:
-        wait_for(lambda: ("ADDED", "mine") in handle.seen())
-        for i in range(8):   # more events than the shard remembers, none of them in the informer's namespace
-            configmap(core, elsewhere, f"x{i}")
-        last = int(core.read_namespaced_config_map("x7", elsewhere).metadata.resource_version)
-        wait_for(lambda: int(informer.version or 0) >= last, timeout=15)   # a bookmark told it
-        calls = informer.watches
-        wait_for(lambda: informer.watches >= calls + 2, timeout=15)
-        assert informer.lists == 1 and handle.seen() == [("ADDED", "mine")]   # re-watching from there is no 410
-    finally:
-        worker.stop()
-        worker.join(10)
+    informed.worker.start()
+    wait_for(lambda: ("ADDED", "mine") in handle.seen())
+    for i in range(8):   # more events than the shard remembers, none of them in the informer's namespace
+        configmap(core, elsewhere, f"x{i}")
+    last = int(core.read_namespaced_config_map("x7", elsewhere).metadata.resource_version)
+    wait_for(lambda: int(informer.version or 0) >= last, timeout=15)   # a bookmark told it
+    calls = informer.watches
+    wait_for(lambda: informer.watches >= calls + 2, timeout=15)
+    assert informer.lists == 1 and handle.seen() == [("ADDED", "mine")]   # re-watching from there is no 410
 
 
-def test_a_version_gone_is_listed_again_and_what_went_meanwhile_is_deleted(shard, quick_watches):
-    handle = Recorder()
-    worker, informer, core, ns = configmaps(shard, handle)
+def test_a_version_gone_is_listed_again_and_what_went_meanwhile_is_deleted(informed, quick_watches):
+    handle, informer, core, ns = informed.handle, informed.informer, informed.core, informed.ns
     for name in ("a-goes", "b-holds", "c-stays"):
         configmap(core, ns, name)
     release = threading.Event()
     # the first list's last object holds the informer before it watches: the list's version expires meanwhile
     handle.hold = (lambda kind, obj: informer.lists == 1 and obj["metadata"]["name"] == "c-stays", release)
-    worker.start()
-    try:
-        assert handle.holding.wait(20)
-        core.delete_namespaced_config_map("a-goes", ns)
-        for i in range(8):   # more events than the shard remembers
-            configmap(core, ns, f"x{i}")
-            core.delete_namespaced_config_map(f"x{i}", ns)
-        release.set()
-        wait_for(lambda: informer.lists == 2 and ("DELETED", "a-goes") in handle.seen(), timeout=20)
-        configmap(core, ns, "d-new")
-        wait_for(lambda: ("ADDED", "d-new") in handle.seen())
-        seen = handle.seen()
-        assert seen[:3] == [("ADDED", "a-goes"), ("ADDED", "b-holds"), ("ADDED", "c-stays")]
-        assert sorted(seen[3:6]) == [("ADDED", "b-holds"), ("ADDED", "c-stays"), ("DELETED", "a-goes")]
-        assert not any(name.startswith("x") for _, name in seen)   # never there at a version we saw
-        assert set(informer.objects) == {("root", ns, n) for n in ("b-holds", "c-stays", "d-new")}
-    finally:
-        release.set()
-        worker.stop()
-        worker.join(10)
+    informed.worker.start()
+    assert handle.holding.wait(20)
+    core.delete_namespaced_config_map("a-goes", ns)
+    for i in range(8):   # more events than the shard remembers
+        configmap(core, ns, f"x{i}")
+        core.delete_namespaced_config_map(f"x{i}", ns)
+    release.set()
+    wait_for(lambda: informer.lists == 2 and ("DELETED", "a-goes") in handle.seen(), timeout=20)
+    configmap(core, ns, "d-new")
+    wait_for(lambda: ("ADDED", "d-new") in handle.seen())
+    seen = handle.seen()
+    assert seen[:3] == [("ADDED", "a-goes"), ("ADDED", "b-holds"), ("ADDED", "c-stays")]
+    assert sorted(seen[3:6]) == [("ADDED", "b-holds"), ("ADDED", "c-stays"), ("DELETED", "a-goes")]
+    assert not any(name.startswith("x") for _, name in seen)   # never there at a version we saw
+    assert set(informer.objects) == {("root", ns, n) for n in ("b-holds", "c-stays", "d-new")}
 
 
-def test_an_event_the_handler_failed_on_is_delivered_again(shard, quick_watches):
-    handle = Recorder()
-    worker, informer, core, ns = configmaps(shard, handle)
-    worker.start()
-    try:
-        wait_for(lambda: informer.watches >= 1)
-        handle.fail.add("flaky")
-        configmap(core, ns, "flaky")
-        wait_for(lambda: ("ADDED", "flaky") in handle.seen(), timeout=15)
-        assert informer.lists == 1   # delivered again by watching from before it, not by a new list
-    finally:
-        worker.stop()
-        worker.join(10)
+def test_an_event_the_handler_failed_on_is_delivered_again(informed, quick_watches):
+    handle, informer = informed.handle, informed.informer
+    informed.worker.start()
+    wait_for(lambda: informer.watches >= 1)
+    handle.fail.add("flaky")
+    configmap(informed.core, informed.ns, "flaky")
+    wait_for(lambda: ("ADDED", "flaky") in handle.seen(), timeout=15)
+    assert informer.lists == 1   # delivered again by watching from before it, not by a new list
 
 
 def _connections_to(port: int) -> int:
