@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from examples.fake_syncer.syncer import FakeSyncer
-from examples.informer import run_until_signalled
+from examples.urlfollower import run_until_signalled
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,8 @@ A real syncer copies its view into a physical cluster and reports the status it 
 the "physical cluster" in memory (``downstream``) and declares every Deployment ready the moment it sees it:
 
 1. It reads its SyncTarget (in workspace ``cluster``) for its key and follows
-   ``status.virtualWorkspaces[].url`` (``examples.informer.PublishedURLs``): one ``TargetView`` per URL.
-2. Per URL, one informer (``ListWatch``) per synced resource on ``<url>/clusters/*``: Deployments,
+   ``status.virtualWorkspaces[].url`` (``examples.urlfollower.URLFollower``): one ``TargetView`` per URL.
+2. Per URL, one ``Informer`` per synced resource on ``<url>/clusters/*``: Deployments,
    ConfigMaps, Secrets and Namespaces, each kept in ``downstream`` as the view shows them (its share of the
    replicas, its spec diff applied).
 3. Each Deployment is run: the syncer puts its finalizer ``workload.kcp.dev/syncer-<key>`` on it (so the
@@ -23,20 +23,18 @@ from __future__ import annotations
 
 from functools import partial
 from typing import Callable
-from urllib.parse import urlsplit
 
 import structlog
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from examples.informer import ListWatch, PublishedURLs, configuration_for
+from examples.urlfollower import URLFollower, URLWorker, object_key
 
 log = structlog.get_logger("fake-syncer")
 
 GROUP, VERSION = "workload.kcp.dev", "v1alpha1"
 KEY_LABEL = "internal.workload.kcp.dev/key"
 FINALIZER_PREFIX = "workload.kcp.dev/syncer-"
-CLUSTER_ANNOTATION = "kcp.dev/cluster"
 MERGE_PATCH = "application/merge-patch+json"
 RESOURCES = ("deployments", "configmaps", "secrets", "namespaces")
 
@@ -55,37 +53,22 @@ def report(deployment: dict) -> dict:
                             "message": "the fake syncer runs every replica at once"}]}
 
 
-class TargetView:
+class TargetView(URLWorker):
     """One URL of the SyncTarget: an informer per synced resource on ``clusters/*``, writes through
     ``clusters/<cluster>``."""
 
     def __init__(self, url: str, base: client.Configuration, key: str, on_event: Observer | None = None):
-        self.url = url
-        self.base = base
+        super().__init__(url, base)
         self.finalizer = FINALIZER_PREFIX + key
         self.on_event = on_event
         self.downstream: dict[tuple[str, str, str, str], dict] = {}   # (resource, cluster, namespace, name)
-        self._writers: dict[str, tuple[client.AppsV1Api, client.CoreV1Api]] = {}
-        wildcard = client.ApiClient(configuration_for(base, f"{url}/clusters/*"))
+        wildcard = self.client("*")
         apps, core = client.AppsV1Api(wildcard), client.CoreV1Api(wildcard)
         lists = {"deployments": apps.list_deployment_for_all_namespaces,
                  "configmaps": core.list_config_map_for_all_namespaces,
                  "secrets": core.list_secret_for_all_namespaces, "namespaces": core.list_namespace}
-        self.informers = [ListWatch(f"{resource} {url}", lists[resource], partial(self._handle, resource),
-                                    on_list=partial(self._relisted, resource)) for resource in RESOURCES]
-
-    def start(self) -> "TargetView":
-        for informer in self.informers:
-            informer.start()
-        return self
-
-    def stop(self) -> None:
-        for informer in self.informers:
-            informer.stop()
-
-    def join(self, timeout: float | None = None) -> None:
-        for informer in self.informers:
-            informer.join(timeout)
+        for resource in RESOURCES:
+            self.inform(lists[resource], partial(self._handle, resource), name=resource)
 
     def running(self) -> dict[tuple[str, str, str], int]:
         """``(cluster, namespace, name) -> replicas`` of the Deployments this view runs downstream."""
@@ -94,23 +77,10 @@ class TargetView:
 
     # ------------------------------------------------------------------ informer callbacks
 
-    def _relisted(self, resource: str, items: list[dict]) -> None:
-        listed = {self._key(resource, obj) for obj in items}
-        for key in [k for k in self.downstream if k[0] == resource and k not in listed]:
-            self._handle(resource, "DELETED", self.downstream[key])
-        for obj in items:
-            self._handle(resource, "ADDED", obj)
-
-    @staticmethod
-    def _key(resource: str, obj: dict) -> tuple[str, str, str, str]:
-        meta = obj["metadata"]
-        return resource, (meta.get("annotations") or {}).get(CLUSTER_ANNOTATION, ""), meta.get("namespace", ""), \
-            meta["name"]
-
     def _handle(self, resource: str, kind: str, obj: dict) -> None:
         if self.on_event is not None:
             self.on_event(self.url, resource, kind, obj)
-        key = self._key(resource, obj)
+        key = (resource, *object_key(obj))
         if kind == "DELETED":
             self.downstream.pop(key, None)
             return
@@ -128,11 +98,8 @@ class TargetView:
             log.info("write skipped", resource=resource, name=key[3], status=exc.status)
 
     def _writer(self, cluster: str) -> tuple[client.AppsV1Api, client.CoreV1Api]:
-        writer = self._writers.get(cluster)
-        if writer is None:
-            api = client.ApiClient(configuration_for(self.base, f"{self.url}/clusters/{cluster}"))
-            writer = self._writers[cluster] = (client.AppsV1Api(api), client.CoreV1Api(api))
-        return writer
+        api = self.client(cluster)
+        return client.AppsV1Api(api), client.CoreV1Api(api)
 
     def _run(self, key: tuple[str, str, str, str], deployment: dict) -> None:
         _, cluster, namespace, name = key
@@ -149,29 +116,22 @@ class TargetView:
         self.downstream[key] = deployment
         if not holds:
             apps.patch_namespaced_deployment(name, namespace, {"metadata": {"finalizers": [self.finalizer]}},
-                                             _content_type=MERGE_PATCH, _preload_content=False)
+                                             _content_type=MERGE_PATCH)
             return   # its MODIFIED event comes back with the finalizer: the status is reported then
         wanted = report(deployment)
         if deployment.get("status") != wanted:
-            apps.patch_namespaced_deployment_status(name, namespace, {"status": wanted}, _content_type=MERGE_PATCH,
-                                                    _preload_content=False)
+            apps.patch_namespaced_deployment_status(name, namespace, {"status": wanted}, _content_type=MERGE_PATCH)
             log.info("reported ready", cluster=cluster, namespace=namespace, name=name,
                      replicas=wanted["readyReplicas"])
 
 
-class FakeSyncer:
+class FakeSyncer(URLFollower):
     """The syncer of SyncTarget ``name`` in workspace ``cluster``: one ``TargetView`` per URL it publishes."""
 
     def __init__(self, base: client.Configuration, cluster: str, name: str, *, on_event: Observer | None = None):
-        self.base = base
+        super().__init__(base, cluster, (GROUP, VERSION, "synctargets"), name, worker=self._view)
         self.cluster, self.name = cluster, name
         self.on_event = on_event
-        root = urlsplit(base.host)
-        self.targets = client.CustomObjectsApi(client.ApiClient(
-            configuration_for(base, f"{root.scheme}://{root.netloc}/clusters/{cluster}")))
-        self.urls = PublishedURLs(f"synctarget {cluster}/{name}", partial(
-            self.targets.list_cluster_custom_object, GROUP, VERSION, "synctargets",
-            field_selector=f"metadata.name={name}"), self._view)
         self.key = ""
 
     @classmethod
@@ -183,23 +143,18 @@ class FakeSyncer:
 
     @property
     def views(self) -> dict[str, TargetView]:
-        return self.urls.workers
+        return self.workers
 
     def running(self) -> dict[tuple[str, str, str], int]:
         """What runs downstream, over every view: ``(cluster, namespace, name) -> replicas``."""
         return {key: replicas for view in list(self.views.values()) for key, replicas in view.running().items()}
 
     def start(self) -> "FakeSyncer":
-        target = self.targets.get_cluster_custom_object(GROUP, VERSION, "synctargets", self.name)
+        """Read the SyncTarget's key (its finalizer's name), then follow its URLs."""
+        target = client.CustomObjectsApi(self.client(self.cluster)).get_cluster_custom_object(
+            GROUP, VERSION, "synctargets", self.name)
         self.key = target["metadata"]["labels"][KEY_LABEL]
-        self.urls.start()
-        return self
-
-    def stop(self) -> None:
-        self.urls.stop()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.urls.join(timeout)
+        return super().start()
 
     def _view(self, url: str) -> TargetView:
-        return TargetView(url, self.base, self.key, self.on_event).start()
+        return TargetView(url, self.base, self.key, self.on_event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from examples.initializer_controller.controller import WORKERS, InitializerController
-from examples.vwclient import run_until_signalled
+from examples.urlfollower import run_until_signalled
 
 
 def main(argv=None) -> int:
@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     controller = InitializerController.from_kubeconfig(args.kubeconfig, args.type_cluster, args.type,
                                                        context=args.context, workers=args.workers)
-    return run_until_signalled(controller, f"initializer controller: initializer {controller.initializer}")
+    return run_until_signalled(controller.start(), f"initializer controller: initializer {controller.initializer}")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 """An initializer for the workspaces of one WorkspaceType, through the initializingworkspaces virtual workspace.
 
-It follows ``WorkspaceType.status.virtualWorkspaces`` (``examples.vwclient.PublishedURLs``) and per URL watches
+It follows ``WorkspaceType.status.virtualWorkspaces`` (``examples.urlfollower.URLFollower``) and per URL watches
 ``<url>/clusters/*``: the ClusterWorkspaces that are Initializing and wait for this type's initializer
 ``<type workspace>:<type name>``. Each one is handed to a pool of workers, which
 
@@ -27,12 +27,11 @@ import structlog
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from examples.vwclient import RETRY_SECONDS, ListWatch, PublishedURLs, configuration, custom_objects
+from examples.urlfollower import CLUSTER_ANNOTATION, RETRY_SECONDS, URLFollower, URLWorker
 
 log = structlog.get_logger("initializer-controller")
 
 GROUP, VERSION = "tenancy.kcp.dev", "v1alpha1"
-CLUSTER_ANNOTATION = "kcp.dev/cluster"
 NAMESPACE = "initialized"
 CONFIGMAP = "initialized-by"
 WORKERS = 8
@@ -48,39 +47,25 @@ def workspace_cluster(workspace: dict) -> str:
     return f'{(meta.get("annotations") or {})[CLUSTER_ANNOTATION]}:{meta["name"]}'
 
 
-class InitializingWorkspacesWatcher(ListWatch):
+class InitializingWorkspacesWatcher(URLWorker):
     """One published URL: watch ``clusters/*``, initialize each workspace with ``workers`` threads."""
 
     def __init__(self, url: str, base: client.Configuration, initializer: str, *, workers: int = WORKERS,
                  on_initialized: Observer | None = None):
-        self.url, self.base, self.initializer = url, base, initializer
+        super().__init__(url, base)
+        self.initializer = initializer
         self.on_initialized = on_initialized
-        wildcard = custom_objects(base, f"{url}/clusters/*")
-        # one connection pool for every workspace: an ApiClient per workspace host would open a TLS connection each
-        self._rest = client.ApiClient(configuration(base, url)).rest_client
         self._queue: queue.Queue = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
-        self._workers = [threading.Thread(target=self._work, name=f"initialize {url} {i}", daemon=True)
-                         for i in range(workers)]
-        super().__init__(lambda **kwargs: wildcard.list_cluster_custom_object(GROUP, VERSION, "clusterworkspaces",
-                                                                              **kwargs),
-                         self._handle, name=f"watch {url}")
-
-    def start(self) -> "InitializingWorkspacesWatcher":
-        for worker in self._workers:
-            worker.start()
-        return super().start()
+        self.threads = [threading.Thread(target=self._work, name=f"initialize {url} {i}", daemon=True)
+                        for i in range(workers)]
+        self.inform((GROUP, VERSION, "clusterworkspaces"), self._handle)
 
     def stop(self) -> None:
         super().stop()
-        for _ in self._workers:
+        for _ in self.threads:
             self._queue.put(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        super().join(timeout)
-        for worker in self._workers:
-            worker.join(timeout)
 
     def _handle(self, kind: str, workspace: dict) -> None:
         if kind not in ("ADDED", "MODIFIED"):
@@ -110,15 +95,10 @@ class InitializingWorkspacesWatcher(ListWatch):
             with self._lock:
                 self._pending.discard(cluster)
 
-    def _api(self, cluster: str) -> client.ApiClient:
-        api = client.ApiClient(configuration(self.base, f"{self.url}/clusters/{cluster}"))
-        api.rest_client = self._rest
-        return api
-
     def initialize(self, cluster: str, workspace: dict | None = None) -> bool:
         """Seed ``cluster`` and remove our initializer; False when it was no longer ours to initialize.
         ``workspace`` is its ClusterWorkspace as last seen (None: read it)."""
-        api = self._api(cluster)
+        api = self.client(cluster)
         try:
             self._seed(client.CoreV1Api(api), cluster)
         except ApiException as exc:
@@ -160,15 +140,16 @@ class InitializingWorkspacesWatcher(ListWatch):
         raise RuntimeError(f"{cluster}: still conflicting after {_CONFLICT_RETRIES} attempts")
 
 
-class InitializerController(PublishedURLs):
+class InitializerController(URLFollower):
     """Initializes the workspaces of WorkspaceType ``<type_cluster>:<type_name>`` on every published URL."""
 
     def __init__(self, base: client.Configuration, type_cluster: str, type_name: str, *, workers: int = WORKERS,
                  on_initialized: Observer | None = None):
         self.initializer = f"{type_cluster}:{type_name}"
-        super().__init__(base, type_cluster, GROUP, VERSION, "workspacetypes", type_name,
-                         lambda url: InitializingWorkspacesWatcher(url, base, self.initializer, workers=workers,
-                                                                   on_initialized=on_initialized))
+        super().__init__(base, type_cluster, (GROUP, VERSION, "workspacetypes"), type_name,
+                         worker=lambda url: InitializingWorkspacesWatcher(url, base, self.initializer,
+                                                                          workers=workers,
+                                                                          on_initialized=on_initialized))
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, type_cluster: str, type_name: str, *, context: str | None = None,

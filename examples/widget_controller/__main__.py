@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from examples.vwclient import run_until_signalled
+from examples.urlfollower import run_until_signalled
 from examples.widget_controller.controller import WidgetController
 
 
@@ -17,7 +17,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     controller = WidgetController.from_kubeconfig(args.kubeconfig, args.export_cluster, args.export,
                                                   context=args.context)
-    return run_until_signalled(controller, f"widget controller: watching APIExport {args.export_cluster}/{args.export}")
+    return run_until_signalled(controller.start(),
+                               f"widget controller: watching APIExport {args.export_cluster}/{args.export}")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,19 +15,19 @@ list+watch is the informer pattern client-go controllers use against kcp, in a p
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import structlog
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from examples.urlfollower import Informer, URLFollower, configuration_for
+from examples.urlfollower import CLUSTER_ANNOTATION, URLFollower, URLWorker
 
 log = structlog.get_logger("widget-controller")
 
 APIEXPORTS = ("apis.kcp.dev", "v1alpha1", "apiexports")
 GROUP, VERSION, PLURAL = "example.io", "v1", "widgets"
-CLUSTER_ANNOTATION = "kcp.dev/cluster"
 
 #: ``on_widget(url, cluster, event type, widget)``: every object an informer receives, before it is reconciled.
 Observer = Callable[[str, str, str, dict], None]
@@ -36,33 +36,23 @@ Observer = Callable[[str, str, str, dict], None]
 class WidgetReconciler:
     """What one URL's informer calls: mark every Widget ``status.observed``, through ``<url>/clusters/<cluster>``."""
 
-    def __init__(self, base: client.Configuration, on_widget: Observer | None = None):
-        self.base = base
+    def __init__(self, on_widget: Observer | None = None):
         self.on_widget = on_widget
         self.reconciled: dict = {}   # (url, cluster, namespace, name) -> generation written
-        self._writers: dict[str, client.CustomObjectsApi] = {}
 
-    def _writer(self, url: str, cluster: str) -> client.CustomObjectsApi:
-        host = f"{url}/clusters/{cluster}"
-        writer = self._writers.get(host)
-        if writer is None:
-            writer = self._writers[host] = client.CustomObjectsApi(client.ApiClient(configuration_for(self.base,
-                                                                                                        host)))
-        return writer
-
-    def __call__(self, url: str, kind: str, widget: dict) -> None:
+    def __call__(self, worker: URLWorker, kind: str, widget: dict) -> None:
         meta = widget["metadata"]
         cluster = (meta.get("annotations") or {}).get(CLUSTER_ANNOTATION, "")
         if self.on_widget is not None:
-            self.on_widget(url, cluster, kind, widget)
-        key = (url, cluster, meta.get("namespace", ""), meta["name"])
+            self.on_widget(worker.url, cluster, kind, widget)
+        key = (worker.url, cluster, meta.get("namespace", ""), meta["name"])
         if kind == "DELETED":
             self.reconciled.pop(key, None)
             return
         if (widget.get("status") or {}).get("observed") is True:
             return
         try:
-            self._writer(url, cluster).patch_namespaced_custom_object_status(
+            client.CustomObjectsApi(worker.client(cluster)).patch_namespaced_custom_object_status(
                 GROUP, VERSION, key[2], PLURAL, key[3], {"status": {"observed": True}})
             self.reconciled[key] = meta.get("generation")
             log.info("reconciled", cluster=cluster, namespace=key[2], name=key[3])
@@ -76,15 +66,14 @@ class WidgetController(URLFollower):
 
     def __init__(self, base: client.Configuration, export_cluster: str, export_name: str, *,
                  on_widget: Observer | None = None):
-        self.reconciler = WidgetReconciler(base, on_widget)
-        super().__init__(base, export_cluster, APIEXPORTS, export_name,
-                         start=lambda url: Informer(url, base, (GROUP, VERSION, PLURAL), self.reconciler).start())
+        self.reconciler = WidgetReconciler(on_widget)
+        super().__init__(base, export_cluster, APIEXPORTS, export_name, worker=self._widgets)
         self.export_cluster, self.export_name = export_cluster, export_name
 
-    @property
-    def watchers(self) -> dict:
-        """The running informers by URL."""
-        return self.workers
+    def _widgets(self, url: str) -> URLWorker:
+        worker = URLWorker(url, self.base)
+        worker.inform((GROUP, VERSION, PLURAL), partial(self.reconciler, worker))
+        return worker
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, export_cluster: str, export_name: str, *, context: str | None = None,

@@ -112,7 +112,7 @@ class _Controller(Service):
 
         def watching():
             self._check_alive()
-            return "watching virtual workspace" in tail(self.log_path)
+            return "following virtual workspace" in tail(self.log_path)
         wait_until(watching, 30, 0.1, f"the initializer controller (log {self.log_path})")
         return self
 

@@ -87,7 +87,7 @@ def test_controller_reconciles_bound_workspaces_only(topology):
                                                                  widget("after"))
         wait_for(lambda: observed(shard, consumers[1], "after"), bool, timeout=20)
         # one watcher, on the URL the shard published
-        assert list(controller.watchers) == [
+        assert list(controller.workers) == [
             api(shard, provider).get_cluster_custom_object(GROUP, "v1alpha1", "apiexports", "widgets")
             ["status"]["virtualWorkspaces"][0]["url"]]
     finally:

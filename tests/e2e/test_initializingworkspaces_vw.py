@@ -613,7 +613,7 @@ def test_the_example_controller_initializes_every_new_workspace(world):
         for cluster in clusters:
             world.wait_phase(cluster, "Ready", timeout=30)
         published = world.objects(world.org).get_cluster_custom_object(GROUP, VERSION, "workspacetypes", "db")
-        assert list(controller.watchers) == [vw["url"] for vw in published["status"]["virtualWorkspaces"]]
+        assert list(controller.workers) == [vw["url"] for vw in published["status"]["virtualWorkspaces"]]
     finally:
         controller.stop()
         controller.join(10)

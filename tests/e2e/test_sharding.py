@@ -312,22 +312,22 @@ def test_the_controller_follows_the_url_list_as_shards_come_and_go(deployment, t
     try:
         for consumer in consumers:
             wait_for(lambda c=consumer: observed(c, "before"))
-        assert sorted(controller.watchers) == url_list(proxy, provider)
+        assert sorted(controller.workers) == url_list(proxy, provider)
         # a third shard joins: its URL is published, the controller watches it, its consumer is reconciled
         three = join_shard(root, "three", workdir=tmp_path)
         third = bound_consumer(proxy, provider, "three")
         objects(proxy, third).create_namespaced_custom_object("example.io", "v1", "default", "widgets", widget("new"))
         wait_for(lambda: observed(third, "new"))
-        assert f"{three.url}/services/apiexport/{provider}/widgets" in controller.watchers
+        assert f"{three.url}/services/apiexport/{provider}/widgets" in controller.workers
         # the shard is removed: its URL leaves the list and its informer stops
-        gone = controller.watchers[f"{three.url}/services/apiexport/{provider}/widgets"]
+        gone = controller.workers[f"{three.url}/services/apiexport/{provider}/widgets"]
         three.stop()
         three = None
         objects(root).delete_cluster_custom_object(*TENANCY, "shards", "three")
         wait_for(lambda: len(url_list(proxy, provider)) == 2)
-        wait_for(lambda: len(controller.watchers) == 2)
+        wait_for(lambda: len(controller.workers) == 2)
         gone.join(10)
-        assert gone.stopped.is_set() and not gone.thread.is_alive()
+        assert gone.stopped.is_set() and not gone.alive
         # the others go on
         objects(proxy, consumers[1]).create_namespaced_custom_object("example.io", "v1", "default", "widgets",
                                                                      widget("after"))
