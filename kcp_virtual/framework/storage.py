@@ -100,9 +100,20 @@ class Transformation:
 
     def write(self, obj: dict, stored: dict, context: Context, subresource: str) -> tuple[dict, str]:
         """``(object to store, subresource to write it to)`` for a write of ``obj`` to the view's ``subresource``."""
+        _object_shaped(obj)
         if subresource == "status" and self.status_from_view is not None:
             return self.status_from_view(obj, stored, context), ""
         return self.from_view(obj, stored, context), subresource
+
+
+def _object_shaped(obj) -> None:
+    """A 400 for what kube could not even decode as an object (a ``metadata`` that is no object, say): the
+    transformations, which read it, are only given objects."""
+    if not isinstance(obj, dict):
+        raise errors.BadRequest(f"the object is not an object but {type(obj).__name__}")
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise errors.BadRequest(f"the object's metadata is not an object but {type(meta).__name__}")
 
 
 def _attempts():
@@ -296,6 +307,7 @@ class ForwardingStorage:
     def create(self, request: Request, namespace: str, body: dict, *, dry_run: bool = False) -> dict:
         obj = self._admit(body)
         if self.transform is not None:
+            _object_shaped(obj)
             obj = self.transform.from_view(obj, None, request.context)
         created = self.shard.create(self.gvr, request.context.cluster, namespace, obj, dry_run=dry_run,
                                     user=self.act_as(request))
