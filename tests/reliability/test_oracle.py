@@ -153,7 +153,8 @@ class Checker:
 
     def observe(self, probe: Probe, spoof: str) -> tuple[int, frozenset | None]:
         status, answer = self.client(probe.via, probe.caller).call(
-            probe.method, probe.path, probe.body, headers={**probe.headers, **SPOOFS[spoof]})
+            probe.method, probe.path, probe.body, headers={**probe.headers, **SPOOFS[spoof]},
+            content_type=probe.headers.get("Content-Type", "application/json"))
         names = probe.names(answer) if probe.names and status == 200 and isinstance(answer, dict) else None
         return status, names
 
