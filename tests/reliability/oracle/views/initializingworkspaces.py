@@ -1,5 +1,6 @@
 """The ``initializingworkspaces`` virtual workspace: who may list and watch which Initializing workspaces, what an
-initializer may change in their status, and the content proxy -- open while a workspace waits, 403 once Ready.
+initializer may change in their status, and the content proxy -- open while a workspace waits, 403 once Ready;
+and that the initializer's group opens nothing on the shard itself (the caller's own rights decide there).
 
 The model: ``initialize`` on WorkspaceType ``db`` in the provider (the tenancy rule included: the grant is asked
 of the provider's workspace) opens the view, and only that; the view holds exactly the workspaces of type db not
@@ -31,8 +32,8 @@ class InitializingWorkspacesView(View):
         def gated(answer) -> callable:
             return lambda: answer() if may_initialize() else (403, None)
 
-        kind = rng.choices(("list", "get", "status", "release", "proxy-list", "proxy-create"),
-                           weights=(4, 2, 2, 0.5, 2, 1))[0]
+        kind = rng.choices(("list", "get", "status", "release", "proxy-list", "proxy-create", "direct"),
+                           weights=(4, 2, 2, 0.5, 2, 1, 1))[0]
         if kind == "list":
             return Probe(self.name, caller.key, "GET", f"{BASE}/*{CLUSTER_WORKSPACES}", via="vw", names=items,
                          watchable=True, during=world.create_initializing,
@@ -60,6 +61,14 @@ class InitializingWorkspacesView(View):
                          headers={"Content-Type": "application/merge-patch+json"},
                          expect=gated(lambda: (200 if waiting() else 404, None)))
         configmaps = f"{BASE}/{ORG}:{name}/api/v1/namespaces/default/configmaps"
+        if kind == "direct":  # the workspace on the shard itself: the caller's own rights, never the initializer's
+            cluster = cluster_of(name)
+            return Probe(self.name, caller.key, "GET", f"/clusters/{cluster}/api/v1/namespaces/default/configmaps",
+                         names=items,
+                         expect=lambda: (200, frozenset(world.configmaps.get((cluster, "default"), set())
+                                                        | world.initialized.get(name, set())))
+                         if world.policy.permits(caller, cluster, "list", "", "configmaps", "default")
+                         else (403, None))
         if kind == "proxy-list":
             holds = any(rule.allows("list", "", "configmaps", "") for rule in INITIALIZER_RULES)
             return Probe(self.name, caller.key, "GET", configmaps, via="vw", names=items,
