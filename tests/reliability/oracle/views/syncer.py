@@ -52,7 +52,14 @@ class SyncerView(View):
             return frozenset((cluster_of(TENANTS[0]), name, share(world, replicas, on, target))
                              for name, (replicas, on) in world.deployments.items() if target in on)
 
-        kind = rng.choices(("configmaps", "deployments", "get", "create", "delete"), weights=(3, 2, 2, 1, 1))[0]
+        kind = rng.choices(("configmaps", "deployments", "selected", "get", "create", "delete"),
+                           weights=(3, 2, 1, 2, 1, 1))[0]
+        if kind == "selected":  # by another target's state label, which its view does not show: it matches nothing
+            other = f"state.workload.kcp.dev/{world.target_key(next(t for t in TARGETS if t != target))}"
+            selector, matches = rng.choice(((f"{other}%3DSync", False), (other, False), (f"!{other}", True)))
+            return Probe(self.name, caller.key, "GET", f"{base}/*/api/v1/configmaps?labelSelector={selector}",
+                         via="vw", names=placed_names,
+                         expect=gated(lambda: (200, configmaps() if matches else frozenset())))
         if kind == "configmaps":
             def during() -> None:
                 (cluster, ns), names = rng.choice(sorted(world.configmaps.items()))
