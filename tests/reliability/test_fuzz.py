@@ -35,10 +35,9 @@ WIDGETS = {"type": "object", "properties": {"spec": {"type": "object", "properti
 
 
 
-def seed(admin: RestClient) -> dict[str, list[str]]:
-    """Workspaces, a namespace with objects, an APIExport of widgets in root:provider bound in root:consumer, a
-    workspace of root:provider's type ``db`` waiting for its initializer, and a SyncTarget ``t`` with objects
-    placed on it; the virtual workspaces' prefixes that show them."""
+def seed(admin: RestClient) -> dict[str, str]:
+    """Workspaces, a namespace with objects, an APIExport of widgets in root:provider bound in root:consumer, and
+    what the initializingworkspaces and syncer views show (``seed_views``, whose URL parts it returns)."""
     for name in ("provider", "consumer"):
         admin.ok("POST", "/clusters/root/apis/tenancy.kcp.dev/v1alpha1/clusterworkspaces", {"metadata": {"name": name}})
         wait(lambda: admin.call("GET", f"/clusters/root/apis/tenancy.kcp.dev/v1alpha1/clusterworkspaces/{name}")[1],
@@ -63,7 +62,7 @@ def seed(admin: RestClient) -> dict[str, list[str]]:
     wait(lambda: admin.call("POST", "/clusters/root:consumer/apis/example.io/v1/namespaces/default/widgets", {
         "apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}})[0],
          lambda status: status in (201, 409))
-    return {**VW_PREFIXES, "initializingworkspaces": seed_initializing(admin), "syncer": seed_sync_target(admin)}
+    return seed_views(admin)
 
 
 VW_PREFIXES = {
@@ -73,39 +72,39 @@ VW_PREFIXES = {
 }
 TENANCY = "/apis/tenancy.kcp.dev/v1alpha1"
 WORKLOAD = "/apis/workload.kcp.dev/v1alpha1"
-INITIALIZER = "root:provider:db"
 
 
-def seed_initializing(admin: RestClient) -> list[str]:
-    """WorkspaceType ``db`` of root:provider with its own initializer, and ``initializing`` of that type in root:
-    Initializing for as long as the fuzzer runs (nothing it generates removes exactly that initializer)."""
+def seed_views(admin: RestClient, suffix: str = "") -> dict[str, str]:
+    """What the initializingworkspaces and syncer views show, fresh (``suffix`` names a new set: generated requests
+    may have deleted the last one): WorkspaceType ``db<suffix>`` of root:provider with its own initializer and a
+    workspace ``initializing<suffix>`` of that type in root, Initializing (nothing generated removes exactly
+    that initializer); SyncTarget ``t<suffix>`` in root:provider and a ConfigMap and a Deployment ``placed`` of
+    root's new namespace ``fuzz<suffix>`` placed on it. The URL parts of both views that the templates below use."""
+    type_name, workspace, target_name, namespace = f"db{suffix}", f"initializing{suffix}", f"t{suffix}", f"fuzz{suffix}"
     admin.ok("POST", f"/clusters/root:provider{TENANCY}/workspacetypes", {
-        "metadata": {"name": "db"}, "spec": {"initializer": True, "initializerPermissions": [
+        "metadata": {"name": type_name}, "spec": {"initializer": True, "initializerPermissions": [
             {"apiGroups": [""], "resources": ["namespaces", "configmaps"], "verbs": ["get", "list", "create"]}]}})
     admin.ok("POST", f"/clusters/root{TENANCY}/clusterworkspaces", {
-        "metadata": {"name": "initializing"}, "spec": {"type": {"name": "db", "path": "root:provider"}}})
-    wait(lambda: admin.call("GET", f"/clusters/root{TENANCY}/clusterworkspaces/initializing")[1],
-         lambda ws: (ws.get("status") or {}).get("phase") == "Initializing")
-    base = f"/services/initializingworkspaces/{INITIALIZER}/clusters"
-    return [f"{base}/*", f"{base}/root:initializing"]
-
-
-def seed_sync_target(admin: RestClient) -> list[str]:
-    """SyncTarget ``t`` in root:provider, and a ConfigMap and a Deployment of root's namespace fuzz placed on it."""
+        "metadata": {"name": workspace}, "spec": {"type": {"name": type_name, "path": "root:provider"}}})
     admin.ok("POST", f"/clusters/root:provider{WORKLOAD}/synctargets", {
-        "apiVersion": "workload.kcp.dev/v1alpha1", "kind": "SyncTarget", "metadata": {"name": "t"}})
-    target = wait(lambda: admin.call("GET", f"/clusters/root:provider{WORKLOAD}/synctargets/t")[1],
-                  lambda t: (t.get("status") or {}).get("virtualWorkspaces"))
-    placed = {state_label(sync_target_key("root:provider", "t")): "Sync"}
-    admin.ok("POST", "/clusters/root/api/v1/namespaces/fuzz/configmaps",
+        "apiVersion": "workload.kcp.dev/v1alpha1", "kind": "SyncTarget", "metadata": {"name": target_name}})
+    if suffix:
+        admin.ok("POST", "/clusters/root/api/v1/namespaces", {"metadata": {"name": namespace}})
+    placed = {state_label(sync_target_key("root:provider", target_name)): "Sync"}
+    admin.ok("POST", f"/clusters/root/api/v1/namespaces/{namespace}/configmaps",
              {"metadata": {"name": "placed", "labels": placed}, "data": {"k": "v"}})
-    admin.ok("POST", "/clusters/root/apis/apps/v1/namespaces/fuzz/deployments", {
+    admin.ok("POST", f"/clusters/root/apis/apps/v1/namespaces/{namespace}/deployments", {
         "metadata": {"name": "placed", "labels": placed}, "spec": {
             "replicas": 3, "selector": {"matchLabels": {"app": "placed"}},
             "template": {"metadata": {"labels": {"app": "placed"}},
                          "spec": {"containers": [{"name": "app", "image": "nginx"}]}}}})
-    base = f"/services/syncer/root:provider/t/{target['metadata']['uid']}/clusters"
-    return [f"{base}/*", f"{base}/root"]
+    wait(lambda: admin.call("GET", f"/clusters/root{TENANCY}/clusterworkspaces/{workspace}")[1],
+         lambda ws: (ws.get("status") or {}).get("phase") == "Initializing")
+    uid = admin.ok("GET", f"/clusters/root:provider{WORKLOAD}/synctargets/{target_name}")["metadata"]["uid"]
+    initializer = f"root:provider:{type_name}"
+    return {"initializer": initializer, "initializing": f"/services/initializingworkspaces/{initializer}/clusters",
+            "workspace": workspace, "syncer": f"/services/syncer/root:provider/{target_name}/{uid}/clusters",
+            "ns": namespace}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,10 @@ def target(tmp_path_factory):
                          "--max-mutating-requests-inflight", "0")
     shard.start()
     admin = RestClient(shard.port, shard.ca_file, cert=shard.admin_cert)
-    prefixes = seed(admin)
+    bases = seed(admin)
+    prefixes = {**VW_PREFIXES,
+                "initializingworkspaces": [f"{bases['initializing']}/*", f"{bases['initializing']}/root:{bases['workspace']}"],
+                "syncer": [f"{bases['syncer']}/*", f"{bases['syncer']}/root"]}
 
     def get_json(path):
         status, answer = admin.call("GET", path)
@@ -128,7 +130,7 @@ def target(tmp_path_factory):
     servers = {p.server for p in paths}
     assert {"shard", *prefixes} <= servers, servers
     assert len(paths) > 100, len(paths)
-    yield Target(shard, paths, {"syncer": prefixes["syncer"][0].removesuffix("/*")})
+    yield Target(shard, paths, bases)
     shard.stop()
 
 
@@ -136,7 +138,7 @@ class Target:
     def __init__(self, shard: ShardProcess, paths: list[fuzzing.Path], bases: dict[str, str]):
         self.shard = shard
         self.paths = paths
-        self.bases = bases  # {syncer}: the seeded SyncTarget's view up to /clusters (its URL holds its UID)
+        self.bases = bases  # the URL parts of what seed_views made last (a SyncTarget's view URL holds its UID)
         self.connections: dict[str, http.client.HTTPSConnection] = {}
         self.sent = 0
         self.statuses: dict[int, int] = {}
@@ -263,11 +265,11 @@ def test_generated_requests_get_no_5xx_no_crash_and_no_hang(target):
 #: (itself and its status), and where the shard keeps each: what a write through the view may change there is
 #: narrow (one initializer's removal, one target's status and finalizer), so their specs must never change.
 SEEDED_OBJECTS = {
-    f"/services/initializingworkspaces/{INITIALIZER}/clusters/root:initializing{TENANCY}/clusterworkspaces/"
-    "initializing": f"/clusters/root{TENANCY}/clusterworkspaces/initializing",
-    "{syncer}/root/api/v1/namespaces/fuzz/configmaps/placed": "/clusters/root/api/v1/namespaces/fuzz/configmaps/placed",
-    "{syncer}/root/apis/apps/v1/namespaces/fuzz/deployments/placed":
-        "/clusters/root/apis/apps/v1/namespaces/fuzz/deployments/placed",
+    "{initializing}/root:{workspace}" + TENANCY + "/clusterworkspaces/{workspace}":
+        "/clusters/root" + TENANCY + "/clusterworkspaces/{workspace}",
+    "{syncer}/root/api/v1/namespaces/{ns}/configmaps/placed": "/clusters/root/api/v1/namespaces/{ns}/configmaps/placed",
+    "{syncer}/root/apis/apps/v1/namespaces/{ns}/deployments/placed":
+        "/clusters/root/apis/apps/v1/namespaces/{ns}/deployments/placed",
 }
 WRITE_METHODS = ("PUT", "PATCH", "PATCH", "PATCH")
 PATCH_TYPES = ("application/merge-patch+json", "application/json-patch+json", "application/strategic-merge-patch+json",
@@ -276,7 +278,7 @@ WRITES = scale(300, 3000)
 
 
 @st.composite
-def seeded_write(draw, views: list[tuple[str, str, dict]]):
+def seeded_write(draw, views: list[tuple[str, str, dict]], initializer: str):
     """A write to a seeded object through its view: a generated body, or the object as the view shows it with one
     field replaced, dropped or added (what a syncer or an initializer that gets it wrong sends)."""
     url, shard_url, shown = draw(st.sampled_from(views))
@@ -291,7 +293,7 @@ def seeded_write(draw, views: list[tuple[str, str, dict]]):
         holder = obj.get(section) if section and isinstance(obj.get(section), dict) else obj
         key = draw(st.sampled_from(sorted(holder) + ["initializers", "replicas", "finalizers", "labels", "x"]))
         if key == "initializers":  # anything but its removal, which is allowed and would end the workspace's view
-            holder[key] = draw(st.permutations([INITIALIZER, *draw(st.lists(fuzzing.JSON_VALUE, max_size=2))]))
+            holder[key] = draw(st.permutations([initializer, *draw(st.lists(fuzzing.JSON_VALUE, max_size=2))]))
         elif draw(st.integers(0, 3)) == 0:
             holder.pop(key, None)
         else:
@@ -306,13 +308,14 @@ def test_generated_writes_to_what_the_new_views_show_lose_nothing(target):
     shard's object keeps its spec (neither view may change one) and stays where it is."""
     admin = RestClient(target.shard.port, target.shard.ca_file, cert=target.shard.admin_cert)
     try:
-        views = [(url.format(**target.bases), shard_url, admin.ok("GET", url.format(**target.bases)))
+        target.bases = bases = seed_views(admin, "-writes")  # the generated requests may have deleted the first
+        views = [(url.format(**bases), shard_url.format(**bases), admin.ok("GET", url.format(**bases)))
                  for url, shard_url in SEEDED_OBJECTS.items()]
         specs = {shard_url: admin.ok("GET", shard_url).get("spec") for _, shard_url, _ in views}
 
         @settings(max_examples=WRITES, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                   phases=[Phase.generate, Phase.shrink])
-        @given(seeded_write(views))
+        @given(seeded_write(views, bases["initializer"]))
         def run(write):
             method, url, shard_url, data, content_type = write
             headers = {"Host": "127.0.0.1", "Accept": "application/json"}
@@ -345,7 +348,7 @@ REGRESSIONS: list[tuple[str, str, dict, bytes | None]] = [
       for depth in (200, 300) for kind in ("application/json", "application/yaml")],
     # A status write whose metadata is no object reached the syncer view's transformation, which reads its
     # resourceVersion: a 500 (AttributeError). Objects are now shaped before any view's transformation sees them.
-    ("PUT", "{syncer}/root/apis/apps/v1/namespaces/fuzz/deployments/placed/status", {"Content-Type": "application/json"},
+    ("PUT", "{syncer}/root/apis/apps/v1/namespaces/{ns}/deployments/placed/status", {"Content-Type": "application/json"},
      b'{"metadata": [null]}'),
 ]
 
