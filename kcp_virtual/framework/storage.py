@@ -39,7 +39,7 @@ relabel cannot let a write reach an object outside the view.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import gevent
@@ -47,7 +47,7 @@ import jsonpatch
 import jsonpointer
 import orjson
 
-from kcp_virtual.framework import errors
+from kcp_virtual.framework import errors, labelselector
 from kcp_virtual.framework.negotiation import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, NotFresh, ShardClient, WatchEvent
 from kcp_virtual.framework.virtualworkspace import Context, Request
@@ -97,12 +97,26 @@ class Transformation:
     to_view: Callable[[dict, Context], dict]
     from_view: Callable[[dict, "dict | None", Context], dict] | None = None
     status_from_view: Callable[[dict, dict, Context], dict] | None = None
+    #: Label keys ``to_view`` never shows: a caller's label selector is decided for them as if they were absent
+    #: (``labelselector.deciding_hidden``), since the shard selects on the stored labels.
+    hides_label: Callable[[str], bool] | None = None
 
     def write(self, obj: dict, stored: dict, context: Context, subresource: str) -> tuple[dict, str]:
         """``(object to store, subresource to write it to)`` for a write of ``obj`` to the view's ``subresource``."""
+        _object_shaped(obj)
         if subresource == "status" and self.status_from_view is not None:
             return self.status_from_view(obj, stored, context), ""
         return self.from_view(obj, stored, context), subresource
+
+
+def _object_shaped(obj) -> None:
+    """A 400 for what kube could not even decode as an object (a ``metadata`` that is no object, say): the
+    transformations, which read it, are only given objects."""
+    if not isinstance(obj, dict):
+        raise errors.BadRequest(f"the object is not an object but {type(obj).__name__}")
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise errors.BadRequest(f"the object's metadata is not an object but {type(meta).__name__}")
 
 
 def _attempts():
@@ -178,6 +192,9 @@ class ForwardingStorage:
 
     def _narrow(self, query: ListQuery) -> ListQuery:
         """``query`` restricted to the view: the shard filters lists and watches by the view's selectors."""
+        hides = self.transform.hides_label if self.transform is not None else None
+        if hides is not None and query.label_selector:
+            query = replace(query, label_selector=labelselector.deciding_hidden(query.label_selector, hides))
         return query.restricted(self.selector, self.field_selector)
 
     def _out(self, obj: dict, request: Request) -> dict:
@@ -296,6 +313,7 @@ class ForwardingStorage:
     def create(self, request: Request, namespace: str, body: dict, *, dry_run: bool = False) -> dict:
         obj = self._admit(body)
         if self.transform is not None:
+            _object_shaped(obj)
             obj = self.transform.from_view(obj, None, request.context)
         created = self.shard.create(self.gvr, request.context.cluster, namespace, obj, dry_run=dry_run,
                                     user=self.act_as(request))

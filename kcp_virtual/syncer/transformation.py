@@ -5,7 +5,8 @@
 **To the view** (reads, lists, watch events):
 
 * labels: the target's own ``state.workload.kcp.dev/<key>`` only -- which other targets run the object is
-  none of its business; annotations: all but the view's own bookkeeping (every target's status and spec
+  none of its business, so a label selector on another target's label is decided as if it were absent
+  (``hides_label``); annotations: all but the view's own bookkeeping (every target's status and spec
   diff, the placement annotations); finalizers: the target's own syncer finalizer only; no managedFields
   (they name every other target's annotations);
 * Deployments: ``spec.replicas`` is the target's share (``splitter.share``);
@@ -132,7 +133,12 @@ class TargetView:
 
     def transformation(self) -> Transformation:
         return Transformation(to_view=self.to_view, from_view=self.from_view,
-                              status_from_view=self.status_from_view if self.has_status else None)
+                              status_from_view=self.status_from_view if self.has_status else None,
+                              hides_label=self.hides_label)
+
+    def hides_label(self, key: str) -> bool:
+        """Other targets' state labels: a selector on them must not tell this target where else an object runs."""
+        return key.startswith(STATE_LABEL_PREFIX) and key != self.label
 
     # ------------------------------------------------------------------ to the view
 

@@ -1,7 +1,7 @@
 """A watch client that closes its connection is noticed at once on every watch path (issue 19).
 
 For each path -- the shard directly (a built-in resource and a CRD), each virtual workspace (demo, its
-transforming view, workspaces, apiexport), in each topology (embedded, external process, forwarded), over
+transforming view, workspaces, apiexport, initializingworkspaces, syncer), in each topology (embedded, external process, forwarded), over
 HTTP/1.1 and, to the external process, HTTP/2 -- a watch is opened, its client leaves (a TLS close_notify,
 or a bare TCP half-close), and within ``DEADLINE`` the server must have closed its side, written nothing
 after the close_notify, and let go of the watch: the shard registry's watcher count and the open-watch
@@ -10,6 +10,7 @@ gauges drop back.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import ssl
@@ -17,8 +18,10 @@ import time
 import uuid
 
 import gevent
+import greenlet
 import pytest
 import requests
+from kubernetes import client
 
 from server.shard import ShardConfig
 from tests.e2e.test_apibinding import bind, provide, wait_bound
@@ -26,12 +29,14 @@ from tests.topologies import TOPOLOGIES, running_topology
 from tests.vw_demo import DEMO_PLUGINS
 
 DEADLINE = 0.2
+IDLE_WATCHES = 5
 CONFIGMAPS = "/api/v1/configmaps"
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES)
 def topology(request, demo_plugins):
-    config = ShardConfig(virtual_workspaces=("workspaces", "apiexport", *DEMO_PLUGINS))
+    config = ShardConfig(virtual_workspaces=("workspaces", "apiexport", "initializingworkspaces", "syncer",
+                                             *DEMO_PLUGINS))
     with running_topology(request.param, config) as running:
         yield running
 
@@ -182,11 +187,32 @@ def test_direct_watches(topology, how):
 
 # ---------------------------------------------------------------------- through the virtual workspaces
 
-def _vw_paths(vw, shard) -> list[str]:
-    cluster = f"root:gone-{uuid.uuid4().hex[:6]}"
+def _workspace(shard, prefix: str) -> str:
+    cluster = f"root:{prefix}-{uuid.uuid4().hex[:6]}"
     shard.run(shard.shard.registry.ensure_logical_cluster, cluster)
-    provider = f"root:gone-provider-{uuid.uuid4().hex[:6]}"
-    shard.run(shard.shard.registry.ensure_logical_cluster, provider)
+    return cluster
+
+
+def _new_vw_paths(shard) -> list[str]:
+    """Watches of the initializingworkspaces view (a WorkspaceType with an initializer) and of the syncer view
+    (a SyncTarget), each of every workspace and of one."""
+    types = _workspace(shard, "gone-types")
+    objects = client.CustomObjectsApi(shard.cluster_client(types))
+    objects.create_cluster_custom_object("tenancy.kcp.dev", "v1alpha1", "workspacetypes",
+                                         {"metadata": {"name": "db"}, "spec": {"initializer": True}})
+    objects.create_cluster_custom_object("workload.kcp.dev", "v1alpha1", "synctargets", {
+        "apiVersion": "workload.kcp.dev/v1alpha1", "kind": "SyncTarget", "metadata": {"name": "t"}})
+    uid = objects.get_cluster_custom_object("workload.kcp.dev", "v1alpha1", "synctargets", "t")["metadata"]["uid"]
+    initializing = f"/services/initializingworkspaces/{types}:db/clusters"
+    syncer = f"/services/syncer/{types}/t/{uid}/clusters"
+    return [f"{initializing}/*/apis/tenancy.kcp.dev/v1alpha1/clusterworkspaces?watch=true",
+            f"{syncer}/*/apis/apps/v1/deployments?watch=true",
+            f"{syncer}/{types}{CONFIGMAPS}?watch=true&allowWatchBookmarks=true"]
+
+
+def _vw_paths(vw, shard) -> list[str]:
+    cluster = _workspace(shard, "gone")
+    provider = _workspace(shard, "gone-provider")
     provide(shard, provider)
     bind(shard, cluster, provider)
     wait_bound(shard, cluster)
@@ -194,7 +220,8 @@ def _vw_paths(vw, shard) -> list[str]:
             f"/services/demo/clusters/{cluster}{CONFIGMAPS}?watch=true&labelSelector=x%3Dy",  # live
             f"/services/demo-view/clusters/*{CONFIGMAPS}?watch=true",                  # transformed
             "/services/workspaces/root/all/apis/tenancy.kcp.dev/v1beta1/workspaces?watch=true",
-            f"/services/apiexport/{provider}/widgets/clusters/*/apis/example.io/v1/widgets?watch=true"]
+            f"/services/apiexport/{provider}/widgets/clusters/*/apis/example.io/v1/widgets?watch=true",
+            *_new_vw_paths(shard)]
 
 
 @pytest.mark.parametrize("how", sorted(LEAVE))
@@ -218,6 +245,27 @@ def test_virtual_workspace_watches(topology, how):
         assert wait(lambda: watchers(shard) <= registry_before, timeout=2) < DEADLINE
 
 
+def _live_greenlets() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+
+
+def test_idle_watches_hold_no_greenlet(topology):
+    """ARCHITECTURE.md "Watches: pushed, and parked": idle watches of every virtual workspace path served in this
+    process add no live greenlet (a watch served from a generator would hold one each)."""
+    vw, shard, _ = topology
+    if vw.name != "embedded":
+        pytest.skip("the virtual workspaces run in this process only when embedded")
+    for path in _vw_paths(vw, shard):
+        leave_with_half_close(open_watch(shard, vw.base_url, path))  # starts what stays
+        settle([_live_greenlets])
+        before = _live_greenlets()
+        socks = [open_watch(shard, vw.base_url, path) for _ in range(IDLE_WATCHES)]
+        settle([_live_greenlets])
+        assert _live_greenlets() - before < IDLE_WATCHES, path
+        for sock in socks:
+            leave_with_half_close(sock)
+
+
 def test_http2_streams_to_the_external_process(topology):
     """The shard's forwarder talks HTTP/2 to the external process: a stream reset, or the connection's end, is
     the client leaving each of its watches."""
@@ -229,14 +277,16 @@ def test_http2_streams_to_the_external_process(topology):
     pki = shard.shard.pki
     pool = http2.Pool(external.url, httpclient.client_context(  # gevent's TLS: the pool's reader is a greenlet
         ca_file=shard.ca_file, cert_file=str(pki.admin_cert_path), key_file=str(pki.admin_key_path), alpn=["h2"]))
+    paths = [f"/services/demo/clusters/*{CONFIGMAPS}?watch=true", *_new_vw_paths(shard)]
     before = external_watches(shard, external)
-    streams = [pool.request("GET", f"/services/demo/clusters/*{CONFIGMAPS}?watch=true") for _ in range(3)]
-    assert all(s.status == 200 for s in streams)
-    wait(lambda: external_watches(shard, external) == before + 3)
-    streams[0].close()  # RST_STREAM
-    assert wait(lambda: external_watches(shard, external) == before + 2, timeout=2) < DEADLINE
-    pool.close()  # the connection ends
-    for stream in streams[1:]:
+    streams = [pool.request("GET", path) for path in paths for _ in range(2)]
+    assert [s.status for s in streams] == [200] * len(streams)
+    wait(lambda: external_watches(shard, external) == before + len(streams))
+    for i, stream in enumerate(streams[::2]):  # RST_STREAM: one watch of each path
+        stream.close()
+        assert wait(lambda: external_watches(shard, external) == before + len(streams) - i - 1, timeout=2) < DEADLINE
+    pool.close()  # the connection ends: the other watch of each path
+    for stream in streams[1::2]:
         stream.close()
     assert wait(lambda: external_watches(shard, external) == before, timeout=2) < DEADLINE
 
@@ -245,10 +295,14 @@ def test_the_forwarder_lets_go_of_the_upstream_stream(topology):
     vw, shard, external = topology
     if vw.name != "forwarded":
         pytest.skip("the shard's forwarder")
-    before_ext = external_watches(shard, external)
-    before_shard = shard.shard.metrics.open_watches
-    sock = open_watch(shard, shard.url, f"/services/demo/clusters/*{CONFIGMAPS}?watch=true")
-    wait(lambda: external_watches(shard, external) == before_ext + 1)
-    assert leave_with_close_notify(sock) < DEADLINE
-    assert wait(lambda: external_watches(shard, external) == before_ext, timeout=2) < DEADLINE
-    assert wait(lambda: shard.shard.metrics.open_watches == before_shard, timeout=2) < DEADLINE
+    gauges = (lambda: external_watches(shard, external), lambda: shard.shard.metrics.open_watches)
+    for path in (f"/services/demo/clusters/*{CONFIGMAPS}?watch=true", *_new_vw_paths(shard)):
+        leave_with_half_close(open_watch(shard, shard.url, path))  # starts what stays (the views' informers)
+        settle(gauges)
+        before_ext = external_watches(shard, external)
+        before_shard = shard.shard.metrics.open_watches
+        sock = open_watch(shard, shard.url, path)
+        wait(lambda: external_watches(shard, external) == before_ext + 1)
+        assert leave_with_close_notify(sock) < DEADLINE, path
+        assert wait(lambda: external_watches(shard, external) == before_ext, timeout=2) < DEADLINE, path
+        assert wait(lambda: shard.shard.metrics.open_watches == before_shard, timeout=2) < DEADLINE, path

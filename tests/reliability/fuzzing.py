@@ -36,7 +36,7 @@ class Path:
     """A served path template (``/clusters/root/api/v1/namespaces/{namespace}/configmaps/{name}``) and who serves it."""
 
     template: str
-    server: str  # "shard", "workspaces", "apiexport"
+    server: str  # "shard", or the virtual workspace: "workspaces", "apiexport", "initializingworkspaces", "syncer"
 
     @property
     def collection(self) -> bool:
@@ -74,8 +74,10 @@ _DNS_NAME = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z", fullmatch=T
 _NASTY_SEGMENTS = st.sampled_from(["..", ".", "%2e%2e", "%2F", "a%2Fb", "%00", "%ff", "UPPER", "a" * 300, "*",
                                    "%2A", "a:b", "root:x", "~", "%20", "%", "%zz", ":", "a..b", "-a", "é",
                                    "%C3%A9", "%E2%80%AE", ";", "a;b=c", "@", "$", "!", "'", "(", ")"])
-SEGMENT = st.one_of(_DNS_NAME, _DNS_NAME, _NASTY_SEGMENTS, st.text(st.characters(codec="utf-8"), max_size=12)
-                    .map(lambda t: quote(t, safe="")))
+#: Names of what ``test_fuzz.seed`` creates, so that writes reach stored objects too, not only their 404.
+SEEDED_NAMES = st.sampled_from(["a", "w", "placed", "initializing", "widgets", "t", "fuzz", "default"])
+SEGMENT = st.one_of(_DNS_NAME, _DNS_NAME, SEEDED_NAMES, _NASTY_SEGMENTS,
+                    st.text(st.characters(codec="utf-8"), max_size=12).map(lambda t: quote(t, safe="")))
 NAMESPACE = st.one_of(st.sampled_from(["default", "fuzz", "kube-system", "missing-ns"]), SEGMENT)
 
 

@@ -54,10 +54,12 @@ class View:
 
 def _views() -> list[View]:
     from tests.reliability.oracle.views.apiexport import APIExportView
+    from tests.reliability.oracle.views.initializingworkspaces import InitializingWorkspacesView
     from tests.reliability.oracle.views.shard import ShardView
+    from tests.reliability.oracle.views.syncer import SyncerView
     from tests.reliability.oracle.views.workspaces import WorkspacesView
 
-    return [ShardView(), WorkspacesView(), APIExportView()]
+    return [ShardView(), WorkspacesView(), APIExportView(), InitializingWorkspacesView(), SyncerView()]
 
 
 VIEWS: list[View] = _views()
