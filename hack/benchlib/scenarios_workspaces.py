@@ -21,7 +21,7 @@ import urllib3
 
 from . import util
 from .scenarios import TABLE_ACCEPT, Context, Row, scenario
-from .services import Shard
+from .services import Shard, _http
 from .util import cpu_seconds, rss_kib
 
 
@@ -69,7 +69,8 @@ class _ReadyCounter:
         rv = json.loads(r.data)["metadata"]["resourceVersion"]
         self.ready: set[str] = set()
         self.error = ""
-        self._response = shard.http.request(
+        self._http = _http(shard.ca)  # its own connection: the stream is never handed back to a shared pool
+        self._response = self._http.request(
             "GET", f"{shard.url}{WS_CW}?watch=true&labelSelector=bench%3Dworkspaces&resourceVersion={rv}"
                    "&timeoutSeconds=3600", headers={**shard.auth, "Accept": "application/json"},
             preload_content=False, timeout=urllib3.Timeout(connect=10, read=None))
@@ -90,7 +91,8 @@ class _ReadyCounter:
             self.error = repr(exc)
 
     def close(self) -> None:
-        self._response.release_conn()
+        self._response.close()
+        self._http.clear()
 
 
 @scenario("workspaces", f"the workspaces virtual workspace: LIST in an org of {WS_COUNT:,} workspaces (--scale: "

@@ -19,6 +19,7 @@ before changing anything.
 
 from __future__ import annotations
 
+import sys
 import time
 from bisect import bisect_right
 from typing import Any, NamedTuple
@@ -353,16 +354,27 @@ class _Interner:
         return value
 
     def object(self, obj: dict) -> None:
-        """Share ``obj``'s nested values in place (``obj`` is the store's own top-level copy)."""
+        """Share ``obj``'s nested values in place (``obj`` is the store's own top-level copy): the spec-like fields,
+        each field of ``status`` (conditions are the same in a thousand workspaces made in the same second), the
+        labels, annotations and finalizers, and each managedFields entry."""
         for key, value in obj.items():
-            if key != "metadata" and key != "status":
+            if key == "status":
+                if isinstance(value, dict):
+                    obj[key] = {k: self.value(v) for k, v in value.items()}
+            elif key != "metadata":
                 obj[key] = self.value(value)
         md = obj.get("metadata")
         if isinstance(md, dict):
+            for key in ("labels", "annotations", "finalizers"):
+                if key in md:
+                    md[key] = self.value(md[key])
+            created = md.get("creationTimestamp")
+            if type(created) is str:
+                md["creationTimestamp"] = sys.intern(created)
             managed = md.get("managedFields")
             if isinstance(managed, list) and managed:
                 md["managedFields"] = [
-                    {**entry, "fieldsV1": self.value(entry["fieldsV1"])}
+                    self.value({**entry, "fieldsV1": self.value(entry["fieldsV1"])})
                     if isinstance(entry, dict) and "fieldsV1" in entry else entry for entry in managed]
 
 
