@@ -91,6 +91,7 @@ class _ReadyCounter:
             self.error = repr(exc)
 
     def close(self) -> None:
+        self._response.shutdown()  # the reading thread holds the response's lock: close() alone would wait for it
         self._response.close()
         self._http.clear()
 

@@ -749,6 +749,8 @@ class Store:
         ``StorageUnavailableError`` while the backend cannot say."""
         for key in sorted(self._unsettled):
             rv, value = self._backend.read(encode_key(*key))
+            if value is not None and value.startswith(b'{"' + TOMBSTONE.encode()):
+                value = None  # a deleted template object (and _commit of DELETED keeps it hidden)
             old = self.get(key)
             if value is None:
                 if old is not None:
