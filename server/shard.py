@@ -21,6 +21,7 @@ from server import pki
 from server.apis import builtin_types
 from server.apis.apiextensions import CustomResourceIndex
 from server.apis.bound import BoundResourceIndex
+from server.apis.logicalclusters import default_content
 from server.apis.tenancy import ROOT, SHARD_NAME, WORKSPACE_TYPES
 from server.app import ShardApp
 from server.auth.authn import ClientCertificateAuthenticator, TokenFileAuthenticator, UnionAuthenticator
@@ -130,6 +131,7 @@ class Shard:
         self.registry = Registry(self.store, self.catalog)
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
         self.registry.replicated_resources = REPLICATED_RESOURCES
+        self.registry.cluster_template = default_content(self.registry)
         if self.is_root:  # elsewhere root's objects are replicas (server.controllers.replication)
             self.registry.ensure_logical_cluster(ROOT)
         repair_stored_types(self.registry)

@@ -11,16 +11,19 @@ shard takes for a logical cluster it does not hold yet. The creator names the wo
 from __future__ import annotations
 
 from kcp_virtual.framework import errors, table
-from server.registry.generic import LOGICAL_CLUSTERS, Registry
+from server.auth.bootstrap_policy import GROUP as RBAC_GROUP, bootstrap_objects
+from server.registry.generic import CLUSTER_ANNOTATION, LOGICAL_CLUSTERS, Registry
 from server.registry.resourcetype import RequestContext, ResourceType
 from server.storage import Key
+from server.storage.templates import Template
 
 GROUP, VERSION = "core.kcp.dev", "v1alpha1"
 NAME = "cluster"
 OWNER_ANNOTATION = "kcp.dev/owner"
 #: On a logical cluster created by another shard: the shard holding its parent (who may enter is decided there).
 PARENT_SHARD_ANNOTATION = "internal.tenancy.kcp.dev/parent-shard"
-RBAC_GROUP = "rbac.authorization.k8s.io"
+#: The field manager of the ``default`` ServiceAccount of a namespace (server.controllers.serviceaccounts).
+SERVICE_ACCOUNT_MANAGER = "kcp-serviceaccount-controller"
 #: The owner's ClusterRoleBinding (to ClusterRole ``cluster-admin``) inside the workspace.
 OWNER_BINDING = "workspace-owner"
 
@@ -41,6 +44,28 @@ def ensure_fields(registry: Registry, rt: ResourceType, cluster: str, name: str,
             raise errors.Conflict.modified(rt.plural, rt.group, name) from None
     else:
         registry.update(rt, cluster, "", name, {**current, **fields})
+
+
+def default_content(registry: Registry, cluster: str = "root") -> Template:
+    """What every new logical cluster holds before anyone writes to it -- the ``default`` Namespace with its
+    ``default`` ServiceAccount and the bootstrap policy -- as the registry would create each (``cluster``: where the
+    kinds are looked up), shared by all of them (``server.storage.templates``)."""
+    lookup = registry.catalog.lookup
+    wanted = [("", "namespaces", "", {"metadata": {"name": "default"}}, None),
+              ("", "serviceaccounts", "default", {"metadata": {"name": "default"}}, SERVICE_ACCOUNT_MANAGER),
+              *((RBAC_GROUP, plural, "", obj, None) for plural, obj in bootstrap_objects())]
+    objects = []
+    for group, plural, namespace, body, manager in wanted:
+        rt = lookup(cluster, group, "v1", plural)
+        if rt is None:
+            continue  # a catalog without RBAC (a bare test registry)
+        obj = registry.new_object(rt, cluster, namespace, body, field_manager=manager, in_namespace=False)
+        md = obj["metadata"]
+        md["uid"] = md["creationTimestamp"] = ""  # each cluster's own (and the template's name a hash of the rest)
+        md["managedFields"] = [{**e, "time": ""} if "time" in e else e for e in md.get("managedFields") or ()]
+        md.pop("resourceVersion", None)
+        objects.append((rt.storage_key, namespace if rt.namespaced else "", md["name"], obj))
+    return Template(objects, CLUSTER_ANNOTATION)
 
 
 def create_logical_cluster(registry: Registry, cluster: str, owner: str = "", parent_shard: str = "") -> None:

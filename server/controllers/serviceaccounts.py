@@ -9,6 +9,7 @@ being deleted get none.
 from __future__ import annotations
 
 from kcp_virtual.framework import errors
+from server.apis.logicalclusters import SERVICE_ACCOUNT_MANAGER
 from server.controllers.base import Reconciler
 from server.registry.generic import Registry
 from server.storage import Key
@@ -54,7 +55,7 @@ class ServiceAccountController:
             return
         try:
             self.registry.create(self.accounts, cluster, namespace, {"metadata": {"name": DEFAULT}},
-                                 field_manager="kcp-serviceaccount-controller")
+                                 field_manager=SERVICE_ACCOUNT_MANAGER)
         except (errors.AlreadyExists, errors.NotFound):
             pass  # created meanwhile, or the namespace (or workspace) went away
         except errors.Forbidden:

@@ -24,6 +24,7 @@ from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
 from server.registry.watch import RegistryWatch
 from server.storage import ConflictError, Key, KeyExistsError, KeyNotFoundError, ResourceExpiredError, Store
+from server.storage.templates import Template
 
 CLUSTER_ANNOTATION = "kcp.dev/cluster"
 LOGICAL_CLUSTERS = "core.kcp.dev/logicalclusters"
@@ -70,6 +71,9 @@ class Registry:
         self.cluster_hooks: list = []
         # storage keys of the kinds other shards' clusters are replicated here with (server.controllers.replication)
         self.replicated_resources: tuple[str, ...] = ()
+        # The default content of a new logical cluster, shared by all (server.storage.templates); None: each gets
+        # its own rows, written by ``cluster_hooks`` (and always on a backend that cannot reserve revisions).
+        self.cluster_template: Template | None = None
 
     # ------------------------------------------------------------------ logical clusters
 
@@ -80,16 +84,28 @@ class Registry:
                                annotations: dict[str, str] | None = None) -> None:
         """Create logical cluster ``cluster`` with its ``default`` namespace (idempotent). Its record comes last, after
         the content (and ``prepare()``), so a cluster that exists is complete: a retry after a crash half-way
-        finishes it."""
+        finishes it. With ``cluster_template`` the default content is one write of a template instance; without
+        (or on a backend that cannot reserve revisions) the namespace and the ``cluster_hooks`` write rows."""
         key = Key(LOGICAL_CLUSTERS, cluster, "", "cluster")
-        namespaces = self.catalog.lookup(cluster, "", "v1", "namespaces")
-        if self.store.get(Key(namespaces.storage_key, cluster, "", "default")) is None:
+        template = self.cluster_template
+        fresh = False
+        if (template is not None and self.store.supports_templates and self.store.get(key) is None
+                and not self.store.has_instance(cluster)):
+            # The default content in one write (server.storage.templates): nothing for the hooks to add.
             try:
-                self.create(namespaces, cluster, "", {"metadata": {"name": "default"}})
-            except errors.AlreadyExists:
-                pass
-        for hook in self.cluster_hooks:
-            hook(self, cluster)
+                self.store.instantiate(cluster, template, str(uuid.uuid4()), now_rfc3339())
+                fresh = True
+            except KeyExistsError:
+                pass  # another caller's, just now
+        if not fresh:
+            namespaces = self.catalog.lookup(cluster, "", "v1", "namespaces")
+            if self.store.get(Key(namespaces.storage_key, cluster, "", "default")) is None:
+                try:
+                    self.create(namespaces, cluster, "", {"metadata": {"name": "default"}})
+                except errors.AlreadyExists:
+                    pass
+            for hook in self.cluster_hooks:
+                hook(self, cluster)
         if prepare is not None:
             prepare()
         if self.store.get(key) is None:
@@ -106,6 +122,7 @@ class Registry:
 
     def delete_logical_cluster(self, cluster: str) -> None:
         """Remove every object of ``cluster``, then the cluster itself."""
+        self.store.drop_instance(cluster)
         for rt in self.catalog.types(cluster):
             items, _ = self.store.list(rt.storage_key, cluster, None)
             for item in items:
@@ -268,33 +285,10 @@ class Registry:
     def create(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *, dry_run: bool = False,
                field_validation: FieldValidation | None = None, field_manager: str | None = None,
                _applied: bool = False) -> dict:
-        obj, size = self._check_body(rt, body)
-        offhub.run_if(size, self._conform, rt, obj, field_validation)
-        meta = obj.setdefault("metadata", {})
-        self._check_namespace(rt, cluster, namespace, meta)
-        for server_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
-                             "selfLink"):
-            meta.pop(server_field, None)
-        meta["creationTimestamp"] = now_rfc3339()
-        meta["uid"] = str(uuid.uuid4())
-        meta["annotations"] = {**(meta.get("annotations") or {}), CLUSTER_ANNOTATION: cluster}
-        if rt.tracks_generation:
-            meta["generation"] = 1
-        else:
-            meta.pop("generation", None)
-        if rt.has_status and rt.plural != "namespaces":
-            obj.pop("status", None)
-        causes = rt.prepare(obj, None)
-        rt.derive(obj)
+        obj = self.new_object(rt, cluster, namespace, body, field_validation=field_validation,
+                              field_manager=field_manager, _applied=_applied)
+        meta = obj["metadata"]
         generate = not meta.get("name") and meta.get("generateName")
-        causes += offhub.run_if(size, _validation_causes, rt, obj, None)
-        if causes:
-            raise errors.Invalid.for_fields(rt.kind, rt.group, meta.get("name") or meta.get("generateName", ""),
-                                            causes)
-        if not _applied:  # server-side apply computed them already
-            _set_managed_fields(obj, offhub.run_if(size, _managed_fields, rt, None, obj, field_manager, ""))
-        if rt.namespaced:
-            self._require_namespace(cluster, namespace)
         for attempt in range(_GENERATE_NAME_ATTEMPTS if generate else 1):
             if generate:
                 meta["name"] = validation.generate_name(meta["generateName"])
@@ -313,6 +307,39 @@ class Registry:
                 "name for the object", details={"name": meta["name"], "group": rt.group, "kind": rt.plural,
                                                 "retryAfterSeconds": 1})
         raise errors.AlreadyExists.for_resource(rt.plural, rt.group, meta["name"])
+
+    def new_object(self, rt: ResourceType, cluster: str, namespace: str, body: dict, *,
+                   field_validation: FieldValidation | None = None, field_manager: str | None = None,
+                   _applied: bool = False, in_namespace: bool = True) -> dict:
+        """``body`` as a create would store it (validated, defaulted, uid, managedFields), not stored;
+        ``in_namespace=False``: whether ``namespace`` exists is not asked (a template's object)."""
+        obj, size = self._check_body(rt, body)
+        offhub.run_if(size, self._conform, rt, obj, field_validation)
+        meta = obj.setdefault("metadata", {})
+        self._check_namespace(rt, cluster, namespace, meta)
+        for server_field in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
+                             "selfLink"):
+            meta.pop(server_field, None)
+        meta["creationTimestamp"] = now_rfc3339()
+        meta["uid"] = str(uuid.uuid4())
+        meta["annotations"] = {**(meta.get("annotations") or {}), CLUSTER_ANNOTATION: cluster}
+        if rt.tracks_generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
+        if rt.has_status and rt.plural != "namespaces":
+            obj.pop("status", None)
+        causes = rt.prepare(obj, None)
+        rt.derive(obj)
+        causes += offhub.run_if(size, _validation_causes, rt, obj, None)
+        if causes:
+            raise errors.Invalid.for_fields(rt.kind, rt.group, meta.get("name") or meta.get("generateName", ""),
+                                            causes)
+        if not _applied:  # server-side apply computed them already
+            _set_managed_fields(obj, offhub.run_if(size, _managed_fields, rt, None, obj, field_manager, ""))
+        if rt.namespaced and in_namespace:
+            self._require_namespace(cluster, namespace)
+        return obj
 
     def update(self, rt: ResourceType, cluster: str, namespace: str, name: str, body: dict, *,
                subresource: str = "", dry_run: bool = False, _expected_rv: int | None = None,

@@ -25,7 +25,7 @@ _SCHEMA = (
     "INSERT OR IGNORE INTO revision (id, rv) VALUES (0, 0)",
 )
 
-_BUMP = "UPDATE revision SET rv = rv + 1 WHERE id = 0 RETURNING rv"
+_BUMP = "UPDATE revision SET rv = rv + 1 + ? WHERE id = 0 RETURNING rv"
 _UPSERT = ("INSERT INTO objects (key, rv, value) VALUES (?, ?, ?) "
            "ON CONFLICT (key) DO UPDATE SET rv = excluded.rv, value = excluded.value")
 _DELETE = "DELETE FROM objects WHERE key = ?"
@@ -71,11 +71,11 @@ class SQLiteBackend:
     def _read(self, key: str) -> tuple[int, bytes] | None:
         return self._conn.execute("SELECT rv, value FROM objects WHERE key = ?", (key,)).fetchone()
 
-    def _write(self, key: str, value: bytes | None) -> int:
+    def _write(self, key: str, value: bytes | None, reserve: int) -> int:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (rv,) = conn.execute(_BUMP).fetchone()
+            (rv,) = conn.execute(_BUMP, (reserve,)).fetchone()
             if value is None:
                 conn.execute(_DELETE, (key,))
             else:
@@ -103,10 +103,14 @@ class SQLiteBackend:
     def current_rv(self) -> int:
         return self._rv
 
-    def write(self, key: str, value: bytes | None, prev_rv: int = 0) -> int:
+    #: ``write(..., reserve=n)`` also takes the n revisions just below the row's, for nobody else (a template
+    #: instance's objects, ``server.storage.templates``).
+    reserves_revisions = True
+
+    def write(self, key: str, value: bytes | None, prev_rv: int = 0, reserve: int = 0) -> int:
         # prev_rv needs no check: this process is the file's only writer, and the store's memory is the truth.
         self._check_open()
-        rv = self._pool.apply(self._write, (key, value))
+        rv = self._pool.apply(self._write, (key, value, reserve))
         self._rv = rv
         return rv
 

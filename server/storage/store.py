@@ -19,6 +19,7 @@ before changing anything.
 
 from __future__ import annotations
 
+import sys
 import time
 from bisect import bisect_right
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ import structlog
 from gevent import getcurrent, get_hub
 
 from .backend import Backend, decode_key, encode_key, key_prefix
+from .templates import INSTANCES, TEMPLATES, TOMBSTONE, Instance, Template, TemplateObject
 from .errors import (ConflictError, KeyExistsError, KeyNotFoundError, ResourceExpiredError, StorageError,
                      StorageUnavailableError)
 
@@ -81,6 +83,25 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
+
+
+class _TemplateEvent(Event):
+    """An event of a template object (``server.storage.templates``): its object is made when asked for, so the watch
+    history of a thousand new workspaces does not hold a thousand copies of the default content."""
+
+    __slots__ = ("_instance", "_entry")
+
+    def __init__(self, type: str, rv: int, key: Key, instance: Instance, entry: TemplateObject, ts: float):
+        self.type, self.rv, self.key, self.ts, self._line = type, rv, key, ts, None
+        self._instance, self._entry = instance, entry
+
+    @property
+    def obj(self) -> dict:
+        return self._instance.materialize(self._entry, self.rv if self.type is DELETED else None)
+
+    @property
+    def prev(self) -> dict | None:
+        return self._instance.materialize(self._entry) if self.type is DELETED else None
 
 
 class _Log:
@@ -333,16 +354,27 @@ class _Interner:
         return value
 
     def object(self, obj: dict) -> None:
-        """Share ``obj``'s nested values in place (``obj`` is the store's own top-level copy)."""
+        """Share ``obj``'s nested values in place (``obj`` is the store's own top-level copy): the spec-like fields,
+        each field of ``status`` (conditions are the same in a thousand workspaces made in the same second), the
+        labels, annotations and finalizers, and each managedFields entry."""
         for key, value in obj.items():
-            if key != "metadata" and key != "status":
+            if key == "status":
+                if isinstance(value, dict):
+                    obj[key] = {k: self.value(v) for k, v in value.items()}
+            elif key != "metadata":
                 obj[key] = self.value(value)
         md = obj.get("metadata")
         if isinstance(md, dict):
+            for key in ("labels", "annotations", "finalizers"):
+                if key in md:
+                    md[key] = self.value(md[key])
+            created = md.get("creationTimestamp")
+            if type(created) is str:
+                md["creationTimestamp"] = sys.intern(created)
             managed = md.get("managedFields")
             if isinstance(managed, list) and managed:
                 md["managedFields"] = [
-                    {**entry, "fieldsV1": self.value(entry["fieldsV1"])}
+                    self.value({**entry, "fieldsV1": self.value(entry["fieldsV1"])})
                     if isinstance(entry, dict) and "fieldsV1" in entry else entry for entry in managed]
 
 
@@ -372,6 +404,11 @@ class Store:
         self._interner = _Interner()
         self._unsettled: set[Key] = set()  # keys whose last write is in doubt (``_settle``)
         self._settler: gevent.Greenlet | None = None
+        # Shared default content (server.storage.templates): templates by name, each cluster's instance, and the
+        # template objects deleted (key -> the rv of the instance they were deleted from).
+        self._templates: dict[str, Template] = {}
+        self._instances: dict[str, Instance] = {}
+        self._tombstones: dict[Key, int] = {}
         self._load()
         self._rv = self._start_rv = backend.current_rv()
         if hasattr(backend, "on_progress"):
@@ -381,9 +418,20 @@ class Store:
         data = self._data
         counts = self._counts
         loads = orjson.loads
+        instances, tombstones = [], []
         for bkey, rv, value in self._backend.load():
             resource, cluster, namespace, name = decode_key(bkey)
+            if resource == TEMPLATES:
+                template = Template.decode(value)
+                self._templates[template.name] = template
+                continue
             obj = loads(value)
+            if resource == INSTANCES:
+                instances.append((cluster, rv, obj))
+                continue
+            if TOMBSTONE in obj:
+                tombstones.append((Key(resource, cluster, namespace, name), obj[TOMBSTONE]))
+                continue
             md = obj.get("metadata")
             if not isinstance(md, dict):
                 md = obj["metadata"] = {}
@@ -392,6 +440,28 @@ class Store:
             data.setdefault(resource, {}).setdefault(cluster, {})[(namespace, name)] = obj
             counts[resource] = counts.get(resource, 0) + 1
             self._total += 1
+        for cluster, rv, record in instances:
+            self._instances[cluster] = Instance(self._templates[record["template"]], cluster, record["uid"],
+                                                record["creationTimestamp"], rv)
+        for key, instance_rv in tombstones:
+            instance = self._instances.get(key.cluster)
+            if instance is not None and instance.rv == instance_rv:  # else left over from a cluster deleted since
+                self._tombstones[key] = instance_rv
+        for instance in self._instances.values():
+            for _ in self._shown(instance):
+                pass
+
+    def _shown(self, instance: Instance, sign: int = 1):
+        """The instance's objects that it serves (no row shadows them, no tombstone hides them), each counted
+        (``sign``) as it is yielded."""
+        counts = self._counts
+        for entry in instance.template.objects:
+            key = Key(entry.resource, instance.cluster, entry.namespace, entry.name)
+            if key in self._tombstones or self.get_real(key) is not None:
+                continue
+            counts[entry.resource] = counts.get(entry.resource, 0) + sign
+            self._total += sign
+            yield key, entry
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -399,7 +469,23 @@ class Store:
         return self._rv
 
     def get(self, key: Key) -> dict | None:
-        """The stored object (shared: do not mutate), or None."""
+        """The stored object (shared: do not mutate; a template object is made afresh), or None."""
+        clusters = self._data.get(key.resource)
+        obj = None
+        if clusters is not None:
+            bucket = clusters.get(key.cluster)
+            if bucket is not None:
+                obj = bucket.get((key.namespace, key.name))
+        if obj is None and self._instances:
+            instance = self._instances.get(key.cluster)
+            if instance is not None:
+                entry = instance.entry(key.resource, key.namespace, key.name)
+                if entry is not None and key not in self._tombstones:
+                    return instance.materialize(entry)
+        return obj
+
+    def get_real(self, key: Key) -> dict | None:
+        """The object if it has a row of its own (not served from a template)."""
         clusters = self._data.get(key.resource)
         if clusters is None:
             return None
@@ -417,24 +503,49 @@ class Store:
         """
         rv = self._rv
         clusters = self._data.get(resource)
-        if not clusters:
+        templated = self._instances and any(resource in t.by_resource for t in self._templates.values())
+        if not clusters and not templated:
             return [], rv
+        clusters = clusters or {}
         if cluster is not None:
-            bucket = clusters.get(cluster)
-            if bucket is None:
+            if cluster not in clusters and not (templated and cluster in self._instances):
                 return [], rv
             names = [cluster]
+        elif templated:
+            names = sorted(clusters.keys() | self._instances.keys())
         else:
             names = sorted(clusters)
         out: list[dict] = []
         for name in names:
-            bucket = clusters[name]
+            bucket = clusters.get(name) or {}
+            instance = self._instances.get(name) if templated else None
+            if instance is not None and resource in instance.template.by_resource:
+                out.extend(self._with_template(resource, name, namespace, bucket, instance))
+                continue
             keys = self._sorted_keys(resource, name, bucket)
             if namespace is None:
                 out.extend(map(bucket.__getitem__, keys))
             else:
                 out.extend(bucket[k] for k in keys if k[0] == namespace)
         return out, rv
+
+    def _with_template(self, resource: str, cluster: str, namespace: str | None, bucket: dict,
+                       instance: Instance) -> list[dict]:
+        """A bucket's objects merged with the template's that no row shadows and no tombstone hides, sorted."""
+        entries = instance.template.by_resource[resource]
+        tombstones = self._tombstones
+        keys = sorted(bucket.keys() | entries.keys()) if bucket else instance.template.sorted_keys[resource]
+        out = []
+        for k in keys:
+            if namespace is not None and k[0] != namespace:
+                continue
+            obj = bucket.get(k)
+            if obj is None:
+                if tombstones and Key(resource, cluster, k[0], k[1]) in tombstones:
+                    continue
+                obj = instance.materialize(entries[k])
+            out.append(obj)
+        return out
 
     def _sorted_keys(self, resource: str, cluster: str, bucket: dict) -> list[tuple[str, str]]:
         cache_key = (resource, cluster)
@@ -476,9 +587,7 @@ class Store:
             if self._unsettled:
                 self._settle()  # a write left in doubt comes first: until then memory may be behind
             resource, cluster, namespace, name = key
-            clusters = self._data.get(resource)
-            bucket = clusters.get(cluster) if clusters is not None else None
-            old = bucket.get((namespace, name)) if bucket is not None else None
+            old = self.get(key)
             if kind is ADDED:
                 if old is not None:
                     raise KeyExistsError(f"{resource} {cluster}|{namespace}/{name} already exists")
@@ -494,7 +603,10 @@ class Store:
             md = dict(md) if isinstance(md, dict) else {}
             new["metadata"] = md
             if kind is DELETED:
-                value = None
+                instance = self._instances.get(cluster)
+                # Under a template object, a delete leaves a row that keeps it hidden.
+                value = (orjson.dumps({TOMBSTONE: instance.rv})
+                         if instance is not None and instance.entry(resource, namespace, name) else None)
             else:
                 md.pop("resourceVersion", None)  # the row's rv is the truth; don't persist a stale one
                 value = orjson.dumps(new)
@@ -523,11 +635,17 @@ class Store:
         clusters = self._data.get(resource)
         bucket = clusters.get(cluster) if clusters is not None else None
         new["metadata"]["resourceVersion"] = str(rv)
+        instance = self._instances.get(cluster) if self._instances else None
+        if instance is not None and instance.entry(resource, namespace, name) is not None:
+            if kind is DELETED:
+                self._tombstones[key] = instance.rv
+            else:
+                self._tombstones.pop(key, None)
         if kind is DELETED:
-            del bucket[(namespace, name)]
-            self._sorted.pop((resource, cluster), None)
-            if not bucket:
-                del clusters[cluster]
+            if bucket is not None and bucket.pop((namespace, name), None) is not None:
+                self._sorted.pop((resource, cluster), None)
+                if not bucket:
+                    del clusters[cluster]
             self._counts[resource] -= 1
             self._total -= 1
         else:
@@ -544,10 +662,73 @@ class Store:
         self._rv = rv
         self._append(resource, Event(kind, rv, key, new, old, time.monotonic()))
 
-    def _backend_write(self, bkey: str, value: bytes | None, prev_rv: int) -> tuple[int, BaseException | None]:
+    # -- shared default content (server.storage.templates) -----------------------------------
+
+    @property
+    def supports_templates(self) -> bool:
+        """Whether the backend can reserve resourceVersions, so that every template object has one of its own."""
+        return getattr(self._backend, "reserves_revisions", False)
+
+    def has_instance(self, cluster: str) -> bool:
+        return cluster in self._instances
+
+    def instantiate(self, cluster: str, template: Template, uid: str, created: str) -> None:
+        """Give ``cluster`` the template's objects, with one write (raises :class:`KeyExistsError` if it has them).
+
+        Each gets an ADDED event at its own reserved resourceVersion, as if it had been created then."""
+        if not self.supports_templates:
+            raise StorageError("this backend cannot reserve resourceVersions for template objects")
+        with self._lock:
+            if self._closed:
+                raise StorageError("store is closed")
+            if cluster in self._instances:
+                raise KeyExistsError(f"cluster {cluster} has instantiated a template already")
+            if template.name not in self._templates:
+                self._backend_write(encode_key(TEMPLATES, "", "", template.name), template.encoded, 0)
+                self._templates[template.name] = template
+            template = self._templates[template.name]
+            instance = Instance(template, cluster, uid, created, 0)
+            rv, interrupted = self._backend_write(encode_key(INSTANCES, cluster, "", template.name), instance.record(),
+                                                  0, len(template))
+            instance.rv = rv
+            self._instances[cluster] = instance
+            now = time.monotonic()
+            first = instance.first_rv
+            for key, entry in self._shown(instance):  # a row written before (a half-made cluster's retry) wins
+                self._append(entry.resource, _TemplateEvent(ADDED, first + entry.index, key, instance, entry, now))
+            self._rv = rv
+        if interrupted is not None:
+            raise interrupted
+
+    def drop_instance(self, cluster: str) -> None:
+        """Remove ``cluster``'s template objects (DELETED events for those still shown) and its tombstones."""
+        with self._lock:
+            instance = self._instances.get(cluster)
+            if instance is None or self._closed:
+                return
+            template = instance.template
+            rv, interrupted = self._backend_write(encode_key(INSTANCES, cluster, "", template.name), None, instance.rv,
+                                                  len(template))
+            now = time.monotonic()
+            first = rv - len(template)
+            gone = list(self._shown(instance, -1))
+            del self._instances[cluster]
+            for key, entry in gone:
+                self._append(entry.resource, _TemplateEvent(DELETED, first + entry.index, key, instance, entry, now))
+            self._rv = rv
+            for key in [k for k in self._tombstones if k.cluster == cluster]:
+                del self._tombstones[key]
+                if self.get_real(key) is None:
+                    self._backend_write(encode_key(*key), None, 0)  # no event: nothing visible changes
+        if interrupted is not None:
+            raise interrupted
+
+    def _backend_write(self, bkey: str, value: bytes | None, prev_rv: int,
+                       reserve: int = 0) -> tuple[int, BaseException | None]:
         """Run the backend write so that a Timeout/kill aimed at the caller cannot abandon it
         half-way: memory must end up matching what the backend committed."""
-        g = gevent.spawn(_call, self._backend.write, bkey, value, prev_rv)
+        args = (bkey, value, prev_rv, reserve) if reserve else (bkey, value, prev_rv)
+        g = gevent.spawn(_call, self._backend.write, *args)
         interrupted = None
         while True:
             try:
@@ -568,6 +749,8 @@ class Store:
         ``StorageUnavailableError`` while the backend cannot say."""
         for key in sorted(self._unsettled):
             rv, value = self._backend.read(encode_key(*key))
+            if value is not None and value.startswith(b'{"' + TOMBSTONE.encode()):
+                value = None  # a deleted template object (and _commit of DELETED keeps it hidden)
             old = self.get(key)
             if value is None:
                 if old is not None:
