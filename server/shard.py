@@ -202,8 +202,13 @@ class Shard:
         self.controllers.append(workspaces)
         self.controllers.append(ShardRegistration(self.registry, self.directory, spec={
             "baseURL": self.url, "virtualWorkspaceURL": virtual_workspace_url}))
+        started = []
+        # Not ready before the controllers run: the workspace controller makes root's WorkspaceTypes, without
+        # which a ClusterWorkspace created at once would be refused (422).
+        self.app.readiness["controllers"] = lambda: bool(started)
         for controller in self.controllers:
             controller.start()
+        started.append(True)
         log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path), storage=self.storage_description)
         return self
 
