@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 import gevent.socket
+from gevent.monkey import get_original
 
 __all__ = ["Pool", "Response", "Headers", "ProtocolError", "CONNECT_TIMEOUT", "send_all", "connect",
            "https_address", "address"]
@@ -32,6 +33,9 @@ _RECV = 64 * 1024
 _MAX_HEAD = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _NO_BODY_STATUS = (204, 304)
+#: The stdlib's ``select.poll``, even when gevent has patched it: gevent's poll with a zero timeout runs a turn
+#: of the hub (watchers, a timer, a switch) for what one ``poll(2)`` call answers without blocking.
+_poll = get_original("select", "poll")
 
 
 def send_all(sock, data: bytes) -> None:
@@ -116,7 +120,7 @@ class _Connection:
     def stale(self) -> bool:
         """A pooled connection the server closed (or that holds unread bytes) is readable while idle."""
         try:
-            poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+            poller = _poll()  # not select(): descriptors may be above FD_SETSIZE
             poller.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
             return bool(poller.poll(0))
         except (OSError, ValueError):
