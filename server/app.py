@@ -28,6 +28,7 @@ from server.auth.authz import Attributes, Authorizer, forbidden_message
 from server.auth.user import UserInfo
 from server.endpoints.openapi import OpenAPIIndex
 from server.endpoints.rest import ResourceAPI, json_response
+from server.http.logs import bind_user
 from server.registry.generic import Registry
 from server.registry.resourcetype import Catalog
 from server.storage import ObjectTooLargeError, StorageUnavailableError
@@ -130,7 +131,7 @@ class ShardApp:
         slot = self.limiter.try_admit(environ, user.groups)
         if slot is None:
             return False  # dispatch answers the 429
-        structlog.contextvars.bind_contextvars(user=user.name)
+        bind_user(user.name)
         environ["kcp.user"] = user
         with slot:
             return forward_raw(environ, exchange, user)

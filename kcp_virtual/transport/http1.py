@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 import gevent.socket
+from gevent.monkey import get_original
 
 __all__ = ["Pool", "Response", "Headers", "ProtocolError", "CONNECT_TIMEOUT", "send_all", "connect",
            "https_address", "address"]
@@ -32,6 +33,10 @@ _RECV = 64 * 1024
 _MAX_HEAD = 64 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _NO_BODY_STATUS = (204, 304)
+_READ = 1  # libev/libuv READ event
+#: The stdlib's ``select.poll``, even when gevent has patched it: gevent's poll with a zero timeout runs a turn
+#: of the hub (watchers, a timer, a switch) for what one ``poll(2)`` call answers without blocking.
+_poll = get_original("select", "poll")
 
 
 def send_all(sock, data: bytes) -> None:
@@ -75,21 +80,21 @@ class ProtocolError(OSError):
 
 
 class Headers:
-    """Response headers in arrival order, with a case-insensitive ``get``."""
+    """Response headers in arrival order, with a case-insensitive ``get`` (``index``: the lower-case names'
+    values, when the parser has built it already)."""
 
     __slots__ = ("_items", "_index")
 
-    def __init__(self, items: list[tuple[str, str]]):
+    def __init__(self, items: list[tuple[str, str]], index: dict[str, str] | None = None):
         self._items = items
-        self._index: dict[str, str] | None = None
+        self._index = index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         index = self._index
         if index is None:
             index = self._index = {}
-            for key, value in self._items:  # repeated headers: comma-joined, as RFC 9110 allows
-                lower = key.lower()
-                index[lower] = f"{index[lower]}, {value}" if lower in index else value
+            for key, value in self._items:
+                _add(index, key.lower(), value)
         return index.get(name.lower(), default)
 
     def items(self) -> list[tuple[str, str]]:
@@ -99,12 +104,21 @@ class Headers:
         return iter(self._items)
 
 
+def _add(index: dict[str, str], lower: str, value: str) -> None:
+    """A header into a lower-case index: repeated ones comma-joined, as RFC 9110 allows."""
+    index[lower] = f"{index[lower]}, {value}" if lower in index else value
+
+
 class _Connection:
-    __slots__ = ("sock", "buf")
+    __slots__ = ("sock", "buf", "_readable", "_timer", "_timer_seconds", "_timeout")
 
     def __init__(self, sock):
         self.sock = sock
         self.buf = bytearray()
+        self._readable = None  # an io watcher on the socket, and a timer: made by the first await_answer
+        self._timer = None
+        self._timer_seconds: float | None = None
+        self._timeout: TimeoutError | None = None  # what the timer raises
 
     def fill(self) -> None:
         """Read what is there (at least one byte), or raise ProtocolError at end of stream."""
@@ -113,16 +127,52 @@ class _Connection:
             raise ProtocolError("the server closed the connection")
         self.buf += data
 
+    def await_answer(self, timeout: float | None) -> None:
+        """Wait until the socket has something to read, at most ``timeout`` seconds (then TimeoutError).
+
+        For the first bytes of an answer to a request just sent: reading at once would only fail (a TLS
+        read, a syscall and an exception) and then wait, with a new timer for each wait -- both gevent's.
+        This connection's own watcher and timer are made once and reused for every request it carries."""
+        sock = self.sock
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return  # decrypted bytes already wait in the TLS layer: no event would tell
+        hub = gevent.get_hub()
+        readable = self._readable
+        if readable is None:
+            readable = self._readable = hub.loop.io(sock.fileno(), _READ)
+        if timeout is None:
+            hub.wait(readable)
+            return
+        timer = self._timer
+        if timer is None or self._timer_seconds != timeout:
+            if timer is not None:
+                timer.close()
+            timer = self._timer = hub.loop.timer(timeout)
+            self._timer_seconds = timeout
+            # raised once at most: a connection that timed out is closed
+            self._timeout = TimeoutError(f"no answer within {timeout:g} s")
+        error = self._timeout
+        timer.start(gevent.getcurrent().throw, error, update=True)
+        try:
+            hub.wait(readable)
+        finally:
+            timer.stop()
+
     def stale(self) -> bool:
         """A pooled connection the server closed (or that holds unread bytes) is readable while idle."""
         try:
-            poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+            poller = _poll()  # not select(): descriptors may be above FD_SETSIZE
             poller.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
 
     def close(self) -> None:
+        for watcher in (self._readable, self._timer):
+            if watcher is not None:
+                watcher.close()
+        self._readable = self._timer = None
         try:
             self.sock.close()
         except OSError:
@@ -139,9 +189,9 @@ class Response:
                  method: str, keep_alive: bool):
         self.status, self.reason, self.headers = status, reason, headers
         self._pool, self._conn = pool, conn
-        encoding = (headers.get("Transfer-Encoding") or "").lower()
-        self.chunked = "chunked" in encoding
-        length = headers.get("Content-Length")
+        encoding = headers.get("transfer-encoding")
+        self.chunked = encoding is not None and "chunked" in encoding.lower()
+        length = headers.get("content-length")
         if method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
             self._length: int | None = 0
         elif self.chunked:
@@ -303,7 +353,8 @@ class Pool:
         scheme, self.host, self.port, authority = address(url, ("https", "http"))
         if (scheme == "https") != (ssl_context is not None):
             raise ValueError(f"{url!r}: an https:// URL needs an SSL context, an http:// one none")
-        self._host_header = authority.encode("ascii")
+        authority.encode("ascii")  # a Host header is ASCII
+        self._host_header = authority
         self.context = ssl_context
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout
@@ -313,21 +364,20 @@ class Pool:
                 *, timeout: float | None = None) -> Response:
         """Send the request and read the status line and headers; the body is the caller's to read.
         ``timeout`` bounds each wait for data (None: wait as long as it takes, as a watch does)."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"), self._host_header, b"\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
+        lines.extend([f"{name}: {value}\r\n" for name, value in headers])
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: %d\r\n" % len(body or b""))
-        lines.append(b"\r\n")
+            lines.append(f"Content-Length: {len(body or b'')}\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1")
         if body:
-            lines.append(body)
-        data = b"".join(lines)
+            data += body
         while True:
             conn, reused = self._acquire()
             try:
                 conn.sock.settimeout(timeout)
                 send_all(conn.sock, data)
-                return self._response(conn, method)
+                return self._response(conn, method, timeout)
             except BaseException as exc:
                 conn.close()
                 if reused and isinstance(exc, OSError) and not isinstance(exc, socket.timeout) \
@@ -350,8 +400,10 @@ class Pool:
         else:
             conn.close()
 
-    def _response(self, conn: _Connection, method: str) -> Response:
+    def _response(self, conn: _Connection, method: str, timeout: float | None = None) -> Response:
         buf = conn.buf
+        if not buf:
+            conn.await_answer(timeout)
         while True:
             end = buf.find(b"\r\n\r\n")
             while end < 0:
@@ -368,15 +420,18 @@ class Pool:
             status = int(rest[:3])
             if 100 <= status < 200 and status != 101:
                 continue  # an interim answer: the real one follows
-            items = []
+            items, index = [], {}
             for line in lines:
                 name, sep, value = line.partition(":")
                 if not sep or not name or name[0] in " \t":
                     raise ProtocolError(f"malformed header line {line[:80]!r}")
-                items.append((name, value.strip()))
-            headers = Headers(items)
-            connection = (headers.get("Connection") or "").lower()
-            keep_alive = version == "HTTP/1.1" and "close" not in connection
+                value = value.strip()
+                items.append((name, value))
+                lower = name.lower()
+                index[lower] = value if lower not in index else f"{index[lower]}, {value}"  # as _add
+            headers = Headers(items, index)
+            connection = index.get("connection")
+            keep_alive = version == "HTTP/1.1" and (connection is None or "close" not in connection.lower())
             return Response(self, conn, status, rest[4:], headers, method, keep_alive)
 
     def close(self) -> None:

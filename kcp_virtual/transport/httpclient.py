@@ -33,8 +33,8 @@ from kcp_virtual.framework.negotiation import MAX_BODY_BYTES, read_limited_body#
 from kcp_virtual.framework.watchstream import WatchResponse
 from kcp_virtual.transport import http1
 
-__all__ = ["client_context", "https_pool", "environ_request_headers", "relay", "unavailable",
-           "interrupted_when_client_leaves", "quote_path", "response_headers", "BUFFERED_RESPONSE_BYTES",
+__all__ = ["client_context", "https_pool", "environ_request_headers", "request_headers", "relay", "unavailable",
+           "interrupted_when_client_leaves", "quote_path", "response_headers", "response_head_lines", "BUFFERED_RESPONSE_BYTES",
            "UPSTREAM_ERRORS", "MAX_BODY_BYTES", "read_body", "request_target", "CONNECT_TIMEOUT"]
 
 log = structlog.get_logger("kcp.forwarding")
@@ -114,12 +114,14 @@ def _forwarded_name(key: str, keep: tuple[str, ...] = ()) -> str | None:
         name = "Content-Type"
     else:
         return None  # CONTENT_LENGTH (the proxy frames the body itself) and the server's own keys
-    lower = name.lower()
+    return name if _passed(name.lower(), keep) else None
+
+
+def _passed(lower: str, keep: tuple[str, ...]) -> bool:
+    """Whether a proxy passes on the request header named ``lower`` (see ``environ_request_headers``)."""
     if keep and lower.startswith(keep):
-        return name
-    if lower in _DROPPED_REQUEST or lower.startswith(_IDENTITY_PREFIXES):
-        return None
-    return name
+        return True
+    return lower not in _DROPPED_REQUEST and not lower.startswith(_IDENTITY_PREFIXES)
 
 
 def environ_request_headers(environ: dict, *, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -143,6 +145,34 @@ def environ_request_headers(environ: dict, *, keep: tuple[str, ...] = ()) -> lis
                 names[key] = name
         if name is not None and (value or key != "CONTENT_TYPE") and (listed is None or name.lower() not in listed):
             headers.append((name, value))
+    return headers
+
+
+#: ``keep`` -> (header name as received -> passed on), remembered like ``_FORWARDED_NAMES``.
+_PASSED_NAMES: dict[tuple[str, ...], dict[str, bool]] = {(): {}}
+
+
+def request_headers(received: list[tuple[str, str]], *, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``environ_request_headers`` for a request's header lines as received (name, value), which a server that
+    keeps them hands over (``server.http.serving``: ``kcp.request_headers``): a handful of lines to look at
+    rather than every key of the environ. Repeated headers stay separate lines."""
+    verdicts = _PASSED_NAMES.get(keep)
+    if verdicts is None:
+        verdicts = _PASSED_NAMES[keep] = {}
+    headers, listed = [], None
+    for name, value in received:
+        try:
+            passed = verdicts[name]
+        except KeyError:
+            passed = _passed(name.lower(), keep)
+            if len(verdicts) < _NAMES_KEPT:
+                verdicts[name] = passed
+        if passed:
+            headers.append((name, value))
+        elif name.lower() == "connection":
+            listed = {token.strip().lower() for token in value.split(",")}
+    if listed:
+        headers = [(name, value) for name, value in headers if name.lower() not in listed]
     return headers
 
 
@@ -178,6 +208,11 @@ def response_headers(upstream) -> list[tuple[str, str]]:
     listed = {name.strip().lower() for name in connection.split(",")} if connection else ()
     return [(name, value) for name, value in upstream.headers.items()
             if (lower := name.lower()) not in _DROPPED_RESPONSE and lower not in listed]
+
+
+def response_head_lines(upstream) -> str:
+    """``response_headers`` as the ``Name: value\r\n`` lines of a response head."""
+    return "".join([f"{name}: {value}\r\n" for name, value in response_headers(upstream)])
 
 
 @contextlib.contextmanager

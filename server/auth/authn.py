@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from kcp_virtual.framework import errors
-from server.auth.user import UserInfo
+from server.auth.user import PerUser, UserInfo
 
 
 class Authenticator(Protocol):
@@ -67,6 +67,12 @@ class TokenFileAuthenticator:
         return None
 
 
+def _finished(user: UserInfo) -> UserInfo:
+    """An authenticated identity as requests carry it (see ``UnionAuthenticator``)."""
+    user = user.without_initializer_groups()
+    return user if user.is_anonymous else user.with_authenticated_group()
+
+
 class UnionAuthenticator:
     """Tries each authenticator in order; a bearer token that nobody accepted is a 401.
 
@@ -81,6 +87,7 @@ class UnionAuthenticator:
     def __init__(self, authenticators: Iterable[Authenticator]):
         self.authenticators = list(authenticators)
         self._preparers = [a.prepare for a in self.authenticators if callable(getattr(a, "prepare", None))]
+        self._finished = PerUser(_finished)  # a static token's user, finished once rather than per request
 
     def authenticate(self, environ: dict) -> UserInfo | None:
         for prepare in self._preparers:
@@ -88,8 +95,7 @@ class UnionAuthenticator:
         for authenticator in self.authenticators:
             user = authenticator.authenticate(environ)
             if user is not None:
-                user = user.without_initializer_groups()
-                return user if user.is_anonymous else user.with_authenticated_group()
+                return self._finished(user)
         if bearer_token(environ) is not None:
             raise errors.Unauthorized()
         return None

@@ -39,9 +39,9 @@ from werkzeug.wrappers import Request, Response
 
 from kcp_virtual.framework import errors
 from kcp_virtual.transport import http2, httpclient
-from server.auth.user import UserInfo
+from server.auth.user import PerUser, UserInfo
 from server.http.logs import current_request_id
-from server.http.serving import RawExchange, http_date
+from server.http.serving import REQUEST_HEADERS, RawExchange, http_date
 
 __all__ = ["Forwarder", "identity_headers", "FRESHNESS_HEADER"]
 
@@ -70,11 +70,9 @@ def identity_headers(user: UserInfo) -> list[tuple[str, str]]:
     return headers
 
 
-def _head(status: int, reason: str, headers: list[tuple[str, str]], framing: str) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason or 'Unknown'}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append(f"{framing}\r\n\r\n")
-    return "".join(lines).encode("latin-1")
+def _head(status: int, reason: str, lines: str, framing: str) -> bytes:
+    """A response head: ``lines`` are its ``Name: value\r\n`` header lines, ``framing`` the last one."""
+    return f"HTTP/1.1 {status} {reason or 'Unknown'}\r\n{lines}{framing}\r\n\r\n".encode("latin-1")
 
 
 class Forwarder:
@@ -98,10 +96,11 @@ class Forwarder:
         # the caller's token and impersonation for an anonymous forward, its impersonation for an asserted one
         self._keep = (httpclient.CALLER_CREDENTIALS, httpclient.IMPERSONATION) if pass_credentials else ((), ())
         self._what = f"{what} at {self.url}"
+        self._identity_headers = PerUser(identity_headers)
 
     def _upstream_headers(self, headers: list[tuple[str, str]], user: UserInfo | None) -> list[tuple[str, str]]:
         if user is not None:
-            headers.extend(identity_headers(user))
+            headers.extend(self._identity_headers(user))
         request_id = current_request_id()
         if request_id:
             headers.append(("X-Request-Id", request_id))
@@ -159,8 +158,10 @@ class Forwarder:
         if watch:
             structlog.contextvars.bind_contextvars(verb="watch")
         target = httpclient.quote_path(environ["PATH_INFO"])
-        headers = self._upstream_headers(httpclient.environ_request_headers(
-            environ, keep=self._keep[user is not None]), user)
+        keep = self._keep[user is not None]
+        received = environ.get(REQUEST_HEADERS)
+        headers = self._upstream_headers(httpclient.environ_request_headers(environ, keep=keep) if received is None
+                                         else httpclient.request_headers(received, keep=keep), user)
         try:
             upstream = self._open(method, f"{target}?{query}" if query else target, headers, body,
                                   long_running=watch and method == "GET")
@@ -183,7 +184,7 @@ class Forwarder:
         return True
 
     def _relay(self, environ: dict, exchange: RawExchange, upstream, watch: bool) -> None:
-        headers = httpclient.response_headers(upstream)
+        headers = httpclient.response_head_lines(upstream)
         length = upstream.length
         if length is not None and length <= httpclient.BUFFERED_RESPONSE_BYTES:
             try:
@@ -226,7 +227,7 @@ class Forwarder:
             return False
         exchange.status = upstream.status
         exchange.start_stream()
-        parked.write(_head(upstream.status, upstream.reason, httpclient.response_headers(upstream),
+        parked.write(_head(upstream.status, upstream.reason, httpclient.response_head_lines(upstream),
                            "Transfer-Encoding: chunked"))
         parked.on_gone = upstream.interrupt
         context = contextvars.copy_context()  # the request's log context, for the end
@@ -253,6 +254,6 @@ class Forwarder:
     @staticmethod
     def _write_status(exchange: RawExchange, exc: errors.StatusError) -> None:
         body = orjson.dumps(exc.status())
-        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-cache, private"), ("Date", http_date().decode("latin-1"))]
+        headers = f"Content-Type: application/json\r\nCache-Control: no-cache, private\r\nDate: {http_date().decode('latin-1')}\r\n"
         exchange.status = exc.code
         exchange.write(_head(exc.code, HTTPStatus(exc.code).phrase, headers, f"Content-Length: {len(body)}") + body)

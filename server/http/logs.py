@@ -302,8 +302,21 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
+_PATH_CONTEXTS: dict[str, tuple[str | None, str | None]] = {}  # paths repeat (a hot object, a controller's lists)
+_PATH_CONTEXTS_KEPT = 4096
+
+
 def _path_context(path: str) -> tuple[str | None, str | None]:
     """``(cluster, virtual_workspace)`` from ``/clusters/<c>/...`` or ``/services/<vw>/.../clusters/<c>/...``."""
+    context = _PATH_CONTEXTS.get(path)
+    if context is None:
+        if len(_PATH_CONTEXTS) >= _PATH_CONTEXTS_KEPT:
+            _PATH_CONTEXTS.clear()
+        context = _PATH_CONTEXTS[path] = _parse_path_context(path)
+    return context
+
+
+def _parse_path_context(path: str) -> tuple[str | None, str | None]:
     vw = None
     if path.startswith("/clusters/"):
         i = 10
@@ -329,6 +342,11 @@ _VARS = {k: t.var for k, t in contextvars.Context().run(
     bind_contextvars, **dict.fromkeys(REQUEST_KEYS)).items()}
 _REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = (_VARS[k] for k in REQUEST_KEYS)
 _END = object()
+
+
+def bind_user(name: str) -> None:
+    """``bind_contextvars(user=name)`` for the request being served, without its general machinery."""
+    _USER.set(name)
 
 
 def current_request_id() -> str | None:

@@ -204,6 +204,9 @@ class _NoBody:
 
 
 _NO_BODY = _NoBody()
+#: The environ key of the request's header lines as received, ``[(name, value)]`` (``_intercept_buffered``
+#: only: what an interceptor forwards, without converting every environ key back).
+REQUEST_HEADERS = "kcp.request_headers"
 _NOT_TAKEN = object()  # _Handler._intercept_buffered: pywsgi serves this request
 
 
@@ -452,6 +455,7 @@ class _Handler(pywsgi.WSGIHandler):
             return _NOT_TAKEN
         environ = self.server.get_environ()
         identity = False
+        received = []
         for line in header_block.split("\r\n"):
             name, sep, value = line.partition(":")
             if not sep or not name or name[0] in " \t" or "_" in name:
@@ -462,6 +466,7 @@ class _Handler(pywsgi.WSGIHandler):
             if key != "CONTENT_TYPE":
                 key = "HTTP_" + key
             value = value.strip()
+            received.append((name, value))
             previous = environ.get(key)
             environ[key] = value if previous is None else f"{previous}{'; ' if 'COOKIE' in key else ','}{value}"
             if name[0] in "IiXx" and name.lower().startswith(_IDENTITY_PREFIXES):
@@ -476,6 +481,7 @@ class _Handler(pywsgi.WSGIHandler):
         if isinstance(address, tuple):
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(address[0]), str(address[1])
         environ["wsgi.input"] = _NO_BODY
+        environ[REQUEST_HEADERS] = received
         self._add_connection_keys(environ, identity)
         self.environ = environ
         self.close_connection = "close" in environ.get("HTTP_CONNECTION", "").lower()

@@ -21,7 +21,7 @@ import urllib3
 
 from server import pki
 from server.http import logs
-from server.http.serving import Server
+from server.http.serving import REQUEST_HEADERS, Server
 
 
 @pytest.fixture(scope="module")
@@ -490,8 +490,10 @@ def test_a_buffered_intercepted_request_sees_the_environ_pywsgi_would_build(shar
             assert recv_until(s, b"ok").startswith(b"HTTP/1.1 200")
     fast, pywsgi_env = seen  # declined once, then served by the app
     assert fast["wsgi.input"].read() == b"" and not hasattr(fast["wsgi.input"], "content_length")  # the fast path
-    own = {"wsgi.input", "wsgi.input_terminated"}
+    own = {"wsgi.input", "wsgi.input_terminated", REQUEST_HEADERS}
     assert {k: v for k, v in fast.items() if k not in own} == {k: v for k, v in pywsgi_env.items() if k not in own}
+    lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]  # and the header lines as received
+    assert fast[REQUEST_HEADERS] == [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
 
 
 def _stream(environ, start_response):

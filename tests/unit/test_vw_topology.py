@@ -108,6 +108,23 @@ def test_a_proxy_drops_credentials_identity_claims_and_hop_by_hop_headers():
         ("Accept", "application/json"), ("User-Agent", "kubectl")]
 
 
+def test_a_proxy_passes_the_same_of_the_headers_as_received_as_of_the_environ():
+    """``request_headers`` (the header lines as the fast path received them) and ``environ_request_headers`` (the
+    environ pywsgi builds from them) pass the same headers; repeats stay separate lines instead of joined."""
+    received = [("Accept", "application/json"), ("authorization", "Bearer t"), ("Impersonate-User", "x"),
+                ("x-remote-user", "y"), ("X-Remote-Extra-Foo", "z"), ("Connection", "keep-alive, X-Custom"),
+                ("X-Custom", "1"), ("TE", "trailers"), ("X-Kcp-Shard-Resource-Version", "9"), ("Host", "h"),
+                ("X-Request-Id", "client-chosen"), ("User-Agent", "kubectl"), ("X-Multi", "a"), ("X-Multi", "b")]
+    for _ in range(2):  # names seen for the first time, then remembered
+        assert httpclient.request_headers(received) == [
+            ("Accept", "application/json"), ("User-Agent", "kubectl"), ("X-Multi", "a"), ("X-Multi", "b")]
+    assert httpclient.environ_request_headers(environ_of(received)) == [
+        ("Accept", "application/json"), ("User-Agent", "kubectl"), ("X-Multi", "a,b")]
+    # what a proxy leaving authentication to the upstream keeps (the front-proxy)
+    assert [name for name, _ in httpclient.request_headers(received, keep=httpclient.CALLER_CREDENTIALS)] == [
+        "Accept", "authorization", "Impersonate-User", "User-Agent", "X-Multi", "X-Multi"]
+
+
 def _what_a_proxy_passes(environ: dict) -> list[tuple[str, str]]:
     """The rule spelled out the plain way, over werkzeug's view of the headers: the oracle of the fast path."""
     items = list(EnvironHeaders(environ))
