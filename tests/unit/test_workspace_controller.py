@@ -127,6 +127,23 @@ def test_scheduling_to_ready_with_grants(registry, controller):
     assert inside["roleRef"]["name"] == "cluster-admin" and inside["subjects"][0]["name"] == "alice"
 
 
+def test_a_workspace_takes_two_writes_of_its_object_from_create_to_ready(registry, controller):
+    """The finalizer comes with the create (no client ever reads the object without it) and, with no
+    initializer waiting, Scheduling -> Ready is one status write: the workspace creation rate (issue 17) rests on
+    not writing the object more often than that."""
+    watcher = registry.store.watch(CLUSTER_WORKSPACES.storage_key, "root", None, registry.store.current_rv())
+    created = create(registry, "root", "org")
+    assert created["metadata"]["finalizers"] == [tenancy.FINALIZER]
+    assert created["status"] == {"phase": "Scheduling"}
+    wait_for(lambda: phase(registry, "root", "org") == "Ready")
+    inside = registry.catalog.lookup("root:org", RBAC, "v1", "clusterrolebindings")
+    wait_for(lambda: registry.store.get(registry.key(inside, "root:org", "", "workspace-owner")))
+    gevent.sleep(0.1)  # the reconcile its own status write triggers must write nothing
+    events = [(e.type, e.obj["status"]["phase"], e.obj["metadata"]["finalizers"])
+              for e in watcher.take() if e.key.name == "org"]
+    assert events == [("ADDED", "Scheduling", [tenancy.FINALIZER]), ("MODIFIED", "Ready", [tenancy.FINALIZER])]
+
+
 def test_initializers_hold_the_workspace_in_initializing(registry, controller):
     registry.create(WORKSPACE_TYPES, "root", "", {"metadata": {"name": "slow"},
                                                   "spec": {"initializer": True, "initializers": ["other"]}})
