@@ -132,6 +132,7 @@ class Shard:
         self.registry.cluster_hooks.append(ensure_bootstrap_policy)
         self.registry.replicated_resources = REPLICATED_RESOURCES
         self.registry.cluster_template = default_content(self.registry)
+        self.registry.owned_cluster_template = default_content(self.registry, owned=True)
         if self.is_root:  # elsewhere root's objects are replicas (server.controllers.replication)
             self.registry.ensure_logical_cluster(ROOT)
         repair_stored_types(self.registry)

@@ -46,14 +46,18 @@ def ensure_fields(registry: Registry, rt: ResourceType, cluster: str, name: str,
         registry.update(rt, cluster, "", name, {**current, **fields})
 
 
-def default_content(registry: Registry, cluster: str = "root") -> Template:
+def default_content(registry: Registry, cluster: str = "root", *, owned: bool = False) -> Template:
     """What every new logical cluster holds before anyone writes to it -- the ``default`` Namespace with its
     ``default`` ServiceAccount and the bootstrap policy -- as the registry would create each (``cluster``: where the
-    kinds are looked up), shared by all of them (``server.storage.templates``)."""
+    kinds are looked up), shared by all of them (``server.storage.templates``). ``owned``: with the owner's
+    ClusterRoleBinding, whose subject each instance names (``create_logical_cluster`` writes it otherwise)."""
     lookup = registry.catalog.lookup
     wanted = [("", "namespaces", "", {"metadata": {"name": "default"}}, None),
               ("", "serviceaccounts", "default", {"metadata": {"name": "default"}}, SERVICE_ACCOUNT_MANAGER),
               *((RBAC_GROUP, plural, "", obj, None) for plural, obj in bootstrap_objects())]
+    if owned:  # the placeholder subject is never shown: each instance's owner replaces it
+        wanted.append((RBAC_GROUP, "clusterrolebindings", "", {"metadata": {"name": OWNER_BINDING},
+                                                              **owner_binding_fields("owner")}, None))
     objects = []
     for group, plural, namespace, body, manager in wanted:
         rt = lookup(cluster, group, "v1", plural)
@@ -65,7 +69,15 @@ def default_content(registry: Registry, cluster: str = "root") -> Template:
         md["managedFields"] = [{**e, "time": ""} if "time" in e else e for e in md.get("managedFields") or ()]
         md.pop("resourceVersion", None)
         objects.append((rt.storage_key, namespace if rt.namespaced else "", md["name"], obj))
-    return Template(objects, CLUSTER_ANNOTATION)
+    bindings = lookup(cluster, RBAC_GROUP, "v1", "clusterrolebindings")
+    owned = owned and bindings is not None
+    return Template(objects, CLUSTER_ANNOTATION, (bindings.storage_key, "", OWNER_BINDING) if owned else None)
+
+
+def owner_binding_fields(owner: str) -> dict:
+    """The owner's ClusterRoleBinding inside a workspace: ``cluster-admin`` for user ``owner``."""
+    return {"roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "User", "apiGroup": RBAC_GROUP, "name": owner}]}
 
 
 def create_logical_cluster(registry: Registry, cluster: str, owner: str = "", parent_shard: str = "") -> None:
@@ -75,9 +87,7 @@ def create_logical_cluster(registry: Registry, cluster: str, owner: str = "", pa
     def grant_owner() -> None:
         bindings = registry.catalog.lookup(cluster, RBAC_GROUP, "v1", "clusterrolebindings")
         if owner and bindings is not None:  # without RBAC there is nothing to grant with
-            ensure_fields(registry, bindings, cluster, OWNER_BINDING, {
-                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "cluster-admin"},
-                "subjects": [{"kind": "User", "apiGroup": RBAC_GROUP, "name": owner}]})
+            ensure_fields(registry, bindings, cluster, OWNER_BINDING, owner_binding_fields(owner))
 
     registry.ensure_logical_cluster(cluster, owner=owner, prepare=grant_owner,
                                     annotations={PARENT_SHARD_ANNOTATION: parent_shard} if parent_shard else None)

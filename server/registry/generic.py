@@ -74,6 +74,8 @@ class Registry:
         # The default content of a new logical cluster, shared by all (server.storage.templates); None: each gets
         # its own rows, written by ``cluster_hooks`` (and always on a backend that cannot reserve revisions).
         self.cluster_template: Template | None = None
+        # The same for a cluster with an owner: with the owner's binding, its subject each instance's owner.
+        self.owned_cluster_template: Template | None = None
 
     # ------------------------------------------------------------------ logical clusters
 
@@ -87,13 +89,14 @@ class Registry:
         finishes it. With ``cluster_template`` the default content is one write of a template instance; without
         (or on a backend that cannot reserve revisions) the namespace and the ``cluster_hooks`` write rows."""
         key = Key(LOGICAL_CLUSTERS, cluster, "", "cluster")
-        template = self.cluster_template
+        template = self.owned_cluster_template if owner and self.owned_cluster_template else self.cluster_template
         fresh = False
         if (template is not None and self.store.supports_templates and self.store.get(key) is None
                 and not self.store.has_instance(cluster)):
             # The default content in one write (server.storage.templates): nothing for the hooks to add.
             try:
-                self.store.instantiate(cluster, template, str(uuid.uuid4()), now_rfc3339())
+                self.store.instantiate(cluster, template, str(uuid.uuid4()), now_rfc3339(),
+                                       owner if template is self.owned_cluster_template else "")
                 fresh = True
             except KeyExistsError:
                 pass  # another caller's, just now

@@ -442,7 +442,7 @@ class Store:
             self._total += 1
         for cluster, rv, record in instances:
             self._instances[cluster] = Instance(self._templates[record["template"]], cluster, record["uid"],
-                                                record["creationTimestamp"], rv)
+                                                record["creationTimestamp"], rv, record.get("owner") or "")
         for key, instance_rv in tombstones:
             instance = self._instances.get(key.cluster)
             if instance is not None and instance.rv == instance_rv:  # else left over from a cluster deleted since
@@ -672,7 +672,7 @@ class Store:
     def has_instance(self, cluster: str) -> bool:
         return cluster in self._instances
 
-    def instantiate(self, cluster: str, template: Template, uid: str, created: str) -> None:
+    def instantiate(self, cluster: str, template: Template, uid: str, created: str, owner: str = "") -> None:
         """Give ``cluster`` the template's objects, with one write (raises :class:`KeyExistsError` if it has them).
 
         Each gets an ADDED event at its own reserved resourceVersion, as if it had been created then."""
@@ -687,7 +687,7 @@ class Store:
                 self._backend_write(encode_key(TEMPLATES, "", "", template.name), template.encoded, 0)
                 self._templates[template.name] = template
             template = self._templates[template.name]
-            instance = Instance(template, cluster, uid, created, 0)
+            instance = Instance(template, cluster, uid, created, 0, owner)
             rv, interrupted = self._backend_write(encode_key(INSTANCES, cluster, "", template.name), instance.record(),
                                                   0, len(template))
             instance.rv = rv

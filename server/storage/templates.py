@@ -38,24 +38,30 @@ class TemplateObject(NamedTuple):
 
 
 class Template:
-    """Objects shared by every cluster that instantiates it; ``cluster_annotation`` is set to the cluster's name."""
+    """Objects shared by every cluster that instantiates it; ``cluster_annotation`` is set to the cluster's name.
+    ``owner_binding``: the (resource, namespace, name) of a binding whose first subject is each instance's owner (so
+    a workspace's owner grant costs no row of its own either)."""
 
-    def __init__(self, objects: list[tuple[str, str, str, dict]], cluster_annotation: str):
+    def __init__(self, objects: list[tuple[str, str, str, dict]], cluster_annotation: str,
+                 owner_binding: tuple[str, str, str] | None = None):
         self.cluster_annotation = cluster_annotation
+        self.owner_binding = tuple(owner_binding) if owner_binding else None
         self.objects = [TemplateObject(r, ns, n, i, obj) for i, (r, ns, n, obj) in enumerate(objects)]
         self.by_resource: dict[str, dict[tuple[str, str], TemplateObject]] = {}
         for entry in self.objects:
             self.by_resource.setdefault(entry.resource, {})[(entry.namespace, entry.name)] = entry
         self.sorted_keys = {resource: sorted(entries) for resource, entries in self.by_resource.items()}
-        self.encoded = orjson.dumps({"clusterAnnotation": cluster_annotation,
-                                     "objects": [[r, ns, n, obj] for r, ns, n, _, obj in self.objects]},
-                                    option=orjson.OPT_SORT_KEYS)
+        content = {"clusterAnnotation": cluster_annotation,
+                   "objects": [[r, ns, n, obj] for r, ns, n, _, obj in self.objects]}
+        if self.owner_binding:
+            content["ownerBinding"] = list(self.owner_binding)
+        self.encoded = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         self.name = "t-" + hashlib.sha256(self.encoded).hexdigest()[:16]
 
     @classmethod
     def decode(cls, value: bytes) -> "Template":
         data = orjson.loads(value)
-        return cls([tuple(o) for o in data["objects"]], data["clusterAnnotation"])
+        return cls([tuple(o) for o in data["objects"]], data["clusterAnnotation"], data.get("ownerBinding"))
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -64,14 +70,15 @@ class Template:
 class Instance:
     """One cluster's use of a template: about 200 bytes, all a workspace's default content costs in memory."""
 
-    __slots__ = ("template", "cluster", "uid", "created", "rv")
+    __slots__ = ("template", "cluster", "uid", "created", "rv", "owner")
 
-    def __init__(self, template: Template, cluster: str, uid: str, created: str, rv: int):
+    def __init__(self, template: Template, cluster: str, uid: str, created: str, rv: int, owner: str = ""):
         self.template = template
         self.cluster = cluster
         self.uid = uid
         self.created = created
-        self.rv = rv  # of the instance row; the objects have rv - len(template) + 1 + index... see ``object_rv``
+        self.rv = rv
+        self.owner = owner  # the user the template's owner binding names  # of the instance row; the objects have rv - len(template) + 1 + index... see ``object_rv``
 
     @property
     def first_rv(self) -> int:
@@ -93,7 +100,13 @@ class Instance:
         if managed:
             md["managedFields"] = [{**e, "time": self.created} if "time" in e else e for e in managed]
         obj["metadata"] = md
+        if self.owner and (entry.resource, entry.namespace, entry.name) == self.template.owner_binding:
+            first, *rest = obj["subjects"]
+            obj["subjects"] = [{**first, "name": self.owner}, *rest]
         return obj
 
     def record(self) -> bytes:
-        return orjson.dumps({"template": self.template.name, "uid": self.uid, "creationTimestamp": self.created})
+        record = {"template": self.template.name, "uid": self.uid, "creationTimestamp": self.created}
+        if self.owner:
+            record["owner"] = self.owner
+        return orjson.dumps(record)

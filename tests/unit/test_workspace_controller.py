@@ -127,6 +127,23 @@ def test_scheduling_to_ready_with_grants(registry, controller):
     assert inside["roleRef"]["name"] == "cluster-admin" and inside["subjects"][0]["name"] == "alice"
 
 
+def test_a_workspace_takes_two_writes_of_its_object_from_create_to_ready(registry, controller):
+    """The finalizer comes with the create (no client ever reads the object without it) and, with no
+    initializer waiting, Scheduling -> Ready is one status write: the workspace creation rate (issue 17) rests on
+    not writing the object more often than that."""
+    watcher = registry.store.watch(CLUSTER_WORKSPACES.storage_key, "root", None, registry.store.current_rv())
+    created = create(registry, "root", "org")
+    assert created["metadata"]["finalizers"] == [tenancy.FINALIZER]
+    assert created["status"] == {"phase": "Scheduling"}
+    wait_for(lambda: phase(registry, "root", "org") == "Ready")
+    inside = registry.catalog.lookup("root:org", RBAC, "v1", "clusterrolebindings")
+    wait_for(lambda: registry.store.get(registry.key(inside, "root:org", "", "workspace-owner")))
+    gevent.sleep(0.1)  # the reconcile its own status write triggers must write nothing
+    events = [(e.type, e.obj["status"]["phase"], e.obj["metadata"]["finalizers"])
+              for e in watcher.take() if e.key.name == "org"]
+    assert events == [("ADDED", "Scheduling", [tenancy.FINALIZER]), ("MODIFIED", "Ready", [tenancy.FINALIZER])]
+
+
 def test_initializers_hold_the_workspace_in_initializing(registry, controller):
     registry.create(WORKSPACE_TYPES, "root", "", {"metadata": {"name": "slow"},
                                                   "spec": {"initializer": True, "initializers": ["other"]}})
@@ -223,3 +240,60 @@ def test_grants_are_corrected_when_tampered(registry, controller):
     assert registry.get(bindings, "root", "", "workspace-owner:org")["subjects"][0]["name"] == "alice"
     with pytest.raises(errors.NotFound):
         registry.get(bindings, "root", "", "workspace-owner:nothing")
+
+
+def test_the_owner_binding_comes_with_the_shared_content_each_workspace_naming_its_owner(tmp_path):
+    """With the shard's templates the owner's ``workspace-owner`` binding inside is a template object (no row of
+    its own) that names each workspace's owner, exactly as the binding written for real would be, kept across a
+    restart, and a real row from its first write on."""
+    from server.apis.logicalclusters import create_logical_cluster, default_content
+
+    def open_registry(templates: bool) -> Registry:
+        reg = Registry(Store(SQLiteBackend(str(tmp_path / ("t.db" if templates else "rows.db")))),
+                       Catalog(builtin_types()))
+        if templates:
+            reg.cluster_template = default_content(reg)
+            reg.owned_cluster_template = default_content(reg, owned=True)
+        reg.ensure_logical_cluster("root")
+        return reg
+
+    def comparable(obj: dict) -> dict:
+        md = {k: v for k, v in obj["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")}
+        md["managedFields"] = [{k: v for k, v in e.items() if k != "time"} for e in md["managedFields"]]
+        return {**obj, "metadata": md}
+
+    rows, shared = open_registry(False), open_registry(True)
+    for reg in (rows, shared):
+        create_logical_cluster(reg, "root:a", "alice")
+        create_logical_cluster(reg, "root:b", "bob")
+        create_logical_cluster(reg, "root:nobody", "")
+    rows_before = rows.store.current_rv()
+    bindings = shared.catalog.lookup("root:a", RBAC, "v1", "clusterrolebindings").storage_key
+    assert shared.store.get_real(Key(bindings, "root:a", "", "workspace-owner")) is None  # no row of its own
+    for cluster, owner in (("root:a", "alice"), ("root:b", "bob")):
+        obj = get(shared, "clusterrolebindings", cluster, "workspace-owner")
+        assert obj["subjects"] == [{"kind": "User", "apiGroup": RBAC, "name": owner}]
+        assert comparable(obj) == comparable(get(rows, "clusterrolebindings", cluster, "workspace-owner"))
+        listed = [o for o in shared.store.list(bindings, cluster)[0] if o["metadata"]["name"] == "workspace-owner"]
+        assert listed == [obj]
+    assert get(shared, "clusterrolebindings", "root:nobody", "workspace-owner") is None
+    assert get(rows, "clusterrolebindings", "root:nobody", "workspace-owner") is None
+    # Ensuring the cluster again writes nothing: the binding is already what it must be.
+    rv = shared.store.current_rv()
+    create_logical_cluster(shared, "root:a", "alice")
+    assert shared.store.current_rv() == rv and rows.store.current_rv() == rows_before
+    uid = get(shared, "clusterrolebindings", "root:a", "workspace-owner")["metadata"]["uid"]
+    shared.store.close()
+
+    reopened = open_registry(True)
+    again = get(reopened, "clusterrolebindings", "root:a", "workspace-owner")
+    assert again["metadata"]["uid"] == uid and again["subjects"][0]["name"] == "alice"
+    assert get(reopened, "clusterrolebindings", "root:b", "workspace-owner")["subjects"][0]["name"] == "bob"
+    # A tenant's write makes it a row, which shadows the template object from then on.
+    rt = reopened.catalog.lookup("root:a", RBAC, "v1", "clusterrolebindings")
+    reopened.update(rt, "root:a", "", "workspace-owner", {**again, "subjects": [
+        {"kind": "User", "apiGroup": RBAC, "name": "carol"}]})
+    assert reopened.store.get_real(Key(bindings, "root:a", "", "workspace-owner"))["subjects"][0]["name"] == "carol"
+    assert get(reopened, "clusterrolebindings", "root:a", "workspace-owner")["subjects"][0]["name"] == "carol"
+    reopened.store.close()
+    rows.store.close()
