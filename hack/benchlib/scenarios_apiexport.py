@@ -218,4 +218,5 @@ def scen_apiexport_get(ctx: Context) -> Iterator[Row]:
     yield from compare_wrk(ctx, "apiexport VW: GET one Widget (wrk -t1 -c50)",
                            [("direct", lambda: f"{shard.url}/clusters/{cluster}{path}", shard.auth),
                             ("vw", lambda: f"{shard.url}{VW}/{cluster}{path}", shard.auth)],
-                           [("vw", "direct", 0.87)])
+                           [("vw", "direct", 0.95)],
+                           cpu={"direct": {"shard": shard.pid}, "vw": {"shard": shard.pid}})

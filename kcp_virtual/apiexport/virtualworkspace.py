@@ -22,14 +22,13 @@ Writes are validated by the shard against the schema, as in the consumer workspa
 from __future__ import annotations
 
 import re
-from types import MappingProxyType
 from typing import Any
 
 from kcp_virtual.apiexport.exports import GROUP, VERSION, Exports
 from kcp_virtual.framework.authorization import Attributes, Decision, forbidden
 from kcp_virtual.framework.resource import ResourceHandler
 from kcp_virtual.framework.shardclient import ShardClient
-from kcp_virtual.framework.virtualworkspace import (NOT_ACCEPTED, SERVICES_PREFIX, Context, Request, Resolution,
+from kcp_virtual.framework.virtualworkspace import (SERVICES_PREFIX, Context, Request,
                                                     VirtualWorkspace, cluster_path_resolver, is_cluster_name)
 
 __all__ = ["NAME", "url_path", "resolve", "content_attributes", "apiexport", "NOT_BOUND"]
@@ -37,24 +36,23 @@ __all__ = ["NAME", "url_path", "resolve", "content_attributes", "apiexport", "NO
 NAME = "apiexport"
 NOT_BOUND = "could not find suitable APIBinding in target logical cluster"
 _EXPORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_resolve_shape = cluster_path_resolver(NAME, 2)
+
+
+def _export_values(segments: list[str]) -> dict[str, str] | None:
+    """A valid export cluster and export name, else None (the path is not this virtual workspace's)."""
+    export_cluster, export_name = segments
+    if not is_cluster_name(export_cluster) or len(export_name) > 253 or not _EXPORT_NAME.fullmatch(export_name):
+        return None
+    return {"export_cluster": export_cluster, "export_name": export_name}
+
+
+#: The common ``.../clusters/<cluster|*>`` shape, with a valid export cluster and export name.
+resolve = cluster_path_resolver(NAME, 2, values=_export_values)
 
 
 def url_path(export_cluster: str, export_name: str) -> str:
     """``/services/apiexport/<export-cluster>/<export-name>``: append ``/clusters/<cluster|*>``."""
     return f"{SERVICES_PREFIX}/{NAME}/{export_cluster}/{export_name}"
-
-
-def resolve(path: str) -> Resolution:
-    """The common ``.../clusters/<cluster|*>`` shape, with a valid export cluster and export name."""
-    accepted, prefix, context = _resolve_shape(path)
-    if not accepted:
-        return NOT_ACCEPTED
-    export_cluster, _, export_name = context.api_domain_key.partition("/")
-    if not is_cluster_name(export_cluster) or len(export_name) > 253 or not _EXPORT_NAME.fullmatch(export_name):
-        return NOT_ACCEPTED
-    return Resolution(True, prefix, context._replace(values=MappingProxyType(
-        {"export_cluster": export_cluster, "export_name": export_name})))
 
 
 def _export(context: Context) -> tuple[str, str]:

@@ -131,18 +131,41 @@ def _dot_segment(path: str) -> bool:
 
 def cluster_path_resolver(name: str, segments: int = 0, *,
                           api_domain_key: Callable[[list[str]], str] | None = None,
+                          values: Callable[[list[str]], Mapping[str, Any] | None] | None = None,
                           keep_cluster_in_path: bool = False) -> Resolver:
     """The resolver of the common URL shape ``/services/<name>/<segments...>/clusters/<cluster|*>/...``.
 
     ``segments`` is how many virtual-workspace-specific segments come before ``/clusters/``; they
     become the API-domain key (joined with ``/``, as kcp does) unless ``api_domain_key`` maps them
-    otherwise. Rejected: a missing or empty segment, ``.`` or ``..`` anywhere in the path, and a
-    cluster that is neither ``*`` nor a logical cluster path. The prefix stripped ends after the
-    cluster, so the handler sees ``/api/...`` or ``/apis/...``; with ``keep_cluster_in_path`` it
-    ends before ``/clusters/`` (a proxy that forwards ``/clusters/<name>/...`` as it came).
+    otherwise, and ``values(segments)`` becomes the context's ``values`` (None rejects the path: the
+    virtual workspace's own checks of its segments). Rejected: a missing or empty segment, ``.`` or
+    ``..`` anywhere in the path, and a cluster that is neither ``*`` nor a logical cluster path. The
+    prefix stripped ends after the cluster, so the handler sees ``/api/...`` or ``/apis/...``; with
+    ``keep_cluster_in_path`` it ends before ``/clusters/`` (a proxy that forwards
+    ``/clusters/<name>/...`` as it came).
+
+    ``api_domain_key`` and ``values`` must be pure functions of the segments: the resolutions are
+    memoized per (segments, cluster), since every request of a virtual workspace is resolved first
+    (the objects returned are immutable, so requests may share them).
     """
     base = f"{SERVICES_PREFIX}/{name}/"
     start = len(base)
+
+    @lru_cache(maxsize=4096)
+    def resolution(own: tuple[str, ...], cluster: str) -> Resolution:
+        if not all(own) or (cluster != WILDCARD and not is_cluster_name(cluster)):
+            return NOT_ACCEPTED
+        key = api_domain_key(list(own)) if api_domain_key is not None else "/".join(own)
+        if values is None:
+            context = Context(cluster, key)
+        else:
+            extra = values(list(own))
+            if extra is None:
+                return NOT_ACCEPTED
+            context = Context(cluster, key, MappingProxyType(dict(extra)))
+        own_path = base + "".join(s + "/" for s in own)   # "/services/<name>/<segments>/"
+        prefix = own_path[:-1] if keep_cluster_in_path else f"{own_path}clusters/{cluster}"
+        return Resolution(True, prefix, context)
 
     def resolve(path: str) -> Resolution:
         if not path.startswith(base) or _dot_segment(path):
@@ -151,15 +174,6 @@ def cluster_path_resolver(name: str, segments: int = 0, *,
         # parts: <segments...>, "clusters", <cluster>[, <rest>]
         if len(parts) < segments + 2 or parts[segments] != "clusters":
             return NOT_ACCEPTED
-        own, cluster = parts[:segments], parts[segments + 1]
-        if not all(own) or (cluster != WILDCARD and not is_cluster_name(cluster)):
-            return NOT_ACCEPTED
-        key = api_domain_key(own) if api_domain_key is not None else "/".join(own)
-        own_end = start + sum(len(s) + 1 for s in own)   # just after "<segments>/"
-        if keep_cluster_in_path:
-            prefix = path[:own_end - 1]
-        else:
-            prefix = path[:own_end + len("clusters/") + len(cluster)]
-        return Resolution(True, prefix, Context(cluster, key))
+        return resolution(tuple(parts[:segments]), parts[segments + 1])
 
     return resolve

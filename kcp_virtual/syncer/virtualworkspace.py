@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Any
 
 from kcp_virtual.framework import errors, table
@@ -37,7 +36,7 @@ from kcp_virtual.framework.authorization import Attributes, Decision
 from kcp_virtual.framework.resource import APIDefinition, ResourceHandler
 from kcp_virtual.framework.shardclient import GroupVersionResource, ShardClient
 from kcp_virtual.framework.storage import READ_VERBS, SUBRESOURCE_VERBS, ForwardingStorage
-from kcp_virtual.framework.virtualworkspace import (NOT_ACCEPTED, SERVICES_PREFIX, Context, Request, Resolution,
+from kcp_virtual.framework.virtualworkspace import (SERVICES_PREFIX, Context, Request,
                                                     VirtualWorkspace, cluster_path_resolver, is_cluster_name)
 from kcp_virtual.syncer.placement import (CONFIGMAPS, DEPLOYMENTS, GROUP, NAMESPACES, SECRETS, SYNC, SYNC_TARGETS,
                                           VERSION, state_label, sync_target_key)
@@ -50,24 +49,23 @@ VERBS = ("get", "list", "patch", "update", "watch")
 _TARGET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _UID = re.compile(r"[0-9A-Za-z-]{1,64}")
 _DEFINITIONS_KEPT = 1024
-_resolve_shape = cluster_path_resolver(NAME, 3)
+
+
+def _target_values(segments: list[str]) -> dict[str, str] | None:
+    """A valid target cluster, name and UID, else None (the path is not this virtual workspace's)."""
+    cluster, name, uid = segments
+    if not is_cluster_name(cluster) or len(name) > 253 or not _TARGET_NAME.fullmatch(name) or not _UID.fullmatch(uid):
+        return None
+    return {"target_cluster": cluster, "target_name": name, "target_uid": uid, "key": sync_target_key(cluster, name)}
+
+
+#: The common ``.../clusters/<cluster|*>`` shape after a valid target cluster, name and UID.
+resolve = cluster_path_resolver(NAME, 3, values=_target_values)
 
 
 def url_path(cluster: str, name: str, uid: str) -> str:
     """``/services/syncer/<cluster>/<name>/<uid>``: append ``/clusters/<cluster|*>``."""
     return f"{SERVICES_PREFIX}/{NAME}/{cluster}/{name}/{uid}"
-
-
-def resolve(path: str) -> Resolution:
-    """The common ``.../clusters/<cluster|*>`` shape after a valid target cluster, name and UID."""
-    accepted, prefix, context = _resolve_shape(path)
-    if not accepted:
-        return NOT_ACCEPTED
-    cluster, name, uid = context.api_domain_key.split("/")
-    if not is_cluster_name(cluster) or len(name) > 253 or not _TARGET_NAME.fullmatch(name) or not _UID.fullmatch(uid):
-        return NOT_ACCEPTED
-    return Resolution(True, prefix, context._replace(values=MappingProxyType(
-        {"target_cluster": cluster, "target_name": name, "target_uid": uid, "key": sync_target_key(cluster, name)})))
 
 
 def sync_attributes(cluster: str, name: str) -> Attributes:

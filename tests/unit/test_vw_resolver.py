@@ -96,3 +96,32 @@ def test_without_segments_the_name_alone_prefixes():
     resolve = cluster_path_resolver("content", keep_cluster_in_path=True)
     accepted, prefix, context = resolve("/services/content/clusters/root/api")
     assert accepted and prefix == "/services/content" and context.cluster == "root"
+
+
+def test_values_check_the_segments_and_become_the_context_values():
+    calls = []
+
+    def values(segments):
+        calls.append(segments)
+        return {"team": segments[0]} if segments[0] != "bad" else None
+
+    resolve = cluster_path_resolver("teams", 1, values=values)
+    accepted, prefix, context = resolve("/services/teams/red/clusters/root:org/api/v1/configmaps")
+    assert accepted and prefix == "/services/teams/red/clusters/root:org"
+    assert context == Context(cluster="root:org", api_domain_key="red", values={"team": "red"})
+    with pytest.raises(TypeError):
+        context.values["team"] = "blue"  # shared by every request of that prefix: read-only
+    assert not resolve("/services/teams/bad/clusters/root/api")[0]
+    assert not resolve("/services/teams/red/clusters/Root/api")[0]  # the cluster is checked before values
+
+
+def test_resolutions_are_memoized_per_segments_and_cluster():
+    calls = []
+    resolve = cluster_path_resolver("memo", 1, values=lambda segments: calls.append(segments) or {"n": len(calls)})
+    first = resolve("/services/memo/a/clusters/root/api/v1/configmaps/x")
+    again = resolve("/services/memo/a/clusters/root/apis/example.io/v1/widgets")
+    assert first == again and calls == [["a"]]
+    other = resolve("/services/memo/a/clusters/root:org/api")
+    assert other.context.cluster == "root:org" and other.prefix == "/services/memo/a/clusters/root:org"
+    assert calls == [["a"], ["a"]]
+    assert not resolve("/services/memo/a/clusters/root/../x/api")[0]  # dot segments: refused before the memo
