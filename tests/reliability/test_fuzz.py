@@ -76,21 +76,28 @@ WORKLOAD = "/apis/workload.kcp.dev/v1alpha1"
 
 def seed_views(admin: RestClient, suffix: str = "") -> dict[str, str]:
     """What the initializingworkspaces and syncer views show, fresh (``suffix`` names a new set: generated requests
-    may have deleted the last one): WorkspaceType ``db<suffix>`` of root:provider with its own initializer and a
-    workspace ``initializing<suffix>`` of that type in root, Initializing (nothing generated removes exactly
-    that initializer); SyncTarget ``t<suffix>`` in root:provider and a ConfigMap and a Deployment ``placed`` of
-    root's new namespace ``fuzz<suffix>`` placed on it. The URL parts of both views that the templates below use."""
+    may have deleted the last one, root:provider included): WorkspaceType ``db<suffix>`` of root:provider (with a
+    suffix: of a new workspace root:views<suffix>) with its own initializer and a workspace ``initializing<suffix>``
+    of that type in root, Initializing (nothing generated removes exactly that initializer); SyncTarget
+    ``t<suffix>`` beside the type and a ConfigMap and a Deployment ``placed`` of root's new namespace
+    ``fuzz<suffix>`` placed on it. The URL parts of both views that the templates below use."""
     type_name, workspace, target_name, namespace = f"db{suffix}", f"initializing{suffix}", f"t{suffix}", f"fuzz{suffix}"
-    admin.ok("POST", f"/clusters/root:provider{TENANCY}/workspacetypes", {
+    home = "root:provider"
+    if suffix:  # a home of its own: generated requests may have deleted root:provider itself
+        home = f"root:views{suffix}"
+        admin.ok("POST", f"/clusters/root{TENANCY}/clusterworkspaces", {"metadata": {"name": f"views{suffix}"}})
+        wait(lambda: admin.call("GET", f"/clusters/root{TENANCY}/clusterworkspaces/views{suffix}")[1],
+             lambda ws: (ws.get("status") or {}).get("phase") == "Ready")
+    admin.ok("POST", f"/clusters/{home}{TENANCY}/workspacetypes", {
         "metadata": {"name": type_name}, "spec": {"initializer": True, "initializerPermissions": [
             {"apiGroups": [""], "resources": ["namespaces", "configmaps"], "verbs": ["get", "list", "create"]}]}})
     admin.ok("POST", f"/clusters/root{TENANCY}/clusterworkspaces", {
-        "metadata": {"name": workspace}, "spec": {"type": {"name": type_name, "path": "root:provider"}}})
-    admin.ok("POST", f"/clusters/root:provider{WORKLOAD}/synctargets", {
+        "metadata": {"name": workspace}, "spec": {"type": {"name": type_name, "path": home}}})
+    admin.ok("POST", f"/clusters/{home}{WORKLOAD}/synctargets", {
         "apiVersion": "workload.kcp.dev/v1alpha1", "kind": "SyncTarget", "metadata": {"name": target_name}})
     if suffix:
         admin.ok("POST", "/clusters/root/api/v1/namespaces", {"metadata": {"name": namespace}})
-    placed = {state_label(sync_target_key("root:provider", target_name)): "Sync"}
+    placed = {state_label(sync_target_key(home, target_name)): "Sync"}
     admin.ok("POST", f"/clusters/root/api/v1/namespaces/{namespace}/configmaps",
              {"metadata": {"name": "placed", "labels": placed}, "data": {"k": "v"}})
     admin.ok("POST", f"/clusters/root/apis/apps/v1/namespaces/{namespace}/deployments", {
@@ -100,10 +107,10 @@ def seed_views(admin: RestClient, suffix: str = "") -> dict[str, str]:
                          "spec": {"containers": [{"name": "app", "image": "nginx"}]}}}})
     wait(lambda: admin.call("GET", f"/clusters/root{TENANCY}/clusterworkspaces/{workspace}")[1],
          lambda ws: (ws.get("status") or {}).get("phase") == "Initializing")
-    uid = admin.ok("GET", f"/clusters/root:provider{WORKLOAD}/synctargets/{target_name}")["metadata"]["uid"]
-    initializer = f"root:provider:{type_name}"
+    uid = admin.ok("GET", f"/clusters/{home}{WORKLOAD}/synctargets/{target_name}")["metadata"]["uid"]
+    initializer = f"{home}:{type_name}"
     return {"initializer": initializer, "initializing": f"/services/initializingworkspaces/{initializer}/clusters",
-            "workspace": workspace, "syncer": f"/services/syncer/root:provider/{target_name}/{uid}/clusters",
+            "workspace": workspace, "syncer": f"/services/syncer/{home}/{target_name}/{uid}/clusters",
             "ns": namespace}
 
 
