@@ -42,7 +42,7 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import structlog
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 log = structlog.get_logger("url-follower")
@@ -67,6 +67,13 @@ class Worker(Protocol):
     def stop(self) -> None: ...
 
     def join(self, timeout: float | None = None) -> None: ...
+
+
+def kubeconfig_configuration(kubeconfig: str, context: str | None = None) -> client.Configuration:
+    """The client configuration of a kubeconfig file's context (its current one by default)."""
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    return configuration
 
 
 def configuration_for(base: client.Configuration, host: str) -> client.Configuration:

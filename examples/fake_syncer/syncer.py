@@ -25,10 +25,10 @@ from functools import partial
 from typing import Callable
 
 import structlog
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from examples.urlfollower import URLFollower, URLWorker, object_key
+from examples.urlfollower import URLFollower, URLWorker, kubeconfig_configuration, object_key
 
 log = structlog.get_logger("fake-syncer")
 
@@ -137,9 +137,7 @@ class FakeSyncer(URLFollower):
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, cluster: str, name: str, *, context: str | None = None,
                         on_event: Observer | None = None) -> "FakeSyncer":
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        return cls(configuration, cluster, name, on_event=on_event)
+        return cls(kubeconfig_configuration(kubeconfig, context), cluster, name, on_event=on_event)
 
     @property
     def views(self) -> dict[str, TargetView]:

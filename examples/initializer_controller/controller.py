@@ -24,10 +24,10 @@ import threading
 from typing import Callable
 
 import structlog
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from examples.urlfollower import CLUSTER_ANNOTATION, RETRY_SECONDS, URLFollower, URLWorker
+from examples.urlfollower import CLUSTER_ANNOTATION, RETRY_SECONDS, URLFollower, URLWorker, kubeconfig_configuration
 
 log = structlog.get_logger("initializer-controller")
 
@@ -154,6 +154,4 @@ class InitializerController(URLFollower):
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, type_cluster: str, type_name: str, *, context: str | None = None,
                         **options) -> "InitializerController":
-        configuration_ = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration_)
-        return cls(configuration_, type_cluster, type_name, **options)
+        return cls(kubeconfig_configuration(kubeconfig, context), type_cluster, type_name, **options)

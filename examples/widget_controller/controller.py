@@ -19,10 +19,10 @@ from functools import partial
 from typing import Callable
 
 import structlog
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from examples.urlfollower import CLUSTER_ANNOTATION, URLFollower, URLWorker
+from examples.urlfollower import CLUSTER_ANNOTATION, URLFollower, URLWorker, kubeconfig_configuration
 
 log = structlog.get_logger("widget-controller")
 
@@ -78,6 +78,4 @@ class WidgetController(URLFollower):
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str, export_cluster: str, export_name: str, *, context: str | None = None,
                         on_widget: Observer | None = None) -> "WidgetController":
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-        return cls(configuration, export_cluster, export_name, on_widget=on_widget)
+        return cls(kubeconfig_configuration(kubeconfig, context), export_cluster, export_name, on_widget=on_widget)
