@@ -27,7 +27,7 @@ from typing import Iterator
 
 from . import util
 from .scenarios import GET_PATH, Context, Row, compare_wrk, ensure_get_object, ensure_namespace, scenario
-from .services import VENV_BIN, Nginx, Service, Shard, _http, repo_env
+from .services import VENV_BIN, Nginx, Service, Shard, _http, nginx_upstream, repo_env
 from .util import Cores, free_port, median, wait_until
 
 CREATES, CONCURRENCY = 1000, 32
@@ -272,13 +272,6 @@ def scen_shards_workspaces(ctx: Context) -> Iterator[Row]:
 
 # ------------------------------------------------------------------------------- front-proxy
 
-NGINX_UPSTREAM = """\
-    upstream kcp_shard {{
-        server 127.0.0.1:{port};
-        keepalive 256;
-    }}
-"""
-
 NGINX_LOCATION = """\
         location /clusters/ {{
             proxy_pass https://kcp_shard;
@@ -300,7 +293,7 @@ def _front_proxy_targets(ctx: Context):
     proxy = ctx.service("front-proxy", lambda: FrontProxy(ctx.workdir, ctx.cores, shard))
     nginx = ctx.service("front-proxy-nginx", lambda: Nginx(
         ctx.workdir, ctx.cores, ctx.cert, {}, extra=NGINX_LOCATION.format(ca=shard.ca),
-        http_extra=NGINX_UPSTREAM.format(port=shard.port)))
+        http_extra=nginx_upstream("kcp_shard", shard.port)))
     for label, url in (("front-proxy", proxy.url), ("nginx", nginx.url)):
         r = _http().request("GET", url + GET_PATH, headers=shard.auth)
         if r.status != 200:

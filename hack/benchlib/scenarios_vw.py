@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from . import util
 from .scenarios import Context, Row, compare_wrk, ensure_namespace, scenario
-from .services import ExternalVW, Nginx, Shard, TrivialRelay, _http
+from .services import ExternalVW, Nginx, Shard, TrivialRelay, _http, nginx_upstream
 from .util import cpu_seconds, free_port, median, rss_kib
 
 DEMO = "tests.vw_demo:demo"
@@ -100,13 +100,6 @@ def _stop(ctx: Context, *keys: str):
         ctx.stop_service(key)
 
 
-NGINX_UPSTREAM = """\
-    upstream kcp_virtual_workspaces {{
-        server 127.0.0.1:{port};
-        keepalive 256;
-    }}
-"""
-
 NGINX_LOCATION = """\
         location /services/ {{
             proxy_pass https://kcp_virtual_workspaces;
@@ -141,7 +134,7 @@ def nginx_in_front(ctx: Context, shard: Shard, external: ExternalVW, *, cached: 
             raise RuntimeError(f"no serving certificate found in {shard.root}")
         return Nginx(ctx.workdir, ctx.cores, cert, {},
                      extra=NGINX_LOCATION.format(root=shard.root, fresh=NGINX_FRESH if cached else ""),
-                     http_extra=NGINX_UPSTREAM.format(port=external.port))
+                     http_extra=nginx_upstream("kcp_virtual_workspaces", external.port))
 
     return ctx.service("vw-nginx-cached" if cached else "vw-nginx", build)
 

@@ -388,6 +388,16 @@ http {{
 """
 
 
+def nginx_upstream(name: str, port: int) -> str:
+    """An ``http_extra`` block for ``Nginx``: upstream ``name`` at 127.0.0.1:``port``, kept alive as a proxy's pool."""
+    return f"""\
+    upstream {name} {{
+        server 127.0.0.1:{port};
+        keepalive 256;
+    }}
+"""
+
+
 class Nginx(Service):
     """The ceiling: one nginx worker, TLS with the same cert, ``access_log off``.
 
