@@ -110,6 +110,7 @@ class Shard:
         self.store: Store | None = None
         self.audit: AuditLog | None = None
         self.controllers: list[Controller] = []
+        self.controllers_running = False  # /readyz's "controllers" check
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,13 +204,12 @@ class Shard:
         self.controllers.append(workspaces)
         self.controllers.append(ShardRegistration(self.registry, self.directory, spec={
             "baseURL": self.url, "virtualWorkspaceURL": virtual_workspace_url}))
-        started = []
         # Not ready before the controllers run: the workspace controller makes root's WorkspaceTypes, without
         # which a ClusterWorkspace created at once would be refused (422).
-        self.app.readiness["controllers"] = lambda: bool(started)
+        self.app.readiness["controllers"] = lambda: self.controllers_running
         for controller in self.controllers:
             controller.start()
-        started.append(True)
+        self.controllers_running = True
         log.info("serving", url=self.url, kubeconfig=str(self.kubeconfig_path), storage=self.storage_description)
         return self
 
@@ -233,6 +233,7 @@ class Shard:
         return str(self.config.storage_path())
 
     def stop(self) -> None:
+        self.controllers_running = False
         for controller in reversed(self.controllers):
             controller.stop()
         self.controllers = []
