@@ -22,20 +22,18 @@ from typing import Callable, Sequence
 
 from werkzeug.wrappers import Response
 
-from kcp_virtual.framework import decoding, discovery, errors, negotiation, table
+from kcp_virtual.framework import decoding, discovery, errors, negotiation, representation, table
 from kcp_virtual.framework.authorization import Decision
 from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.openapi import OpenAPIIndex, v2_document
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
 from kcp_virtual.framework.virtualworkspace import Context, Request, VirtualWorkspace, always_ready
-from kcp_virtual.framework.watchstream import TableLines, WatchResponse, as_watch, json_line
+from kcp_virtual.framework.watchstream import WatchResponse, as_watch
 
 __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WILDCARD_VERBS", "WORKSPACE_COLUMN"]
 
 JSON = "application/json"
-JSON_ONLY = (JSON,)
-TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
 WILDCARD_VERBS = frozenset({"list", "watch"})
 _OPENAPI_CACHE_SIZE = 64
 
@@ -201,29 +199,25 @@ class ResourceHandler:
     # ------------------------------------------------------------------ reads
 
     def _get(self, request: Request, d: APIDefinition) -> Response:
+        negotiated = representation.negotiate(request.http.headers.get("Accept"))
         obj = d.storage.get(request, request.info.namespace, request.info.name)
-        return self._object_response(request, d, obj)
+        return self._object_response(request, d, obj, negotiated=negotiated)
 
     def _list(self, request: Request, d: APIDefinition) -> Response:
         query = ListQuery.from_args(request.http.args)
-        version = negotiation.wants_table(request.http.headers.get("Accept", ""), media_types=JSON_ONLY)
-        result = d.storage.list(request, request.info.namespace, query, encoded=not version)
-        if version:
-            body = table.to_table(result["items"], d.table_columns(), list_meta=result["metadata"],
-                                  include_object=negotiation.include_object(request.http.args.get("includeObject")),
-                                  version=version)
-            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
-        return json_response(result)
+        negotiated = representation.negotiate(request.http.headers.get("Accept"))
+        result = d.storage.list(request, request.info.namespace, query, encoded=negotiated.kind is None)
+        return representation.list_response(negotiated, result, columns=d.table_columns, query=request.http.args)
 
     def _watch(self, request: Request, d: APIDefinition) -> Response:
         query = ListQuery.from_args(request.http.args, watch=True)
         if request.info.name and not query.field_selector:  # GET .../<name>?watch=true watches one object
             query = replace(query, field_selector=f"metadata.name={request.info.name}")
         http = request.http
-        table_version = negotiation.wants_table(http.headers.get("Accept", ""), stream=True, media_types=JSON_ONLY)
-        include = negotiation.include_object(http.args.get("includeObject")) if table_version else ""
+        encode = representation.watch_encoder(representation.negotiate(http.headers.get("Accept"), stream=True),
+                                              columns=d.table_columns, query=http.args,
+                                              api_version=d.api_version, kind=d.kind)
         watch = as_watch(d.storage.watch(request, request.info.namespace, query))
-        encode = TableLines(d.table_columns(), include, table_version) if table_version else json_line
         return WatchResponse.of(watch, encode, http.environ, JSON)
 
     # ------------------------------------------------------------------ writes
@@ -260,15 +254,12 @@ class ResourceHandler:
         query = ListQuery.from_args(request.http.args)
         return json_response(d.storage.delete_collection(request, request.info.namespace, query, options))
 
-    def _object_response(self, request: Request, d: APIDefinition, obj: dict, status: int = 200) -> Response:
+    def _object_response(self, request: Request, d: APIDefinition, obj: dict, status: int = 200,
+                         negotiated=None) -> Response:
         http = request.http
-        version = negotiation.wants_table(http.headers.get("Accept", ""), media_types=JSON_ONLY)
-        if version and http.method == "GET":
-            body = table.to_table([obj], d.table_columns(), list_meta={
-                "resourceVersion": obj["metadata"].get("resourceVersion", "")},
-                include_object=negotiation.include_object(http.args.get("includeObject")), version=version)
-            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
-        return json_response(obj, status=status)
+        return representation.object_response(negotiated or representation.negotiate(http.headers.get("Accept")),
+                                              obj, columns=d.table_columns, query=http.args,
+                                              read=http.method == "GET", status=status)
 
     # ------------------------------------------------------------------ discovery and OpenAPI
 

@@ -1,4 +1,5 @@
-"""HTTP <-> registry for resource requests: decode bodies and query parameters, encode JSON, Table and watch streams.
+"""HTTP <-> registry for resource requests: decode bodies and query parameters, encode JSON, Table, metadata
+and watch streams (kcp_virtual.framework.representation).
 
 ``ResourceAPI`` is deliberately independent of where the types and objects come from: the shard
 uses it for ``/clusters/<cluster>/...`` and a virtual workspace can use it with its own catalog
@@ -12,11 +13,11 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from kcp_virtual.framework import decoding, errors, negotiation, table
+from kcp_virtual.framework import decoding, errors, negotiation, representation
 from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.requestinfo import RequestInfo
 from kcp_virtual.framework.shardclient import list_limit, resource_version_match
-from kcp_virtual.framework.watchstream import TableLines, WatchResponse, json_line
+from kcp_virtual.framework.watchstream import WatchResponse
 from server.endpoints import protobuf
 from server.registry import managedfields, patch as patches
 from server.registry.generic import ListOptions, Registry, parse_resource_version
@@ -25,8 +26,6 @@ from server.registry.schema.fieldvalidation import FieldValidation
 from server.registry.selectors import FieldSelector, LabelSelector
 
 JSON = "application/json"
-JSON_ONLY = (JSON,)  # responses are JSON; YAML and protobuf are never produced
-TABLE_CONTENT_TYPE = "application/json;as=Table;v={v};g=meta.k8s.io"
 MIN_WATCH_TIMEOUT = 1800.0
 
 _PATCH_CONTENT_TYPES = {
@@ -126,20 +125,16 @@ class ResourceAPI:
     # ------------------------------------------------------------------ reads
 
     def _get(self, request, cluster, info, rt) -> Response:
+        negotiated = representation.negotiate(request.headers.get("Accept"))
         obj = self.registry.get(rt, cluster, info.namespace, info.name)
-        return self._object_response(request, rt, obj)
+        return self._object_response(request, rt, obj, negotiated=negotiated)
 
     def _list(self, request, cluster, info, rt) -> Response:
+        negotiated = representation.negotiate(request.headers.get("Accept"))
         result = self.registry.list(rt, cluster, info.namespace, self._list_options(request, rt))
         if rt.convert is not None:
             result["items"] = [rt.convert(item) for item in result["items"]]
-        version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
-        if version:
-            body = table.to_table(result["items"], rt.table_columns(), list_meta=result["metadata"],
-                                  include_object=negotiation.include_object(request.args.get("includeObject")),
-                                  version=version)
-            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
-        return json_response(result)
+        return representation.list_response(negotiated, result, columns=rt.table_columns, query=request.args)
 
     def _watch(self, request, cluster, info, rt) -> Response:
         query = request.args
@@ -165,14 +160,13 @@ class ResourceAPI:
         else:
             seconds = MIN_WATCH_TIMEOUT * (1 + random.random())
         deadline = time.monotonic() + max(seconds, 0.0)
-        table_version = negotiation.wants_table(request.headers.get("Accept", ""), stream=True,
-                                                media_types=JSON_ONLY)
+        encode = representation.watch_encoder(representation.negotiate(request.headers.get("Accept"), stream=True),
+                                              columns=rt.table_columns, query=query, api_version=rt.api_version,
+                                              kind=rt.kind)
         watch = self.registry.watch(rt, cluster, info.namespace, options, send_initial_events=send_initial,
                                     allow_bookmarks=_flag(query, "allowWatchBookmarks"),
                                     progress_notify=_progress_notify(request),
                                     bookmark_interval=self.bookmark_interval, deadline=deadline)
-        encode = TableLines(rt.table_columns(), negotiation.include_object(query.get("includeObject")),
-                            table_version) if table_version else json_line
         return WatchResponse.of(watch, encode, request.environ, JSON)
 
     # ------------------------------------------------------------------ writes
@@ -240,21 +234,16 @@ class ResourceAPI:
     # ------------------------------------------------------------------ helpers
 
     def _object_response(self, request, rt: ResourceType, obj: dict, status: int = 200,
-                         warnings: FieldValidation | None = None) -> Response:
+                         warnings: FieldValidation | None = None, negotiated=None) -> Response:
         if rt.convert is not None:
             obj = rt.convert(obj)
-        if warnings is not None and warnings.warnings:
-            response = self._object_response(request, rt, obj, status)
+        response = representation.object_response(
+            negotiated or representation.negotiate(request.headers.get("Accept")), obj, columns=rt.table_columns,
+            query=request.args, read=request.method == "GET", status=status)
+        if warnings is not None:
             for name, value in warnings.headers():
                 response.headers.add(name, value)
-            return response
-        version = negotiation.wants_table(request.headers.get("Accept", ""), media_types=JSON_ONLY)
-        if version and request.method == "GET":
-            body = table.to_table([obj], rt.table_columns(), list_meta={"resourceVersion": obj["metadata"].get(
-                "resourceVersion", "")}, include_object=negotiation.include_object(
-                request.args.get("includeObject")), version=version)
-            return json_response(body, content_type=TABLE_CONTENT_TYPE.format(v=version))
-        return json_response(obj, status=status)
+        return response
 
     @staticmethod
     def _field_manager(request, options_kind: str) -> str:

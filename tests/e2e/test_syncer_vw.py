@@ -100,10 +100,11 @@ def view(vw, shard, target: dict, token: str | None = None, cluster: str = "*") 
     return client.ApiClient(token_configuration(vw.url(path), shard, token))
 
 
-def raw(api_client: client.ApiClient, method: str, path: str, body=None, content_type: str = "application/json"):
+def raw(api_client: client.ApiClient, method: str, path: str, body=None, content_type: str = "application/json",
+        accept: str = "application/json"):
     """``(status, decoded body)`` of a request through ``api_client``'s server URL."""
     response = api_client.call_api(*api_client.param_serialize(
-        method, path, body=body, header_params={"Content-Type": content_type, "Accept": "application/json"},
+        method, path, body=body, header_params={"Content-Type": content_type, "Accept": accept},
         auth_settings=["BearerToken"]))
     return response.status, json.loads(response.read() or b"null")
 
@@ -195,6 +196,12 @@ def test_view_serves_exactly_the_placed_objects_split(world):
         assert shown.labels == placed(key) and not shown.managed_fields    # no other target, no managers
         assert shown.annotations["kcp.dev/cluster"] == app
         assert names(view_core.list_namespace().items) == {"web"}
+    # what client-go's metadata client asks for: the view's objects, only their metadata (the view's labels)
+    status, body = raw(target_view(world, "a"), "GET", "/apis/apps/v1/deployments",
+                       accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json")
+    assert status == 200 and body["kind"] == "PartialObjectMetadataList", body
+    assert [(i["kind"], i["metadata"]["name"], i["metadata"]["labels"]) for i in body["items"]] == [
+        ("PartialObjectMetadata", "d", placed(ka))]
     view_core = client.CoreV1Api(target_view(world, "a"))
     assert names(view_core.list_config_map_for_all_namespaces().items) == {"placed"}
     assert names(view_core.list_secret_for_all_namespaces().items) == {"s"}
