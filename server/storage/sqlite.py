@@ -151,12 +151,17 @@ class SQLiteBackend:
         try:
             while self._queue:
                 group, self._queue = self._queue[:GROUP_MAX], self._queue[GROUP_MAX:]
-                try:
-                    outcome = self._pool.apply(self._write_group, (group,))
-                except BaseException as exc:  # noqa: BLE001 - every writer of the group gets it
-                    outcome = [exc] * len(group)
-                else:
+                done = self._pool.spawn(self._write_group, group)
+                while not done.ready():  # a kill aimed at this greenlet must not lose what the thread commits
+                    try:
+                        done.wait()
+                    except BaseException:  # noqa: BLE001 - the group's outcome comes first
+                        pass
+                if done.successful():
+                    outcome = done.value
                     self.groups += 1
+                else:
+                    outcome = [done.exception] * len(group)  # the transaction failed: nothing of it is stored
                 for pending, result in zip(group, outcome):
                     if isinstance(result, BaseException):
                         pending.result.set_exception(result)
