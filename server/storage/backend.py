@@ -65,6 +65,10 @@ class Backend(Protocol):
 
     Only the store calls a backend, and it serializes writes, so implementations need not
     handle concurrent ``write`` calls. Calls may yield to the gevent hub but must not block it.
+
+    A backend that commits groups of writes (SQLite) also has ``submit(key, value, reserve, on_commit)``, which
+    several greenlets may call at once: the store then keeps one write per key in flight instead of one in all,
+    and its ``on_commit(rv)`` callbacks run in commit order right after each commit (``server.storage.sqlite``).
     """
 
     def load(self) -> Iterable[tuple[str, int, bytes]]:

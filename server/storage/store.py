@@ -7,10 +7,14 @@ and assigns resourceVersions (SQLite, or etcd: ``server.storage.etcd`` says why 
 authoritative there too); it is asked directly only for a list at a past resourceVersion, and to
 settle a write whose outcome it could not report (``_settle``).
 
-Concurrency model (gevent): writes are serialized by a lock and yield only while the backend
-write is in flight; everything after it (rv stamping, the in-memory update, the event append,
+Concurrency model (gevent): a write validates against memory, yields only while the backend
+write is in flight, and everything after it (rv stamping, the in-memory update, the event append,
 waking watchers) happens without a greenlet switch, so readers always see memory and the
-event log agree, and ``list()`` is an atomic snapshot.
+event log agree, and ``list()`` is an atomic snapshot. On a backend that commits groups of writes
+(``submit``: SQLite) writes to different keys are in flight together -- one per key, none in a cluster
+while its template instance is being made or dropped (``_claim``) -- and the backend applies each to memory
+(``_commit``) in commit order right after the group's commit; on the others (etcd) one lock serializes
+them.
 
 Objects handed out by ``get``/``list``/write methods and carried by events are the stored
 dicts themselves, shared with every reader: callers must treat them as read-only and copy
@@ -22,6 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from bisect import bisect_right
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import gevent
@@ -392,6 +397,13 @@ class Store:
         self._trim_count_at = self._history_max + max(1, self._history_max // 10)
         self._trim_age_at = self._history_seconds * 1.1
         self._lock = gevent.lock.Semaphore(1)
+        # Group commit (``_claim``): the keys with a write in flight (and how many per cluster), the clusters whose
+        # template instance is being made or dropped, and the signal that one of them was released.
+        self._grouped = callable(getattr(backend, "submit", None))
+        self._claimed: set[Key] = set()
+        self._claimed_in: dict[str, int] = {}
+        self._claimed_clusters: set[str] = set()
+        self._released = gevent.event.Event()
         self._closed = False
         # resource -> cluster -> (namespace, name) -> obj
         self._data: dict[str, dict[str, dict[tuple[str, str], dict]]] = {}
@@ -581,7 +593,7 @@ class Store:
         return self._write(DELETED, key, None, expected_rv)
 
     def _write(self, kind: str, key: Key, obj: dict | None, expected_rv: int | None) -> dict:
-        with self._lock:
+        with self._claim(key.cluster, key):
             if self._closed:
                 raise StorageError("store is closed")
             if self._unsettled:
@@ -612,7 +624,8 @@ class Store:
                 value = orjson.dumps(new)
             prev_rv = int(old["metadata"]["resourceVersion"]) if old is not None else 0
             try:
-                rv, interrupted = self._backend_write(encode_key(resource, cluster, namespace, name), value, prev_rv)
+                interrupted = self._durable(encode_key(resource, cluster, namespace, name), value, prev_rv, 0,
+                                            lambda rv: self._commit(kind, key, new, old, rv))
             except ConflictError:
                 # The backend holds something else under the key (written behind our back): adopt it.
                 self._unsettled.add(key)
@@ -623,7 +636,6 @@ class Store:
                     self._unsettled.add(key)
                     self._settle_later()
                 raise
-            self._commit(kind, key, new, old, rv)
         if interrupted is not None:
             # The write is committed and visible; the caller was timed out or killed meanwhile.
             raise interrupted
@@ -678,50 +690,110 @@ class Store:
         Each gets an ADDED event at its own reserved resourceVersion, as if it had been created then."""
         if not self.supports_templates:
             raise StorageError("this backend cannot reserve resourceVersions for template objects")
-        with self._lock:
+        with self._claim(cluster):
             if self._closed:
                 raise StorageError("store is closed")
             if cluster in self._instances:
                 raise KeyExistsError(f"cluster {cluster} has instantiated a template already")
             if template.name not in self._templates:
-                self._backend_write(encode_key(TEMPLATES, "", "", template.name), template.encoded, 0)
-                self._templates[template.name] = template
-            template = self._templates[template.name]
-            instance = Instance(template, cluster, uid, created, 0, owner)
-            rv, interrupted = self._backend_write(encode_key(INSTANCES, cluster, "", template.name), instance.record(),
-                                                  0, len(template))
-            instance.rv = rv
-            self._instances[cluster] = instance
-            now = time.monotonic()
-            first = instance.first_rv
-            for key, entry in self._shown(instance):  # a row written before (a half-made cluster's retry) wins
-                self._append(entry.resource, _TemplateEvent(ADDED, first + entry.index, key, instance, entry, now))
-            self._rv = rv
+                # Another cluster may be writing it too, the same bytes: the first to commit is kept.
+                self._durable(encode_key(TEMPLATES, "", "", template.name), template.encoded, 0, 0,
+                              lambda rv: self._templates.setdefault(template.name, template))
+            instance = Instance(self._templates[template.name], cluster, uid, created, 0, owner)
+
+            def committed(rv: int) -> None:
+                instance.rv = rv
+                self._instances[cluster] = instance
+                now = time.monotonic()
+                first = instance.first_rv
+                for key, entry in self._shown(instance):  # a row written before (a half-made cluster's retry) wins
+                    self._append(entry.resource, _TemplateEvent(ADDED, first + entry.index, key, instance, entry, now))
+                self._rv = rv
+
+            interrupted = self._durable(encode_key(INSTANCES, cluster, "", template.name), instance.record(), 0,
+                                        len(instance.template), committed)
         if interrupted is not None:
             raise interrupted
 
     def drop_instance(self, cluster: str) -> None:
         """Remove ``cluster``'s template objects (DELETED events for those still shown) and its tombstones."""
-        with self._lock:
+        with self._claim(cluster):
             instance = self._instances.get(cluster)
             if instance is None or self._closed:
                 return
             template = instance.template
-            rv, interrupted = self._backend_write(encode_key(INSTANCES, cluster, "", template.name), None, instance.rv,
-                                                  len(template))
-            now = time.monotonic()
-            first = rv - len(template)
-            gone = list(self._shown(instance, -1))
-            del self._instances[cluster]
-            for key, entry in gone:
-                self._append(entry.resource, _TemplateEvent(DELETED, first + entry.index, key, instance, entry, now))
-            self._rv = rv
+
+            def committed(rv: int) -> None:
+                now = time.monotonic()
+                first = rv - len(template)
+                gone = list(self._shown(instance, -1))
+                del self._instances[cluster]
+                for key, entry in gone:
+                    self._append(entry.resource, _TemplateEvent(DELETED, first + entry.index, key, instance, entry, now))
+                self._rv = rv
+
+            interrupted = self._durable(encode_key(INSTANCES, cluster, "", template.name), None, instance.rv,
+                                        len(template), committed)
             for key in [k for k in self._tombstones if k.cluster == cluster]:
                 del self._tombstones[key]
                 if self.get_real(key) is None:
-                    self._backend_write(encode_key(*key), None, 0)  # no event: nothing visible changes
+                    self._durable(encode_key(*key), None, 0)  # no event: nothing visible changes
         if interrupted is not None:
             raise interrupted
+
+    @contextmanager
+    def _claim(self, cluster: str, key: Key | None = None):
+        """Hold off the writes this one must not overlap: one to ``key`` (``None``: any in ``cluster``, for its
+        template instance), or any while a template operation in its cluster is in flight -- so a write validated
+        against memory is still valid when it commits. Without group commit: the one write lock."""
+        if not self._grouped:
+            with self._lock:
+                yield
+            return
+        claimed, counts, clusters = self._claimed, self._claimed_in, self._claimed_clusters
+        while cluster in clusters or (counts.get(cluster) if key is None else key in claimed):
+            self._released.wait()
+        if key is None:
+            clusters.add(cluster)
+        else:
+            claimed.add(key)
+            counts[cluster] = counts.get(cluster, 0) + 1
+        try:
+            yield
+        finally:
+            if key is None:
+                clusters.discard(cluster)
+            else:
+                claimed.discard(key)
+                left = counts[cluster] - 1
+                if left:
+                    counts[cluster] = left
+                else:
+                    del counts[cluster]
+            released = self._released
+            if released.linkcount():
+                self._released = gevent.event.Event()
+                released.set()
+
+    def _durable(self, bkey: str, value: bytes | None, prev_rv: int, reserve: int = 0,
+                 committed=None) -> BaseException | None:
+        """Make one write durable and call ``committed(rv)`` right after, in commit order with no greenlet switch
+        in between; returns the Timeout/kill that reached the caller meanwhile (deferred: the write goes on)."""
+        if not self._grouped:
+            rv, interrupted = self._backend_write(bkey, value, prev_rv, reserve)
+            if committed is not None:
+                committed(rv)
+            return interrupted
+        result = self._backend.submit(bkey, value, reserve, committed)
+        interrupted = None
+        while not result.ready():
+            try:
+                result.wait()
+            except BaseException as exc:  # noqa: BLE001 - deferred until the write settles
+                if interrupted is None:
+                    interrupted = exc
+        result.get()  # the write's own error, if it failed
+        return interrupted
 
     def _backend_write(self, bkey: str, value: bytes | None, prev_rv: int,
                        reserve: int = 0) -> tuple[int, BaseException | None]:
