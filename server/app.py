@@ -9,6 +9,7 @@ Status and a logged traceback, never a dropped connection.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Callable
 
 import structlog
@@ -98,6 +99,7 @@ class ShardApp:
             prefix = f"/clusters/{cluster}"
             if not _CLUSTER_NAME.match(cluster):
                 raise errors.BadRequest(f'invalid logical cluster name "{cluster}"')
+            cluster = sys.intern(cluster)  # kept by every watch of the cluster (its log context, its store cursor)
             structlog.contextvars.bind_contextvars(cluster=cluster)
         elif path.startswith("/services/") or path == "/services":
             cluster = ""

@@ -1,5 +1,6 @@
-"""Every test can ask for a real shard (``kcp_shard``, ``kcp_shard_module``) from the public harness, and for the
-demo virtual workspaces installed as plugins (``demo_plugins``)."""
+"""Every test can ask for a real shard (``kcp_shard``, ``kcp_shard_module``) from the public harness, for the
+demo virtual workspaces installed as plugins (``demo_plugins``), and for a real Registry over SQLite in tmp_path
+with the root logical cluster (``registry``)."""
 
 import pytest
 
@@ -15,3 +16,18 @@ def demo_plugins():
 
     with installed_plugins(DEMO_PLUGIN_PROJECT) as target:
         yield target
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A Registry of the built-in types over SQLite in ``tmp_path``, with the root logical cluster."""
+    from server.apis import builtin_types
+    from server.registry.generic import Registry
+    from server.registry.resourcetype import Catalog
+    from server.storage import SQLiteBackend, Store
+
+    store = Store(SQLiteBackend(str(tmp_path / "kcp.db")))
+    registry = Registry(store, Catalog(builtin_types()))
+    registry.ensure_logical_cluster("root")
+    yield registry
+    store.close()

@@ -4,6 +4,7 @@
 * Trivial  -- the floor: benchlib.trivial (gevent.pywsgi + werkzeug, same TLS cert)
 * Nginx    -- the ceiling: one nginx worker serving the same bytes over TLS, same cert
 * ExternalVW -- ``kcp virtual-workspaces`` serving a shard's virtual workspaces as its own process
+* TLSFloor -- benchlib.tls_floor: idle TLS watches held with nothing but OpenSSL's and gevent's socket state
 
 Each has ``.url`` (https://127.0.0.1:port), ``.pid`` (for RSS) and ``.stop()``.
 """
@@ -290,55 +291,20 @@ def generate_cert(directory: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------- trivial
 
-class Trivial(Service):
-    """benchlib.trivial: the gevent.pywsgi + werkzeug floor, serving ``body``."""
+class BenchlibServer(Service):
+    """A ``python -m benchlib.<module>`` server (``args()``), pinned to the server core, ready once
+    ``GET ready_path`` answers one of ``ready_statuses``."""
 
-    name = "trivial"
+    module = ""
+    ready_path = "/"
+    ready_statuses = (200,)
 
-    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str], body: bytes):
-        super().__init__()
-        self.workdir, self.cores, self.cert, self.body = workdir, cores, cert, body
-        self.log_path = os.path.join(workdir, "trivial.log")
-
-    def start(self):
-        body_file = os.path.join(self.workdir, "trivial-body.json")
-        with open(body_file, "wb") as f:
-            f.write(self.body)
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "benchlib.trivial", "--port", str(self.port),
-               "--cert", self.cert[0], "--key", self.cert[1], "--body-file", body_file]
-        env = {**os.environ, "PYTHONPATH": HACK_DIR}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env)
-        http = _http()
-
-        def ready():
-            self._check_alive()
-            return http.request("GET", self.url + "/", timeout=2).status == 200
-
-        wait_until(ready, 30, 0.1, "trivial server")
-        return self
-
-
-class TrivialRelay(Service):
-    """benchlib.trivial_relay: the floor of any forwarder on our stack, in front of ``external`` (see there)."""
-
-    name = "trivial-relay"
-
-    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str], shard: "Shard", external: "ExternalVW"):
-        super().__init__()
-        self.workdir, self.cores, self.cert, self.shard, self.external = workdir, cores, cert, shard, external
-        self.log_path = os.path.join(workdir, "trivial-relay.log")
+    def args(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self):
         self.port = free_port()
-        root = self.shard.root
-        cmd = [sys.executable, "-m", "benchlib.trivial_relay", "--port", str(self.port), "--cert", self.cert[0],
-               "--key", self.cert[1], "--upstream-port", str(self.external.port),
-               "--proxy-cert", os.path.join(root, "shard-proxy.crt"),
-               "--proxy-key", os.path.join(root, "shard-proxy.key"), "--ca", os.path.join(root, "ca.crt")]
+        cmd = [sys.executable, "-m", f"benchlib.{self.module}", "--port", str(self.port), *self.args()]
         env = {**os.environ, "PYTHONPATH": HACK_DIR}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cores.server_cmd(cmd), stdout=log, stderr=subprocess.STDOUT,
@@ -347,10 +313,63 @@ class TrivialRelay(Service):
 
         def ready():
             self._check_alive()
-            return http.request("GET", self.url + "/readyz", timeout=2).status in (200, 401, 403)
+            return http.request("GET", self.url + self.ready_path, timeout=2).status in self.ready_statuses
 
-        wait_until(ready, 30, 0.1, "trivial relay")
+        wait_until(ready, 30, 0.1, self.name)
         return self
+
+
+class Trivial(BenchlibServer):
+    """benchlib.trivial: the gevent.pywsgi + werkzeug floor, serving ``body``."""
+
+    name = "trivial"
+    module = "trivial"
+
+    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str], body: bytes):
+        super().__init__()
+        self.workdir, self.cores, self.cert, self.body = workdir, cores, cert, body
+        self.log_path = os.path.join(workdir, "trivial.log")
+
+    def args(self) -> list[str]:
+        body_file = os.path.join(self.workdir, "trivial-body.json")
+        with open(body_file, "wb") as f:
+            f.write(self.body)
+        return ["--cert", self.cert[0], "--key", self.cert[1], "--body-file", body_file]
+
+
+class TrivialRelay(BenchlibServer):
+    """benchlib.trivial_relay: the floor of any forwarder on our stack, in front of ``external`` (see there)."""
+
+    name = "trivial-relay"
+    module = "trivial_relay"
+    ready_path = "/readyz"
+    ready_statuses = (200, 401, 403)
+
+    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str], shard: "Shard", external: "ExternalVW"):
+        super().__init__()
+        self.workdir, self.cores, self.cert, self.shard, self.external = workdir, cores, cert, shard, external
+        self.log_path = os.path.join(workdir, "trivial-relay.log")
+
+    def args(self) -> list[str]:
+        root = self.shard.root
+        return ["--cert", self.cert[0], "--key", self.cert[1], "--upstream-port", str(self.external.port),
+                "--proxy-cert", os.path.join(root, "shard-proxy.crt"),
+                "--proxy-key", os.path.join(root, "shard-proxy.key"), "--ca", os.path.join(root, "ca.crt")]
+
+
+class TLSFloor(BenchlibServer):
+    """benchlib.tls_floor: what an idle TLS watch costs any server on our stack (OpenSSL + gevent's socket)."""
+
+    name = "tls-floor"
+    module = "tls_floor"
+
+    def __init__(self, workdir: str, cores: Cores, cert: tuple[str, str]):
+        super().__init__()
+        self.workdir, self.cores, self.cert = workdir, cores, cert
+        self.log_path = os.path.join(workdir, "tls-floor.log")
+
+    def args(self) -> list[str]:
+        return ["--cert", self.cert[0], "--key", self.cert[1]]
 
 
 # ------------------------------------------------------------------------------------ nginx
@@ -505,3 +524,4 @@ class ClientProc:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+

@@ -7,6 +7,7 @@ workspace's prefix) is stripped. Shared by the shard and the virtual workspaces.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 __all__ = ["RequestInfo", "parse_request_info"]
@@ -78,10 +79,10 @@ def parse_request_info(method: str, path: str, query: dict) -> RequestInfo:
     info.is_resource = True
     # /namespaces/{ns}/{resource}... ; /namespaces/{name}[/{sub}] is the namespace object itself.
     if rest[0] == "namespaces" and len(rest) > 1:
-        info.namespace = rest[1]
+        info.namespace = sys.intern(rest[1])  # kept by every watch in it: one string per namespace
         if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
             rest = rest[2:]
-    info.resource = rest[0]
+    info.resource = sys.intern(rest[0])
     if len(rest) >= 2:
         info.name = rest[1]
     if len(rest) >= 3:

@@ -63,7 +63,7 @@ class Watch:
     ``_end``; ``_after`` schedules their deadline or next bookmark, ``call_soon`` work that may block. Consumers call ``start(sink)`` once and ``close()`` when they stop listening.
     """
 
-    __slots__ = ("_sink", "_state", "_pull", "_calls", "_timer", "__weakref__")
+    __slots__ = ("_sink", "_state", "_pull", "_calls", "_timer", "_timer_fn", "__weakref__")
 
     _NEW, _RUNNING, _DONE = 0, 1, 2
 
@@ -73,6 +73,7 @@ class Watch:
         self._pull: _Pull | None = None
         self._calls: deque | None = None
         self._timer = None
+        self._timer_fn: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ consumer side
 
@@ -131,17 +132,21 @@ class Watch:
         such timer per watch (a new one replaces the last). What deadlines and bookmarks use: no greenlet waits."""
         self._cancel_timer()
         timer = self._timer = gevent.get_hub().loop.timer(max(seconds, 0.0))
-        timer.start(self._fire, timer, fn)
+        self._timer_fn = fn  # on the watch, not as the timer's arguments: no tuple kept per idle watch
+        timer.start(self._fire)
 
-    def _fire(self, timer, fn: Callable[[], None]) -> None:
-        if self._timer is timer:
-            self._timer = None
-        timer.close()
-        if not self.closed:
+    def _fire(self) -> None:
+        # only the armed timer fires: replacing or cancelling one stops it first
+        timer, fn = self._timer, self._timer_fn
+        self._timer = self._timer_fn = None
+        if timer is not None:
+            timer.close()
+        if fn is not None and not self.closed:
             fn()
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
+        self._timer_fn = None
         if timer is not None:
             timer.stop()
             timer.close()

@@ -491,7 +491,7 @@ class RequestLogMiddleware:
         state.ctx = ctx
 
         def capture(status, headers, exc_info=None):
-            state.status = status
+            state.status = sys.intern(status)  # kept through a watch: one "200 OK" for all of them
             return start_response(status, headers, exc_info)
 
         try:
@@ -515,7 +515,7 @@ class _Request:
     its bind_contextvars calls) carry the request context.
     """
 
-    __slots__ = ("mw", "environ", "start", "vw", "status", "result", "bytes", "watch", "done", "ctx")
+    __slots__ = ("mw", "environ", "start", "vw", "status", "result", "bytes", "watch", "done", "ctx", "outlet")
 
     def __init__(self, mw: RequestLogMiddleware, environ: dict, start: float, vw: str | None):
         self.mw = mw
@@ -527,6 +527,7 @@ class _Request:
         self.bytes = 0
         self.watch = False
         self.done = False
+        self.outlet = None
 
     def __iter__(self):
         run = self.ctx.run
@@ -543,21 +544,21 @@ class _Request:
     def park(self):
         """The app's ``park(outlet)`` when its response can go on without the greenlet (a watch), else None.
         The access line is then logged when the parked stream ends, with the bytes it wrote."""
-        park = getattr(self.result, "park", None)
-        if park is None:
-            return None
+        return self._park if getattr(self.result, "park", None) is not None else None
 
-        def parked(outlet) -> None:
-            environ = self.environ  # an idle watch may go on for an hour: keep only what its line (and audit) names
-            audit = self.mw.audit
-            self.environ = audit.kept(environ) if audit is not None else {
-                "REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
-            outlet.when_done(lambda: self._parked_done(outlet))
-            self.ctx.run(park, outlet)
+    def _park(self, outlet) -> None:
+        # An idle watch may go on for an hour: keep only what its line (and audit) names, and no closures (a
+        # bound method is the smallest callback: every byte here is paid once per idle watch).
+        environ = self.environ
+        audit = self.mw.audit
+        self.environ = audit.kept(environ) if audit is not None else {
+            "REQUEST_METHOD": sys.intern(environ.get("REQUEST_METHOD") or ""), "PATH_INFO": environ.get("PATH_INFO")}
+        self.outlet = outlet
+        outlet.when_done(self._parked_done)
+        self.ctx.run(self.result.park, outlet)
 
-        return parked
-
-    def _parked_done(self, outlet) -> None:
+    def _parked_done(self) -> None:
+        outlet, self.outlet = self.outlet, None
         self.bytes += outlet.bytes
         self.close()
 

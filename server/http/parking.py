@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from typing import Callable
+from typing import Callable, Protocol
 
 import gevent
 import structlog
@@ -65,23 +65,29 @@ def recv_waiting(sock, size: int) -> bytes:
             wait_read(sock.fileno())
 
 
+class OutboxOwner(Protocol):
+    def outbox_failed(self, reason: str) -> None: ...
+
+    def outbox_drained(self) -> None: ...
+
+
 class Outbox:
     """Ordered writes to ``sock`` that never block the caller; see the module docstring.
 
-    ``on_error(reason)`` runs (once) when a write fails or the peer falls too far behind; ``on_drained``
-    (optional) when a queue that had formed is sent. ``timeout`` bounds each blocked send of the writer. The
+    ``owner.outbox_failed(reason)`` runs (once) when a write fails or the peer falls too far behind,
+    ``owner.outbox_drained()`` when a queue that had formed is sent: methods of an owner, not callbacks, as
+    an idle parked watch pays for every object it keeps. ``timeout`` bounds each blocked send of the writer. The
     socket's own timeout stays 0 (a reader of the same socket waits with ``recv_waiting``).
     ``blocking()``: while in it, writes block the calling greenlet instead (the request's own greenlet
     writing the first events of a watch: a big initial list is no slow client).
     """
 
-    __slots__ = ("sock", "_timeout", "_on_error", "on_drained", "_queue", "_queued", "_blocking", "failed")
+    __slots__ = ("sock", "_timeout", "_owner", "_queue", "_queued", "_blocking", "failed")
 
-    def __init__(self, sock, timeout: float, on_error: Callable[[str], None]):
+    def __init__(self, sock, timeout: float, owner: "OutboxOwner"):
         self.sock = sock
         self._timeout = timeout
-        self._on_error = on_error
-        self.on_drained: Callable[[], None] | None = None
+        self._owner = owner
         self._queue: list[bytes] | None = None  # not None while a writer greenlet drains it
         self._queued = 0
         self._blocking = False
@@ -144,13 +150,13 @@ class Outbox:
         finally:
             self._queue = None
             self._queued = 0
-        if not self.failed and self.on_drained is not None:
-            self.on_drained()
+        if not self.failed:
+            self._owner.outbox_drained()
 
     def _fail(self, reason: str) -> None:
         if not self.failed:
             self.failed = True
-            self._on_error(reason)
+            self._owner.outbox_failed(reason)
 
 
 class ParkedStream:
@@ -162,22 +168,21 @@ class ParkedStream:
     ``chunked``: whether ``send`` frames its data as HTTP/1.1 chunks (``write`` never frames).
     """
 
-    __slots__ = ("_server", "sock", "_address", "_keep_alive", "_watcher", "_out", "_finishing", "chunked",
+    __slots__ = ("_server", "sock", "_keep_alive", "_watcher", "_out", "_finishing", "chunked",
                  "bytes", "done", "on_gone", "_on_done")
 
     def __init__(self, server, sock, address, *, keep_alive: bool, chunked: bool = True):
         self._server = server
         self.sock = sock
-        self._address = address
+        # ``address`` is not kept (a tuple and a string per idle watch): the socket tells it when it is needed
         self._keep_alive = keep_alive
         self.chunked = chunked
         self._finishing = False
         self.bytes = 0
         self.done = False
         self.on_gone: Callable[[], None] | None = None  # the client left: stop producing
-        self._on_done: list[Callable[[], None]] = []
-        self._out = Outbox(sock, server.kcp_idle_timeout, self.abort)
-        self._out.on_drained = self._drained
+        self._on_done: tuple[Callable[[], None], ...] = ()  # a tuple: smaller than a list, and there is mostly one
+        self._out = Outbox(sock, server.kcp_idle_timeout, self)
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
         self._watcher.start(self._client_spoke)
         server.kcp_parked[sock] = self
@@ -187,7 +192,7 @@ class ParkedStream:
         if self.done:
             callback()
         else:
-            self._on_done.append(callback)
+            self._on_done += (callback,)
 
     def blocking(self):
         """Writes block the calling greenlet while in this context (see ``Outbox.blocking``)."""
@@ -219,15 +224,18 @@ class ParkedStream:
         if self._out.idle:
             self._complete()
 
-    def _drained(self) -> None:
+    def outbox_drained(self) -> None:
         if self._finishing and not self.done:
             self._complete()
+
+    def outbox_failed(self, reason: str) -> None:
+        self.abort(reason)
 
     def abort(self, reason: str = "the client left") -> None:
         """End the stream now and close the connection (safe from a hub callback)."""
         if self.done:
             return
-        log.debug("parked stream ended", reason=reason, peer=self._address)
+        log.debug("parked stream ended", reason=reason, peer=self._peer())
         self._out.failed = True  # nothing more is written: the client may have sent its close_notify
         self._end()
         on_gone, self.on_gone = self.on_gone, None
@@ -246,23 +254,32 @@ class ParkedStream:
         self._end()
         self.on_gone = None
         server = self._server
-        if self._keep_alive and not server.kcp_stopping.is_set() and not server.pool.full():
-            server.pool.spawn(server.kcp_serve_connection, self.sock, self._address)
+        peer = self._peer() if self._keep_alive and not server.kcp_stopping.is_set() and not server.pool.full() \
+            else None
+        if peer is not None:
+            server.pool.spawn(server.kcp_serve_connection, self.sock, peer)
         else:
-            self._close()
+            self._close()  # not kept alive, or the peer is gone already
 
     def _end(self) -> None:
         self.done = True
         self._watcher.stop()
         self._watcher.close()
         self._server.kcp_parked.pop(self.sock, None)
-        callbacks, self._on_done = self._on_done, []
+        callbacks, self._on_done = self._on_done, ()
         for callback in callbacks:
             try:
                 callback()
             except Exception:  # noqa: BLE001 - one failing callback must not keep the others from running
                 log.exception("parked stream callback failed")
         self._server.kcp_resume_accepting()
+
+    def _peer(self):
+        """The client's address, None once the connection is gone."""
+        try:
+            return self.sock.getpeername()
+        except OSError:
+            return None
 
     def _close(self) -> None:
         try:

@@ -153,19 +153,18 @@ class _H2Connection:
         self.streams: dict[int, _StreamState] = {}
         self.parked: dict[int, _ParkedStream] = {}
         self.group = gevent.pool.Group()
-        self.out = Outbox(sock, server.kcp_idle_timeout, self._failed)
-        self.out.on_drained = self._drained
+        self.out = Outbox(sock, server.kcp_idle_timeout, self)
         self.drained = gevent.event.Event()
         self.drained.set()
 
-    def _failed(self, reason: str) -> None:
+    def outbox_failed(self, reason: str) -> None:
         self.server.kcp_log.debug("HTTP/2 connection ended", peer=self.address, error=reason)
         try:
             self.sock.shutdown(2)  # the reader sees the end and cleans up
         except OSError:
             pass
 
-    def _drained(self) -> None:
+    def outbox_drained(self) -> None:
         self.drained.set()
 
     def flush(self) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from datetime import datetime, timezone
 
 import orjson
@@ -257,7 +258,7 @@ class Registry:
         store_namespace = namespace if rt.namespaced and namespace else None
         requested = options.resource_version
         initial = send_initial_events if send_initial_events is not None else requested in ("", "0")
-        bookmark = partial(self._bookmark, rt)
+        bookmark = _bookmark_maker(rt.kind, rt.api_version)
         try:
             if initial:
                 items, since = self.store.list(rt.storage_key, store_cluster, store_namespace)
@@ -276,12 +277,6 @@ class Registry:
                              progress=progress_notify, bookmark_interval=bookmark_interval, deadline=deadline,
                              convert=rt.convert)
 
-    @staticmethod
-    def _bookmark(rt: ResourceType, rv: int, initial_events_end: bool = False) -> dict:
-        metadata: dict = {"resourceVersion": str(rv)}
-        if initial_events_end:
-            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": metadata}
 
     # ------------------------------------------------------------------ writes
 
@@ -736,3 +731,15 @@ def _set_managed_fields(obj: dict, entries: list | None) -> None:
         obj["metadata"].pop("managedFields", None)
 
 
+@lru_cache(maxsize=4096)
+def _bookmark_maker(kind: str, api_version: str) -> Callable[..., dict]:
+    """``bookmark(rv, initial_events_end=False)`` for a watch of ``kind``: one shared per kind and version (an
+    idle watch keeps it for its lifetime, so a partial each would be ~180 bytes per watch)."""
+    return partial(_bookmark, kind, api_version)
+
+
+def _bookmark(kind: str, api_version: str, rv: int, initial_events_end: bool = False) -> dict:
+    metadata: dict = {"resourceVersion": str(rv)}
+    if initial_events_end:
+        metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+    return {"kind": kind, "apiVersion": api_version, "metadata": metadata}

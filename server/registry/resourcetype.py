@@ -9,6 +9,7 @@ built-ins are served everywhere, later issues add CRDs and bound APIs per cluste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterable, Mapping, Protocol
 
 from kcp_virtual.framework import table
@@ -98,10 +99,11 @@ class ResourceType:
     def list_kind(self) -> str:
         return self.kind + "List"
 
-    @property
+    @cached_property
     def storage_key(self) -> str:
         """Storage is keyed by group/resource (not version), like etcd's /registry/<group>/<resource>; a bound
-        resource's key adds its export's identity: ``<group>/<plural>:<identity>``."""
+        resource's key adds its export's identity: ``<group>/<plural>:<identity>``. Computed once: every watch
+        of the type keeps it, so one string per type rather than one per watch."""
         key = f"{self.group or 'core'}/{self.plural}"
         return f"{key}:{self.identity}" if self.identity else key
 

@@ -91,10 +91,11 @@ class RegistryWatch(Watch):
         self._emit(initial)
         if self.closed:
             return
-        self.watcher.subscribe(self._on_events, self._on_end)
+        self.watcher.subscribe(self)
         self._arm()
 
-    def _on_events(self, events) -> None:
+    # as the store watcher's subscriber
+    def store_events(self, events) -> None:
         options, convert = self.options, self.convert
         filtered = options.filtered
         out = []
@@ -122,7 +123,7 @@ class RegistryWatch(Watch):
             self.told_rv = told
             self._emit(out)
 
-    def _on_end(self, error: BaseException | None) -> None:
+    def store_ended(self, error: BaseException | None) -> None:
         if isinstance(error, ResourceExpiredError):
             self._emit((WatchEvent("ERROR", errors.Gone(str(error)).status()),))
         self._end()

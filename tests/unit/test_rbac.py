@@ -155,15 +155,6 @@ def test_printer_columns_are_kubes():
 
 
 @pytest.fixture
-def registry(tmp_path):
-    store = Store(SQLiteBackend(str(tmp_path / "kcp.db")))
-    registry = Registry(store, Catalog(builtin_types()))
-    registry.ensure_logical_cluster("root")
-    yield registry
-    store.close()
-
-
-@pytest.fixture
 def authz(registry):
     return RBACAuthorizer(registry)
 
