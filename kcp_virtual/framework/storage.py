@@ -245,8 +245,10 @@ class ForwardingStorage:
     # ------------------------------------------------------------------ reads
 
     def get(self, request: Request, namespace: str, name: str) -> dict:
-        obj = self._cached(request, lambda informer: informer.get(request.context.cluster, namespace, name,
-                                                                  request.fresh_as_of))
+        obj = None
+        if request.fresh_as_of is not None:  # else only the shard may answer (see _cached): ask it straight away
+            obj = self._cached(request, lambda informer: informer.get(request.context.cluster, namespace, name,
+                                                                      request.fresh_as_of))
         if obj is None or not self.in_view(obj):
             obj = self._current(request, namespace, name)
         return self._out(obj, request)
