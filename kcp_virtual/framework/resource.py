@@ -28,7 +28,7 @@ from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.openapi import OpenAPIIndex, v2_document
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
-from kcp_virtual.framework.virtualworkspace import Context, Request, VirtualWorkspace, always_ready
+from kcp_virtual.framework.virtualworkspace import WILDCARD, Context, Request, VirtualWorkspace, always_ready
 from kcp_virtual.framework.watchstream import WatchResponse, as_watch
 
 __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WILDCARD_VERBS", "WORKSPACE_COLUMN"]
@@ -151,13 +151,6 @@ class ResourceHandler:
         self.version = version
         self._openapi: OrderedDict[tuple, OpenAPIIndex] = OrderedDict()
 
-    @staticmethod
-    def _for(context: Context, definitions: Sequence[APIDefinition]) -> Sequence[APIDefinition]:
-        """The definitions as a request of ``context`` sees them (the wildcard view's: list and watch)."""
-        if context.wildcard:
-            return [d.for_wildcard for d in definitions]
-        return definitions
-
     def __call__(self, request: Request) -> Response:
         if request.path in _VERSION_PATHS:  # the shard's, whatever the definitions
             return json_response(self.version())
@@ -167,7 +160,8 @@ class ResourceHandler:
         """The request served from ``apis``, what ``apis(request.context)`` returned: for a handler in front
         of this one that has them already (the apiexport virtual workspace finds them with its binding check)."""
         path = request.path
-        definitions = self._for(request.context, apis)
+        # the wildcard view has its own definitions (list and watch, a Workspace column)
+        definitions = [d.for_wildcard for d in apis] if request.context.cluster == WILDCARD else apis
         if path.startswith("/openapi/"):
             return self._serve_openapi(request, definitions)
         if path in _VERSION_PATHS:
