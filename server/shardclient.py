@@ -53,9 +53,8 @@ class InProcessShardClient:
         self.app = app
         self.registry = app.registry
         self.catalog = app.catalog
-
-    def current_resource_version(self) -> int:
-        return self.registry.current_resource_version()
+        #: The registry's own method (no call in between: the apiexport VW asks it on every request).
+        self.current_resource_version = self.registry.current_resource_version
 
     # ------------------------------------------------------------------ plumbing
 

@@ -10,7 +10,9 @@ moved: no write at all since, so the reads would return the same.
   by everything it depends on (identity, schema names, UIDs and resource versions), so an unchanged
   export costs a few reads, and any change is seen by the next request;
 * ``binds`` asks whether one logical cluster has a Bound APIBinding to the export, by the export
-  label the shard puts on every binding (``internal.apis.kcp.dev/export``).
+  label the shard puts on every binding (``internal.apis.kcp.dev/export``);
+* ``served`` is what one request needs of both, found in one step: whether its cluster may be served
+  (the wildcard, or a cluster that binds the export) and the export's definitions.
 
 Objects are stored under the export's identity (``<plural>:<identity>``): in ``*`` the shard
 returns exactly the objects of the clusters that bind the export (an empty list and an open watch
@@ -30,6 +32,7 @@ from kcp_virtual.framework.resource import APIDefinition
 from kcp_virtual.framework.shardclient import GroupVersionResource, ListQuery, ShardClient
 from kcp_virtual.framework.storage import ALL_VERBS, READ_VERBS, SUBRESOURCE_VERBS, ForwardingStorage
 from kcp_virtual.framework.table import jsonpath_column
+from kcp_virtual.framework.virtualworkspace import WILDCARD
 
 __all__ = ["GROUP", "VERSION", "APIEXPORTS", "APIRESOURCESCHEMAS", "APIBINDINGS", "EXPORT_LABEL",
            "export_label_value", "version_schema", "Exports"]
@@ -84,15 +87,15 @@ class Exports:
         self._current = getattr(shard, "current_resource_version", None)
         self._answers: dict[tuple, tuple[int, Any]] = {}  # (method, args) -> (the shard's rv, answer)
 
-    def _unchanged_since(self, key: tuple, compute):
-        """``compute()``, or its answer from when the shard's resourceVersion was what it is now."""
+    def _unchanged_since(self, key: tuple, compute, *args):
+        """``compute(*args)``, or its answer from when the shard's resourceVersion was what it is now."""
         rv = self._current() if self._current is not None else None
         if rv is None:
-            return compute()
+            return compute(*args)
         answer = self._answers.get(key)
         if answer is not None and answer[0] == rv:
             return answer[1]
-        value = compute()  # read after rv: a write meanwhile moves it, and the next call reads again
+        value = compute(*args)  # read after rv: a write meanwhile moves it, and the next call reads again
         if len(self._answers) >= _ANSWERS_KEPT:
             self._answers.clear()
         self._answers[key] = (rv, value)
@@ -105,8 +108,8 @@ class Exports:
     def definitions(self, export_cluster: str, export_name: str) -> tuple[APIDefinition, ...]:
         """The export's resources (every served version of its latest schemas) and its APIBindings, read-only;
         nothing while the export is missing or has no identity yet."""
-        return self._unchanged_since(("definitions", export_cluster, export_name),
-                                     lambda: self._definitions(export_cluster, export_name))
+        return self._unchanged_since(("definitions", export_cluster, export_name), self._definitions,
+                                     export_cluster, export_name)
 
     def _definitions(self, export_cluster: str, export_name: str) -> tuple[APIDefinition, ...]:
         try:
@@ -162,8 +165,18 @@ class Exports:
 
     def binds(self, cluster: str, export_cluster: str, export_name: str) -> bool:
         """Whether logical cluster ``cluster`` has a Bound APIBinding to the export."""
-        return self._unchanged_since(("binds", cluster, export_cluster, export_name),
-                                     lambda: self._binds(cluster, export_cluster, export_name))
+        return self._unchanged_since(("binds", cluster, export_cluster, export_name), self._binds,
+                                     cluster, export_cluster, export_name)
+
+    def served(self, cluster: str, export_cluster: str, export_name: str) -> tuple[bool, tuple[APIDefinition, ...]]:
+        """``(may be served, definitions)`` for a request to ``cluster``: the wildcard always may, a logical
+        cluster when it binds the export. One answer per request, reused on the same terms as the others."""
+        return self._unchanged_since(("served", cluster, export_cluster, export_name), self._served,
+                                     cluster, export_cluster, export_name)
+
+    def _served(self, cluster: str, export_cluster: str, export_name: str) -> tuple[bool, tuple[APIDefinition, ...]]:
+        definitions = self.definitions(export_cluster, export_name)
+        return cluster == WILDCARD or self.binds(cluster, export_cluster, export_name), definitions
 
     def _binds(self, cluster: str, export_cluster: str, export_name: str) -> bool:
         selector = f"{EXPORT_LABEL}={export_label_value(export_cluster, export_name)}"

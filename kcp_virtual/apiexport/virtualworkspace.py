@@ -66,7 +66,8 @@ def content_attributes(verb: str, export_cluster: str, export_name: str) -> Attr
 
 
 class _BoundOnly:
-    """The resource handler behind the binding check: a concrete cluster must bind the export."""
+    """The resource handler behind the binding check: a concrete cluster must bind the export. The check and
+    the export's definitions are one lookup (``Exports.served``), handed to the handler."""
 
     def __init__(self, exports: Exports, handler: ResourceHandler):
         self.exports = exports
@@ -74,9 +75,11 @@ class _BoundOnly:
 
     def __call__(self, request: Request):
         context, info = request.context, request.info
-        if info.is_resource and not context.wildcard and not self.exports.binds(context.cluster, *_export(context)):
+        values = context.values
+        served, definitions = self.exports.served(context.cluster, values["export_cluster"], values["export_name"])
+        if info.is_resource and not served:
             raise forbidden(request.user, Attributes.from_request_info(info, context.cluster), NOT_BOUND)
-        return self.handler(request)
+        return self.handler.serve(request, definitions)
 
 
 def apiexport(shard: ShardClient) -> VirtualWorkspace:

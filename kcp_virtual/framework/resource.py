@@ -28,7 +28,7 @@ from kcp_virtual.framework.negotiation import json_response
 from kcp_virtual.framework.openapi import OpenAPIIndex, v2_document
 from kcp_virtual.framework.shardclient import CLUSTER_ANNOTATION, ListQuery
 from kcp_virtual.framework.storage import ForwardingStorage
-from kcp_virtual.framework.virtualworkspace import Context, Request, VirtualWorkspace, always_ready
+from kcp_virtual.framework.virtualworkspace import WILDCARD, Context, Request, VirtualWorkspace, always_ready
 from kcp_virtual.framework.watchstream import WatchResponse, as_watch
 
 __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WILDCARD_VERBS", "WORKSPACE_COLUMN"]
@@ -36,6 +36,7 @@ __all__ = ["APIDefinition", "ResourceHandler", "resource_virtual_workspace", "WI
 JSON = "application/json"
 WILDCARD_VERBS = frozenset({"list", "watch"})
 _OPENAPI_CACHE_SIZE = 64
+_VERSION_PATHS = ("/version", "/version/")
 
 
 def _cluster_of(obj: dict) -> str:
@@ -150,20 +151,22 @@ class ResourceHandler:
         self.version = version
         self._openapi: OrderedDict[tuple, OpenAPIIndex] = OrderedDict()
 
-    def definitions(self, context: Context) -> Sequence[APIDefinition]:
-        definitions = self.apis(context)
-        if context.wildcard:
-            return [d.for_wildcard for d in definitions]
-        return definitions
-
     def __call__(self, request: Request) -> Response:
+        if request.path in _VERSION_PATHS:  # the shard's, whatever the definitions
+            return json_response(self.version())
+        return self.serve(request, self.apis(request.context))
+
+    def serve(self, request: Request, apis: Sequence[APIDefinition]) -> Response:
+        """The request served from ``apis``, what ``apis(request.context)`` returned: for a handler in front
+        of this one that has them already (the apiexport virtual workspace finds them with its binding check)."""
         path = request.path
+        # the wildcard view has its own definitions (list and watch, a Workspace column)
+        definitions = [d.for_wildcard for d in apis] if request.context.cluster == WILDCARD else apis
         if path.startswith("/openapi/"):
-            return self._serve_openapi(request)
-        if path in ("/version", "/version/"):
+            return self._serve_openapi(request, definitions)
+        if path in _VERSION_PATHS:
             return json_response(self.version())
         info = request.info
-        definitions = self.definitions(request.context)
         if not info.is_resource:
             if request.http.method not in ("GET", "HEAD"):
                 raise errors.MethodNotAllowed(f"{request.http.method} is not supported on {path}")
@@ -289,12 +292,12 @@ class ResourceHandler:
             raise errors.NotFound.path()
         return json_response(body)
 
-    def _serve_openapi(self, request: Request) -> Response:
+    def _serve_openapi(self, request: Request, definitions: Sequence[APIDefinition]) -> Response:
         """``/openapi/v3[/<gv>]``, and ``/openapi/v2`` without definitions (``openapi.v2_document`` says why)."""
         if request.path.rstrip("/") == "/openapi/v2":
             body, content_type = v2_document(request.http.headers.get("Accept"), self.version().get("gitVersion", ""))
             return Response(body, content_type=content_type)
-        definitions = tuple(self.definitions(request.context))
+        definitions = tuple(definitions)
         index = self._openapi.get(definitions)
         if index is None:
             index = self._openapi[definitions] = OpenAPIIndex(definitions)

@@ -175,6 +175,7 @@ class ForwardingStorage:
         if transform is not None and transform.from_view is None and writes:
             raise ValueError(f"a transformation without from_view makes the view read-only: {writes}")
         self.act_as = act_as
+        self._restricted = bool(self.fields or self.labels)
 
     # ------------------------------------------------------------------ the view
 
@@ -228,7 +229,7 @@ class ForwardingStorage:
 
     def _current(self, request: Request, namespace: str, name: str) -> dict:
         obj = self.shard.get(self.gvr, request.context.cluster, namespace, name, user=self.act_as(request))
-        if not self.in_view(obj):
+        if self._restricted and not self.in_view(obj):
             raise self._not_found(name)
         return obj
 
@@ -245,8 +246,10 @@ class ForwardingStorage:
     # ------------------------------------------------------------------ reads
 
     def get(self, request: Request, namespace: str, name: str) -> dict:
-        obj = self._cached(request, lambda informer: informer.get(request.context.cluster, namespace, name,
-                                                                  request.fresh_as_of))
+        obj = None
+        if request.fresh_as_of is not None:  # else only the shard may answer (see _cached): ask it straight away
+            obj = self._cached(request, lambda informer: informer.get(request.context.cluster, namespace, name,
+                                                                      request.fresh_as_of))
         if obj is None or not self.in_view(obj):
             obj = self._current(request, namespace, name)
         return self._out(obj, request)

@@ -168,7 +168,7 @@ def cluster_path_resolver(name: str, segments: int = 0, *,
         return Resolution(True, prefix, context)
 
     def resolve(path: str) -> Resolution:
-        if not path.startswith(base) or _dot_segment(path):
+        if not path.startswith(base) or ("/." in path and _dot_segment(path)):  # a dot segment follows a slash
             return NOT_ACCEPTED
         parts = path[start:].split("/", segments + 2)
         # parts: <segments...>, "clusters", <cluster>[, <rest>]

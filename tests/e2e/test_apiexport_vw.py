@@ -19,6 +19,7 @@ import requests
 import yaml
 from kubernetes import client
 
+from kcp_virtual.apiexport import NOT_BOUND
 from server.shard import ShardConfig
 from tests.e2e.test_apibinding import (GROUP, VERSION, WIDGET_SCHEMA, api, bind, provide, resource_schema, wait_bound,
                                        wait_for, widget)
@@ -400,3 +401,72 @@ def test_consumer_user_without_the_grant_is_refused(world):
         assert response.status_code == 403, response.text
     discovery = caller.get(f"{world['vw'].url(world['base'])}/clusters/*/apis")
     assert discovery.status_code == 403
+
+
+# ---------------------------------------------------------------------- never staler than the shard
+
+def test_every_change_is_seen_by_the_very_next_request(topology):
+    """Whatever the virtual workspace reuses between requests (the export's definitions, the binding check), a
+    change on the shard is visible to the next request, with no waiting: the object itself, the caller's grant,
+    the export's schemas and the binding."""
+    vw, shard = topology
+    provider, consumer = workspace(shard, "fresh-prov"), workspace(shard, "fresh-cons")
+    provide(shard, provider)
+    bind(shard, consumer, provider)
+    wait_bound(shard, consumer)
+    sa = unique("reader")
+    caller = _Caller({"vw": vw, "shard": shard, "base": f"apiexport/{provider}/widgets"},
+                     _sa_token(shard, provider, sa))
+    direct = api(shard, consumer)
+    direct.create_namespaced_custom_object("example.io", "v1", "default", "widgets", widget("w", 1))
+    path = "namespaces/default/widgets/w"
+    assert caller("GET", consumer, path).status_code == 403  # no grant yet
+    _grant(shard, provider, sa, ["get"], "widgets", {"kind": "ServiceAccount", "name": sa, "namespace": "default"})
+
+    def get(expected: int) -> dict:
+        for _ in range(3):  # a few times: a reused answer must be as fresh as the first
+            response = caller("GET", consumer, path)
+            assert response.status_code == expected, response.text
+        return response.json()
+
+    assert get(200)["spec"]["size"] == 1
+    # the object changes: the next GET has the shard's version of it
+    patched = direct.patch_namespaced_custom_object("example.io", "v1", "default", "widgets", "w", {"spec": {"size": 2}})
+    seen = get(200)
+    assert seen["spec"]["size"] == 2 and seen["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+    # the grant goes and comes back
+    rbac = client.RbacAuthorizationV1Api(shard.cluster_client(provider))
+    rbac.delete_cluster_role_binding(sa)
+    assert "apiexports/content" in get(403)["message"]
+    rbac.create_cluster_role_binding({"metadata": {"name": sa},
+                                      "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": sa},
+                                      "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "default"}]})
+    get(200)
+    # the export's schemas change: discovery and the new resource follow at once, and go with them
+    schemas = api(shard, provider)
+    schemas.create_cluster_custom_object(GROUP, VERSION, "apiresourceschemas",
+                                         resource_schema(plural="gadgets", kind="Gadget"))
+    export = schemas.get_cluster_custom_object(GROUP, VERSION, "apiexports", "widgets")
+    latest = export["spec"]["latestResourceSchemas"]
+    discovery = f"{vw.url(f'apiexport/{provider}/widgets')}/clusters/{consumer}/apis/example.io/v1"
+
+    def served() -> set[str]:
+        response = caller.get(discovery)
+        assert response.status_code == 200, response.text
+        return {r["name"] for r in response.json()["resources"]}
+
+    assert "gadgets" not in served()
+    schemas.patch_cluster_custom_object(GROUP, VERSION, "apiexports", "widgets",
+                                        {"spec": {"latestResourceSchemas": [*latest, "v1.gadgets.example.io"]}})
+    assert "gadgets" in served()
+    schemas.patch_cluster_custom_object(GROUP, VERSION, "apiexports", "widgets",
+                                        {"spec": {"latestResourceSchemas": latest}})
+    assert "gadgets" not in served()
+    # the object goes: 404 at once
+    direct.delete_namespaced_custom_object("example.io", "v1", "default", "widgets", "w")
+    assert get(404)["reason"] == "NotFound"
+    direct.create_namespaced_custom_object("example.io", "v1", "default", "widgets", widget("w", 5))
+    assert get(200)["spec"]["size"] == 5
+    # the binding goes: 403 at once, for the object that is still stored in the consumer
+    direct.delete_cluster_custom_object(GROUP, VERSION, "apibindings", "widgets")
+    assert NOT_BOUND in get(403)["message"]

@@ -98,3 +98,28 @@ def test_without_a_free_resource_version_every_answer_is_read():
     exports.binds("root:c", "root:p", "widgets")
     exports.binds("root:c", "root:p", "widgets")
     assert shard.reads == 2
+
+
+def test_served_is_the_binding_check_and_the_definitions_in_one_answer():
+    shard = _Shard(rv=7)
+    exports = Exports(shard)
+    served, definitions = exports.served("root:c", "root:p", "widgets")
+    assert not served and definitions == exports.definitions("root:p", "widgets")
+    reads = shard.reads
+    assert exports.served("root:c", "root:p", "widgets") == (False, definitions)
+    assert shard.reads == reads  # the same resourceVersion: the same answer, nothing read
+    shard.bound, shard.rv = True, 8  # a write anywhere on the shard: the next request reads again
+    assert exports.served("root:c", "root:p", "widgets")[0]
+    shard.bound, shard.rv = False, 9  # unbound: refused at once
+    assert not exports.served("root:c", "root:p", "widgets")[0]
+    lists = shard.reads
+    assert exports.served("*", "root:p", "widgets")[0]  # the wildcard needs no binding of its own
+    assert shard.reads == lists  # the definitions of this resourceVersion, and no APIBinding list
+
+
+def test_served_without_a_free_resource_version_reads_every_time():
+    shard = _RemoteShard()
+    exports = Exports(shard)
+    assert not exports.served("root:c", "root:p", "widgets")[0]
+    shard.bound = True
+    assert exports.served("root:c", "root:p", "widgets")[0]
