@@ -85,15 +85,20 @@ class Event:
         return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
 
 
-class _TemplateEvent(Event):
-    """An event of a template object (``server.storage.templates``): its object is made when asked for, so the watch
-    history of a thousand new workspaces does not hold a thousand copies of the default content."""
+class _TemplateEvent:
+    """An event of a template object (``server.storage.templates``), as an :class:`Event` behaves: its object and key
+    are made when asked for, so the watch history of a thousand new workspaces holds neither a thousand copies of
+    the default content nor a key each (and no slots for them: about 80 bytes an event)."""
 
-    __slots__ = ("_instance", "_entry")
+    __slots__ = ("type", "rv", "ts", "_line", "_instance", "_entry")
 
     def __init__(self, type: str, rv: int, instance: Instance, entry: TemplateObject, ts: float):
         self.type, self.rv, self.ts, self._line = type, rv, ts, None
         self._instance, self._entry = instance, entry
+
+    line = encoded = Event.line
+    object = Event.object
+    __repr__ = Event.__repr__
 
     @property
     def key(self) -> Key:  # made when asked for too: the history of 100,000 workspaces holds no key tuple each
@@ -331,13 +336,17 @@ class _Interner:
     Every workspace gets the same bootstrap ClusterRoles (rules, managedFields), the same default
     Namespace and so on; without sharing, each copy costs tens of KiB per workspace. Sharing is safe
     because stored objects are immutable (callers copy before they change anything). Values are
-    keyed by their JSON encoding; the table is bounded and simply starts over when full.
+    keyed by their JSON encoding; the table is bounded and simply starts over when full -- in entries and in bytes
+    of encoding, since most values are seen once (a workspace's own annotations) and would otherwise keep
+    thousands of encodings and the values they stand for alive (1 KiB per workspace at 10,000 of them).
     """
 
     MIN_BYTES = 64  # smaller values are not worth a table entry
 
-    def __init__(self, limit: int = 8192):
+    def __init__(self, limit: int = 8192, limit_bytes: int = 512 << 10):
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._bytes = 0
         self._values: dict[bytes, Any] = {}
 
     def value(self, value: Any) -> Any:
@@ -352,9 +361,11 @@ class _Interner:
         shared = self._values.get(encoded)
         if shared is not None:
             return shared
-        if len(self._values) >= self._limit:
+        if len(self._values) >= self._limit or self._bytes >= self._limit_bytes:
             self._values.clear()
+            self._bytes = 0
         self._values[encoded] = value
+        self._bytes += len(encoded)
         return value
 
     def object(self, obj: dict) -> None:
