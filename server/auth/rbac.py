@@ -29,6 +29,7 @@ CLUSTER_ROLES = f"{GROUP}/clusterroles"
 ROLE_BINDINGS = f"{GROUP}/rolebindings"
 CLUSTER_ROLE_BINDINGS = f"{GROUP}/clusterrolebindings"
 RESOURCES = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
+ROLE_RESOURCES = (ROLES, CLUSTER_ROLES)
 SERVICE_ACCOUNT_PREFIX = workspace_access.SERVICE_ACCOUNT_PREFIX
 
 DENIED = Decision(False, "")
@@ -149,7 +150,11 @@ class ClusterPolicy:
     @classmethod
     def load(cls, store: Store, cluster: str) -> "ClusterPolicy":
         policy = cls(cluster, store)
-        for resource in RESOURCES:
+        for namespace, name in store.names(CLUSTER_ROLES, cluster):  # read when first needed (``_compiled``)
+            policy.cluster_roles[name] = _UNREAD
+        for key in store.names(ROLES, cluster):
+            policy.roles[key] = _UNREAD
+        for resource in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
             for obj in store.list(resource, cluster)[0]:
                 policy.put(resource, obj)
         return policy
@@ -165,6 +170,14 @@ class ClusterPolicy:
             self.roles[(namespace, name)] = _UNREAD
         else:
             self._put_binding(resource, obj, name, namespace)
+
+    def role_changed(self, resource: str, key: Key, deleted: bool) -> None:
+        roles, index = (self.cluster_roles, key.name) if resource == CLUSTER_ROLES else (self.roles,
+                                                                                         (key.namespace, key.name))
+        if deleted:
+            roles.pop(index, None)
+        else:
+            roles[index] = _UNREAD
 
     def remove(self, resource: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
@@ -314,6 +327,9 @@ class RBACAuthorizer:
                     if policy is None:
                         continue
                     resource = event.key.resource
+                    if resource in ROLE_RESOURCES:  # a name is all the index keeps of a role (``_compiled``)
+                        policy.role_changed(resource, event.key, event.type == "DELETED")
+                        continue
                     if event.prev is not None:
                         policy.remove(resource, event.prev)
                     if event.type != "DELETED":

@@ -579,6 +579,19 @@ class Store:
                 out.extend(bucket[k] for k in keys if k[0] == namespace)
         return out, rv
 
+    def names(self, resource: str, cluster: str) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every object of ``resource`` in ``cluster``, as ``list`` would return them but
+        unsorted and without making the template objects (an index that needs only the names: RBAC's roles)."""
+        bucket = (self._data.get(resource) or {}).get(cluster) or {}
+        out = set(bucket)
+        tombstones = self._tombstones
+        for instance in self._serving(resource, cluster) if self._instances or self._named else ():
+            for entry in instance.template.by_resource[resource].values():
+                k = (entry.namespace, entry.name_in(instance.name))
+                if not (tombstones and Key(resource, cluster, k[0], k[1]) in tombstones):
+                    out.add(k)
+        return out
+
     def _serving(self, resource: str, cluster: str) -> list[Instance]:
         """The instances of ``cluster`` with objects of ``resource``."""
         out = []

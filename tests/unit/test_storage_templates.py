@@ -250,3 +250,18 @@ def test_a_named_instance_of_an_older_version_is_still_found_and_dropped(path):
     store.drop_instances("org")
     assert store.count() == 0 and store.list(ROLES)[0] == []
     store.close()
+
+
+def test_names_are_the_listed_objects_without_making_them(path):
+    store = open_store(path)
+    store.instantiate("org", template(), str(uuid.uuid4()), "2026-01-01T00:00:00Z")
+    for name in ("a", "b"):
+        store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", name)
+    store.create(Key(ROLES, "org", "", "zz"), {"metadata": {"name": "zz"}})
+    store.delete(Key(ROLES, "org", "", "owner:b"))
+    store.delete(Key(ROLES, "org", "", "view"))
+    listed = [("", o["metadata"]["name"]) for o in store.list(ROLES, "org")[0]]
+    assert listed == [("", "admin"), ("", "owner:a"), ("", "zz")]
+    assert store.names(ROLES, "org") == set(listed)
+    assert store.names(ROLES, "other") == set()
+    store.close()
