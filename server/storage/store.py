@@ -102,7 +102,8 @@ class _TemplateEvent:
 
     @property
     def key(self) -> Key:  # made when asked for too: the history of 100,000 workspaces holds no key tuple each
-        return Key(*self._instance.key_parts(self._entry))
+        instance, entry = self._instance, self._entry
+        return Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
 
     @property
     def obj(self) -> dict:
@@ -507,7 +508,7 @@ class Store:
         (``sign``) as it is yielded."""
         counts = self._counts
         for entry in instance.template.objects:
-            key = Key(*instance.key_parts(entry))
+            key = Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
             if key in self._tombstones or self.get_real(key) is not None:
                 continue
             counts[entry.resource] = counts.get(entry.resource, 0) + sign

@@ -126,10 +126,6 @@ class Instance:
         entries = self.template.by_resource.get(resource)
         return entries.get((namespace, name)) if entries is not None else None
 
-    def key_parts(self, entry: TemplateObject) -> tuple[str, str, str, str]:
-        """``(resource, cluster, namespace, name)`` of one of its objects."""
-        return entry.resource, self.cluster, entry.namespace, entry.name_in(self.name)
-
     def materialize(self, entry: TemplateObject, rv: int | None = None) -> dict:
         """The object as this cluster's own (a fresh dict; ``rv`` overrides its resourceVersion: a deletion's)."""
         obj = dict(entry.obj)
