@@ -155,7 +155,7 @@ class ClusterPolicy:
         for key in store.names(ROLES, cluster):
             policy.roles[key] = _UNREAD
         for resource in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
-            for obj in store.list(resource, cluster)[0]:
+            for obj in store.list(resource, cluster, fields=("roleRef", "subjects"))[0]:
                 policy.put(resource, obj)
         return policy
 

@@ -21,6 +21,7 @@ whichever version it was made from. Its instance row is ``INSTANCES``/<cluster>/
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
 from typing import NamedTuple
 
@@ -110,9 +111,9 @@ class Instance:
         self.template = template
         self.cluster = cluster
         self.uid = uid
-        self.created = created
+        self.created = sys.intern(created)  # (the workspaces made in one second share one string, as one owner's)
         self.rv = rv  # of the instance row; its objects have the len(template) revisions just below
-        self.owner = owner  # the user the template's owner binding (or OWNER) names
+        self.owner = sys.intern(owner)  # the user the template's owner binding (or OWNER) names
         self.name = name  # an instance of a named template: what NAME stands for
 
     @property
@@ -128,10 +129,8 @@ class Instance:
 
     def materialize(self, entry: TemplateObject, rv: int | None = None) -> dict:
         """The object as this cluster's own (a fresh dict; ``rv`` overrides its resourceVersion: a deletion's)."""
-        obj = dict(entry.obj)
-        for field in entry.params:
-            obj[field] = self._substitute(obj[field])
-        md = dict(obj.get("metadata") or {})
+        obj = self.fields(entry)
+        md = dict(entry.obj.get("metadata") or {})
         name = entry.name_in(self.name)
         if self.name:
             md["name"] = name
@@ -143,7 +142,17 @@ class Instance:
         if managed:
             md["managedFields"] = [{**e, "time": self.created} if "time" in e else e for e in managed]
         obj["metadata"] = md
-        if self.owner and (entry.resource, entry.namespace, entry.name) == self.template.owner_binding:
+        return obj
+
+    def fields(self, entry: TemplateObject, only: tuple[str, ...] | None = None) -> dict:
+        """The object's top-level fields but metadata as this instance has them (``only``: just those), a fresh
+        dict; what an index that needs a few fields of many objects asks for, instead of the whole object."""
+        obj = {k: v for k, v in entry.obj.items() if k != "metadata" and (only is None or k in only)}
+        for field in entry.params:
+            if field in obj:
+                obj[field] = self._substitute(obj[field])
+        if (self.owner and "subjects" in obj
+                and (entry.resource, entry.namespace, entry.name) == self.template.owner_binding):
             first, *rest = obj["subjects"]
             obj["subjects"] = [{**first, "name": self.owner}, *rest]
         return obj

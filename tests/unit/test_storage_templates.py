@@ -265,3 +265,15 @@ def test_names_are_the_listed_objects_without_making_them(path):
     assert store.names(ROLES, "org") == set(listed)
     assert store.names(ROLES, "other") == set()
     store.close()
+
+
+def test_a_list_of_some_fields_makes_template_objects_with_those_only(path):
+    store = open_store(path)
+    store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", "a")
+    store.create(Key(BINDINGS, "org", "", "real"), {"metadata": {"name": "real", "uid": "u"}, "subjects": []})
+    full = store.list(BINDINGS, "org")[0]
+    some = store.list(BINDINGS, "org", fields=("roleRef", "subjects"))[0]
+    assert some[0] == {"metadata": {"name": "owner:a"}, "roleRef": full[0]["roleRef"],
+                       "subjects": [{"kind": "User", "name": "alice"}]}
+    assert some[1] is full[1]  # a row is handed out whole
+    store.close()
