@@ -51,27 +51,35 @@ def default_content(registry: Registry, cluster: str = "root", *, owned: bool = 
     ``default`` ServiceAccount and the bootstrap policy -- as the registry would create each (``cluster``: where the
     kinds are looked up), shared by all of them (``server.storage.templates``). ``owned``: with the owner's
     ClusterRoleBinding, whose subject each instance names (``create_logical_cluster`` writes it otherwise)."""
-    lookup = registry.catalog.lookup
     wanted = [("", "namespaces", "", {"metadata": {"name": "default"}}, None),
               ("", "serviceaccounts", "default", {"metadata": {"name": "default"}}, SERVICE_ACCOUNT_MANAGER),
               *((RBAC_GROUP, plural, "", obj, None) for plural, obj in bootstrap_objects())]
     if owned:  # the placeholder subject is never shown: each instance's owner replaces it
         wanted.append((RBAC_GROUP, "clusterrolebindings", "", {"metadata": {"name": OWNER_BINDING},
                                                               **owner_binding_fields("owner")}, None))
+    objects = template_objects(registry, cluster, wanted)
+    bindings = registry.catalog.lookup(cluster, RBAC_GROUP, "v1", "clusterrolebindings")
+    owned = owned and bindings is not None
+    return Template(objects, CLUSTER_ANNOTATION, (bindings.storage_key, "", OWNER_BINDING) if owned else None)
+
+
+def template_objects(registry: Registry, cluster: str,
+                     wanted: list[tuple[str, str, str, dict, str | None]]) -> list[tuple[str, str, str, dict]]:
+    """Each ``(group, plural, namespace, body, field manager)`` as the registry would create it, without what is each
+    instance's own (uid, creationTimestamp, managedFields times), for a :class:`Template`; kinds ``cluster`` does
+    not serve are left out (a catalog without RBAC: a bare test registry)."""
     objects = []
     for group, plural, namespace, body, manager in wanted:
-        rt = lookup(cluster, group, "v1", plural)
+        rt = registry.catalog.lookup(cluster, group, "v1", plural)
         if rt is None:
-            continue  # a catalog without RBAC (a bare test registry)
+            continue
         obj = registry.new_object(rt, cluster, namespace, body, field_manager=manager, in_namespace=False)
         md = obj["metadata"]
         md["uid"] = md["creationTimestamp"] = ""  # each cluster's own (and the template's name a hash of the rest)
         md["managedFields"] = [{**e, "time": ""} if "time" in e else e for e in md.get("managedFields") or ()]
         md.pop("resourceVersion", None)
         objects.append((rt.storage_key, namespace if rt.namespaced else "", md["name"], obj))
-    bindings = lookup(cluster, RBAC_GROUP, "v1", "clusterrolebindings")
-    owned = owned and bindings is not None
-    return Template(objects, CLUSTER_ANNOTATION, (bindings.storage_key, "", OWNER_BINDING) if owned else None)
+    return objects
 
 
 def owner_binding_fields(owner: str) -> dict:

@@ -29,9 +29,11 @@ CLUSTER_ROLES = f"{GROUP}/clusterroles"
 ROLE_BINDINGS = f"{GROUP}/rolebindings"
 CLUSTER_ROLE_BINDINGS = f"{GROUP}/clusterrolebindings"
 RESOURCES = (ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS)
+ROLE_RESOURCES = (ROLES, CLUSTER_ROLES)
 SERVICE_ACCOUNT_PREFIX = workspace_access.SERVICE_ACCOUNT_PREFIX
 
 DENIED = Decision(False, "")
+_UNREAD = object()  # a role the index knows of but has not read yet (``ClusterPolicy._compiled``)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,20 +136,26 @@ def _describe_subject(subject: dict, namespace: str) -> str:
 class ClusterPolicy:
     """The RBAC objects of one logical cluster: roles by name, bindings by subject (and namespace)."""
 
-    def __init__(self, cluster: str):
+    def __init__(self, cluster: str, store: Store):
         self.cluster = cluster
-        # role -> its compiled rules, or the stored role until a decision first needs it: a new workspace's
-        # bootstrap roles (cluster-admin, admin, edit, view...) are mostly never looked at
-        self.cluster_roles: dict[str, tuple[Rule, ...] | dict] = {}
-        self.roles: dict[tuple[str, str], tuple[Rule, ...] | dict] = {}
+        self.store = store
+        # role -> its compiled rules, or _UNREAD until a decision first needs them (then read from the store): a new
+        # workspace's bootstrap roles (cluster-admin, admin, edit, view...) are mostly never looked at, and a role
+        # served from a template (server.storage.templates) is no dict of its own until read
+        self.cluster_roles: dict[str, tuple[Rule, ...] | object] = {}
+        self.roles: dict[tuple[str, str], tuple[Rule, ...] | object] = {}
         self.cluster_grants: dict[tuple[str, str], list[Grant]] = {}
         self.grants: dict[str, dict[tuple[str, str], list[Grant]]] = {}  # namespace -> subject -> grants
 
     @classmethod
     def load(cls, store: Store, cluster: str) -> "ClusterPolicy":
-        policy = cls(cluster)
-        for resource in RESOURCES:
-            for obj in store.list(resource, cluster)[0]:
+        policy = cls(cluster, store)
+        for namespace, name in store.names(CLUSTER_ROLES, cluster):  # read when first needed (``_compiled``)
+            policy.cluster_roles[name] = _UNREAD
+        for key in store.names(ROLES, cluster):
+            policy.roles[key] = _UNREAD
+        for resource in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
+            for obj in store.list(resource, cluster, fields=("roleRef", "subjects"))[0]:
                 policy.put(resource, obj)
         return policy
 
@@ -157,11 +165,19 @@ class ClusterPolicy:
         meta = obj.get("metadata") or {}
         name, namespace = meta.get("name", ""), meta.get("namespace", "")
         if resource == CLUSTER_ROLES:
-            self.cluster_roles[name] = obj
+            self.cluster_roles[name] = _UNREAD
         elif resource == ROLES:
-            self.roles[(namespace, name)] = obj
+            self.roles[(namespace, name)] = _UNREAD
         else:
             self._put_binding(resource, obj, name, namespace)
+
+    def role_changed(self, resource: str, key: Key, deleted: bool) -> None:
+        roles, index = (self.cluster_roles, key.name) if resource == CLUSTER_ROLES else (self.roles,
+                                                                                         (key.namespace, key.name))
+        if deleted:
+            roles.pop(index, None)
+        else:
+            roles[index] = _UNREAD
 
     def remove(self, resource: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
@@ -231,10 +247,24 @@ class ClusterPolicy:
     def rules_of(self, grant: Grant) -> tuple[Rule, ...] | None:
         """The rules a grant refers to; None when its role does not exist."""
         if grant.role_kind == "ClusterRole":
-            return _compiled(self.cluster_roles, grant.role_name)
+            return self._compiled(self.cluster_roles, grant.role_name, CLUSTER_ROLES, "", grant.role_name)
         if grant.role_kind == "Role" and grant.binding[0]:
-            return _compiled(self.roles, (grant.binding[0], grant.role_name))
+            return self._compiled(self.roles, (grant.binding[0], grant.role_name), ROLES, grant.binding[0],
+                                  grant.role_name)
         return None
+
+    def _compiled(self, roles: dict, key, resource: str, namespace: str, name: str) -> tuple[Rule, ...] | None:
+        """The compiled rules of ``roles[key]``, read from the store and compiled on first use (the index follows
+        the store's events up to its current resourceVersion, so the store holds the same version)."""
+        rules = roles.get(key)
+        if rules is not _UNREAD:
+            return rules
+        obj = self.store.get(Key(resource, self.cluster, namespace, name))
+        if obj is None:  # cannot be while the index follows the store; a missing role is no role
+            roles.pop(key, None)
+            return None
+        compiled = roles[key] = _compile(obj)
+        return compiled
 
     def authorize(self, a: Attributes, keys: list[tuple[str, str]]) -> Decision:
         grants = self.grants_for(keys, a.namespace)
@@ -249,15 +279,6 @@ class ClusterPolicy:
             return DENIED
         missing = list(dict.fromkeys(missing))
         return Decision(False, "RBAC: " + (missing[0] if len(missing) == 1 else f"[{', '.join(missing)}]"))
-
-
-def _compiled(roles: dict, key) -> tuple[Rule, ...] | None:
-    """The compiled rules of ``roles[key]``, compiling a stored role on first use."""
-    rules = roles.get(key)
-    if rules is None or type(rules) is tuple:
-        return rules
-    compiled = roles[key] = _compile(rules)
-    return compiled
 
 
 def _not_found(grant: Grant) -> str:
@@ -306,6 +327,9 @@ class RBACAuthorizer:
                     if policy is None:
                         continue
                     resource = event.key.resource
+                    if resource in ROLE_RESOURCES:  # a name is all the index keeps of a role (``_compiled``)
+                        policy.role_changed(resource, event.key, event.type == "DELETED")
+                        continue
                     if event.prev is not None:
                         policy.remove(resource, event.prev)
                     if event.type != "DELETED":

@@ -29,6 +29,8 @@ restart anywhere resumes from the full list the reconcile loop starts with.
 
 from __future__ import annotations
 
+import uuid
+
 import structlog
 
 from kcp_virtual.framework import errors
@@ -37,13 +39,15 @@ from kcp_virtual.initializingworkspaces.initializers import parse as parse_initi
 from kcp_virtual.framework.shardclient import GroupVersionResource
 from server.apis import tenancy
 from server.apis.logicalclusters import (LOGICAL_CLUSTER, NAME as LOGICAL_CLUSTER_NAME, OWNER_ANNOTATION as
-                                        CLUSTER_OWNER, PARENT_SHARD_ANNOTATION, create_logical_cluster, ensure_fields)
+                                        CLUSTER_OWNER, PARENT_SHARD_ANNOTATION, create_logical_cluster, ensure_fields,
+                                        template_objects)
 from server.apis.tenancy import CLUSTER_WORKSPACES, FINALIZER, INITIALIZING, READY, SCHEDULING, SHARDS
 from server.controllers.base import Reconciler, TriggeredController
 from server.controllers.shards import ShardDirectory, shard_base_url
-from server.registry.generic import Registry, cluster_of, now_rfc3339
+from server.registry.generic import CLUSTER_ANNOTATION, Registry, cluster_of, now_rfc3339
 from server.registry.selectors import LabelSelector
-from server.storage import Key
+from server.storage import Key, KeyExistsError
+from server.storage.templates import NAME, OWNER, Template
 
 log = structlog.get_logger("kcp.controllers.workspaces")
 
@@ -54,8 +58,36 @@ OWNER_GRANT_PREFIX = "workspace-owner:"
 LOGICAL_CLUSTERS_GVR = GroupVersionResource(LOGICAL_CLUSTER.group, LOGICAL_CLUSTER.version, LOGICAL_CLUSTER.plural)
 
 
+#: The family of the template the owner grants are instances of (``server.storage.templates``).
+OWNER_GRANTS = "workspace-owner-grants"
+
+
 def owner_grant_name(workspace: str) -> str:
     return OWNER_GRANT_PREFIX + workspace
+
+
+def owner_grant_fields(workspace: str, username: str) -> tuple[dict, dict]:
+    """The owner's ClusterRole and ClusterRoleBinding in the parent: ``admin``/``access`` on the workspace's content,
+    ``get``/``delete`` on the ClusterWorkspace."""
+    grant = owner_grant_name(workspace)
+    return ({"rules": [
+        {"apiGroups": [tenancy.GROUP], "resources": ["clusterworkspaces/content"], "resourceNames": [workspace],
+         "verbs": ["admin", "access"]},
+        {"apiGroups": [tenancy.GROUP], "resources": ["clusterworkspaces"], "resourceNames": [workspace],
+         "verbs": ["get", "delete"]}]},
+        {"roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": grant},
+         "subjects": [{"kind": "User", "apiGroup": RBAC_GROUP, "name": username}]})
+
+
+def owner_grants_template(registry: Registry, cluster: str) -> Template | None:
+    """The owner grants as one named template (one instance per workspace, naming its owner), so that a parent of
+    100,000 workspaces stores no two rows and dicts for each; None without RBAC."""
+    role, binding = owner_grant_fields(NAME, OWNER)
+    grant = owner_grant_name(NAME)
+    objects = template_objects(registry, cluster, [
+        (RBAC_GROUP, "clusterroles", "", {"metadata": {"name": grant}, **role}, None),
+        (RBAC_GROUP, "clusterrolebindings", "", {"metadata": {"name": grant}, **binding}, None)])
+    return Template(objects, CLUSTER_ANNOTATION, named=OWNER_GRANTS) if len(objects) == 2 else None
 
 
 def location_of(workspace: dict) -> str:
@@ -89,6 +121,7 @@ class WorkspaceController(TriggeredController):
         self._placed: dict[str, tuple[int | None, int]] = {}  # shard -> (its reported load, placed here since)
         self._finalized: dict[str, None] = {}  # clusters deleted by a finalizer here, whose object is going now
         self._shards_seen: dict[str, tuple] = {}  # Shard name -> (spec, labels) last acted on
+        self._grants_template: Template | None = None  # made on first use (``owner_grants_template``)
         self.reconciler = Reconciler(registry.store, CLUSTER_WORKSPACES.storage_key, self.reconcile,
                                      name="workspaces", workers=workers)
         # A Shard that comes or changes may take the workspaces no shard matched so far.
@@ -306,14 +339,20 @@ class WorkspaceController(TriggeredController):
         bindings = self.registry.catalog.lookup(parent, RBAC_GROUP, "v1", "clusterrolebindings")
         if roles is None or bindings is None:
             return  # RBAC is not served: there is nothing to grant with
-        ensure_fields(self.registry, roles, parent, grant, {"rules": [
-            {"apiGroups": [tenancy.GROUP], "resources": ["clusterworkspaces/content"], "resourceNames": [name],
-             "verbs": ["admin", "access"]},
-            {"apiGroups": [tenancy.GROUP], "resources": ["clusterworkspaces"], "resourceNames": [name],
-             "verbs": ["get", "delete"]}]})
-        ensure_fields(self.registry, bindings, parent, grant, {
-            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": grant},
-            "subjects": [{"kind": "User", "apiGroup": RBAC_GROUP, "name": owner["username"]}]})
+        if (self.store.supports_templates and not self.store.has_instance(parent, OWNER_GRANTS, name)
+                and self.store.get(self.registry.key(roles, parent, "", grant)) is None
+                and self.store.get(self.registry.key(bindings, parent, "", grant)) is None):
+            if self._grants_template is None:
+                self._grants_template = owner_grants_template(self.registry, parent)
+            try:  # both in one write; a grant written before (or a tenant's) is corrected below instead
+                if self._grants_template is not None:
+                    self.store.instantiate(parent, self._grants_template, str(uuid.uuid4()), now_rfc3339(),
+                                           owner["username"], name)
+            except KeyExistsError:
+                pass
+        role, binding = owner_grant_fields(name, owner["username"])
+        ensure_fields(self.registry, roles, parent, grant, role)
+        ensure_fields(self.registry, bindings, parent, grant, binding)
 
     # ------------------------------------------------------------------ initializer grants
 
@@ -356,6 +395,7 @@ class WorkspaceController(TriggeredController):
     def _revoke(self, parent: str, name: str) -> None:
         if not self.registry.cluster_exists(parent):
             return
+        self.store.drop_instance(parent, OWNER_GRANTS, name)  # then the rows a tenant's writes made, if any
         for plural in ("clusterrolebindings", "clusterroles"):
             rt = self.registry.catalog.lookup(parent, RBAC_GROUP, "v1", plural)
             if rt is None:

@@ -126,7 +126,7 @@ class Registry:
 
     def delete_logical_cluster(self, cluster: str) -> None:
         """Remove every object of ``cluster``, then the cluster itself."""
-        self.store.drop_instance(cluster)
+        self.store.drop_instances(cluster)
         for rt in self.catalog.types(cluster):
             items, _ = self.store.list(rt.storage_key, cluster, None)
             for item in items:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from bisect import bisect_right
+import contextlib
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
@@ -90,15 +91,25 @@ class Event:
         return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
 
 
-class _TemplateEvent(Event):
-    """An event of a template object (``server.storage.templates``): its object is made when asked for, so the watch
-    history of a thousand new workspaces does not hold a thousand copies of the default content."""
+class _TemplateEvent:
+    """An event of a template object (``server.storage.templates``), as an :class:`Event` behaves: its object and key
+    are made when asked for, so the watch history of a thousand new workspaces holds neither a thousand copies of
+    the default content nor a key each (and no slots for them: about 80 bytes an event)."""
 
-    __slots__ = ("_instance", "_entry")
+    __slots__ = ("type", "rv", "ts", "_line", "_instance", "_entry")
 
-    def __init__(self, type: str, rv: int, key: Key, instance: Instance, entry: TemplateObject, ts: float):
-        self.type, self.rv, self.key, self.ts, self._line = type, rv, key, ts, None
+    def __init__(self, type: str, rv: int, instance: Instance, entry: TemplateObject, ts: float):
+        self.type, self.rv, self.ts, self._line = type, rv, ts, None
         self._instance, self._entry = instance, entry
+
+    line = encoded = Event.line
+    object = Event.object
+    __repr__ = Event.__repr__
+
+    @property
+    def key(self) -> Key:  # made when asked for too: the history of 100,000 workspaces holds no key tuple each
+        instance, entry = self._instance, self._entry
+        return Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
 
     @property
     def obj(self) -> dict:
@@ -341,13 +352,17 @@ class _Interner:
     Every workspace gets the same bootstrap ClusterRoles (rules, managedFields), the same default
     Namespace and so on; without sharing, each copy costs tens of KiB per workspace. Sharing is safe
     because stored objects are immutable (callers copy before they change anything). Values are
-    keyed by their JSON encoding; the table is bounded and simply starts over when full.
+    keyed by their JSON encoding; the table is bounded and simply starts over when full -- in entries and in bytes
+    of encoding, since most values are seen once (a workspace's own annotations) and would otherwise keep
+    thousands of encodings and the values they stand for alive (1 KiB per workspace at 10,000 of them).
     """
 
     MIN_BYTES = 64  # smaller values are not worth a table entry
 
-    def __init__(self, limit: int = 8192):
+    def __init__(self, limit: int = 8192, limit_bytes: int = 512 << 10):
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._bytes = 0
         self._values: dict[bytes, Any] = {}
 
     def value(self, value: Any) -> Any:
@@ -362,9 +377,11 @@ class _Interner:
         shared = self._values.get(encoded)
         if shared is not None:
             return shared
-        if len(self._values) >= self._limit:
+        if len(self._values) >= self._limit or self._bytes >= self._limit_bytes:
             self._values.clear()
+            self._bytes = 0
         self._values[encoded] = value
+        self._bytes += len(encoded)
         return value
 
     def object(self, obj: dict) -> None:
@@ -429,6 +446,8 @@ class Store:
         # template objects deleted (key -> the rv of the instance they were deleted from).
         self._templates: dict[str, Template] = {}
         self._instances: dict[str, Instance] = {}
+        # Instances of named templates: cluster -> (the template's family, instance name) -> instance.
+        self._named: dict[str, dict[tuple[str, str], Instance]] = {}
         self._tombstones: dict[Key, int] = {}
         self._load()
         self._rv = self._start_rv = backend.current_rv()
@@ -448,7 +467,7 @@ class Store:
                 continue
             obj = loads(value)
             if resource == INSTANCES:
-                instances.append((cluster, rv, obj))
+                instances.append((cluster, namespace, rv, obj))
                 continue
             if TOMBSTONE in obj:
                 tombstones.append((Key(resource, cluster, namespace, name), obj[TOMBSTONE]))
@@ -461,23 +480,57 @@ class Store:
             data.setdefault(resource, {}).setdefault(cluster, {})[(namespace, name)] = obj
             counts[resource] = counts.get(resource, 0) + 1
             self._total += 1
-        for cluster, rv, record in instances:
-            self._instances[cluster] = Instance(self._templates[record["template"]], cluster, record["uid"],
-                                                record["creationTimestamp"], rv, record.get("owner") or "")
+        for cluster, name, rv, record in instances:
+            self._add_instance(Instance(self._templates[record["template"]], cluster, record["uid"],
+                                        record["creationTimestamp"], rv, record.get("owner") or "", name))
         for key, instance_rv in tombstones:
-            instance = self._instances.get(key.cluster)
-            if instance is not None and instance.rv == instance_rv:  # else left over from a cluster deleted since
+            served = self._served(key)
+            if served is not None and served[0].rv == instance_rv:  # else left over from an instance dropped since
                 self._tombstones[key] = instance_rv
-        for instance in self._instances.values():
+        for instance in self._all_instances():
             for _ in self._shown(instance):
                 pass
+
+    def _add_instance(self, instance: Instance) -> None:
+        if instance.name:
+            self._named.setdefault(instance.cluster, {})[(instance.template.named, instance.name)] = instance
+        else:
+            self._instances[instance.cluster] = instance
+
+    def _all_instances(self):
+        yield from self._instances.values()
+        for named in self._named.values():
+            yield from named.values()
+
+    def _instance(self, cluster: str, family: str, name: str) -> Instance | None:
+        if name:
+            return self._named.get(cluster, {}).get((family, name))
+        return self._instances.get(cluster)
+
+    def _served(self, key: Key) -> tuple[Instance, TemplateObject] | None:
+        """The instance that serves ``key`` (unless a row shadows it or a tombstone hides it), with its object."""
+        instance = self._instances.get(key.cluster)
+        if instance is not None:
+            entry = instance.entry(key.resource, key.namespace, key.name)
+            if entry is not None:
+                return instance, entry
+        named = self._named.get(key.cluster)
+        if named:
+            for template in self._templates.values():
+                match = template.named and template.match(key.resource, key.namespace, key.name)
+                if match:
+                    instance = named.get((template.named, match[1]))
+                    entry = instance.entry(key.resource, key.namespace, key.name) if instance is not None else None
+                    if entry is not None:  # (the instance may be of another version of the template)
+                        return instance, entry
+        return None
 
     def _shown(self, instance: Instance, sign: int = 1):
         """The instance's objects that it serves (no row shadows them, no tombstone hides them), each counted
         (``sign``) as it is yielded."""
         counts = self._counts
         for entry in instance.template.objects:
-            key = Key(entry.resource, instance.cluster, entry.namespace, entry.name)
+            key = Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
             if key in self._tombstones or self.get_real(key) is not None:
                 continue
             counts[entry.resource] = counts.get(entry.resource, 0) + sign
@@ -497,12 +550,10 @@ class Store:
             bucket = clusters.get(key.cluster)
             if bucket is not None:
                 obj = bucket.get((key.namespace, key.name))
-        if obj is None and self._instances:
-            instance = self._instances.get(key.cluster)
-            if instance is not None:
-                entry = instance.entry(key.resource, key.namespace, key.name)
-                if entry is not None and key not in self._tombstones:
-                    return instance.materialize(entry)
+        if obj is None and (self._instances or self._named):
+            served = self._served(key)
+            if served is not None and key not in self._tombstones:
+                return served[0].materialize(served[1])
         return obj
 
     def get_real(self, key: Key) -> dict | None:
@@ -515,33 +566,36 @@ class Store:
             return None
         return bucket.get((key.namespace, key.name))
 
-    def list(self, resource: str, cluster: str | None = None,
-             namespace: str | None = None) -> tuple[list[dict], int]:
+    def list(self, resource: str, cluster: str | None = None, namespace: str | None = None, *,
+             fields: tuple[str, ...] | None = None) -> tuple[list[dict], int]:
         """Objects sorted by (cluster, namespace, name) and the rv they are current at.
 
         ``None`` means all clusters / all namespaces. Never yields, so it is a consistent
-        snapshot. The dicts are the stored ones: do not mutate.
+        snapshot. The dicts are the stored ones: do not mutate. ``fields``: the caller reads only these top-level
+        fields and metadata's name and namespace, so template objects are made with no more than that (an index
+        over 100,000 of them: RBAC's bindings).
         """
         rv = self._rv
         clusters = self._data.get(resource)
-        templated = self._instances and any(resource in t.by_resource for t in self._templates.values())
+        templated = ((self._instances or self._named)
+                     and any(resource in t.by_resource for t in self._templates.values()))
         if not clusters and not templated:
             return [], rv
         clusters = clusters or {}
         if cluster is not None:
-            if cluster not in clusters and not (templated and cluster in self._instances):
+            if cluster not in clusters and not (templated and (cluster in self._instances or cluster in self._named)):
                 return [], rv
             names = [cluster]
         elif templated:
-            names = sorted(clusters.keys() | self._instances.keys())
+            names = sorted(clusters.keys() | self._instances.keys() | self._named.keys())
         else:
             names = sorted(clusters)
         out: list[dict] = []
         for name in names:
             bucket = clusters.get(name) or {}
-            instance = self._instances.get(name) if templated else None
-            if instance is not None and resource in instance.template.by_resource:
-                out.extend(self._with_template(resource, name, namespace, bucket, instance))
+            serving = self._serving(resource, name) if templated else None
+            if serving:
+                out.extend(self._with_template(resource, name, namespace, bucket, serving, fields))
                 continue
             keys = self._sorted_keys(resource, name, bucket)
             if namespace is None:
@@ -550,12 +604,44 @@ class Store:
                 out.extend(bucket[k] for k in keys if k[0] == namespace)
         return out, rv
 
-    def _with_template(self, resource: str, cluster: str, namespace: str | None, bucket: dict,
-                       instance: Instance) -> list[dict]:
-        """A bucket's objects merged with the template's that no row shadows and no tombstone hides, sorted."""
-        entries = instance.template.by_resource[resource]
+    def names(self, resource: str, cluster: str) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every object of ``resource`` in ``cluster``, as ``list`` would return them but
+        unsorted and without making the template objects (an index that needs only the names: RBAC's roles)."""
+        bucket = (self._data.get(resource) or {}).get(cluster) or {}
+        out = set(bucket)
         tombstones = self._tombstones
-        keys = sorted(bucket.keys() | entries.keys()) if bucket else instance.template.sorted_keys[resource]
+        for instance in self._serving(resource, cluster) if self._instances or self._named else ():
+            for entry in instance.template.by_resource[resource].values():
+                k = (entry.namespace, entry.name_in(instance.name))
+                if not (tombstones and Key(resource, cluster, k[0], k[1]) in tombstones):
+                    out.add(k)
+        return out
+
+    def _serving(self, resource: str, cluster: str) -> list[Instance]:
+        """The instances of ``cluster`` with objects of ``resource``."""
+        out = []
+        instance = self._instances.get(cluster)
+        if instance is not None and resource in instance.template.by_resource:
+            out.append(instance)
+        named = self._named.get(cluster)
+        if named:
+            out += [i for i in named.values() if resource in i.template.by_resource]
+        return out
+
+    def _with_template(self, resource: str, cluster: str, namespace: str | None, bucket: dict,
+                       instances: list[Instance], fields: tuple[str, ...] | None = None) -> list[dict]:
+        """A bucket's objects merged with the instances' that no row shadows and no tombstone hides, sorted."""
+        if len(instances) == 1 and not instances[0].name:
+            instance = instances[0]
+            entries = {k: (instance, e) for k, e in instance.template.by_resource[resource].items()}
+            keys = instance.template.sorted_keys[resource] if not bucket else None
+        else:
+            entries = {(e.namespace, e.name_in(i.name)): (i, e)
+                       for i in instances for e in i.template.by_resource[resource].values()}
+            keys = None
+        if keys is None:
+            keys = sorted(bucket.keys() | entries.keys())
+        tombstones = self._tombstones
         out = []
         for k in keys:
             if namespace is not None and k[0] != namespace:
@@ -564,7 +650,12 @@ class Store:
             if obj is None:
                 if tombstones and Key(resource, cluster, k[0], k[1]) in tombstones:
                     continue
-                obj = instance.materialize(entries[k])
+                instance, entry = entries[k]
+                if fields is None:
+                    obj = instance.materialize(entry)
+                else:
+                    obj = instance.fields(entry, fields)
+                    obj["metadata"] = {"name": k[1], **({"namespace": k[0]} if k[0] else {})}
             out.append(obj)
         return out
 
@@ -624,10 +715,9 @@ class Store:
             md = dict(md) if isinstance(md, dict) else {}
             new["metadata"] = md
             if kind is DELETED:
-                instance = self._instances.get(cluster)
+                served = self._served(key) if self._instances or self._named else None
                 # Under a template object, a delete leaves a row that keeps it hidden.
-                value = (orjson.dumps({TOMBSTONE: instance.rv})
-                         if instance is not None and instance.entry(resource, namespace, name) else None)
+                value = orjson.dumps({TOMBSTONE: served[0].rv}) if served is not None else None
             else:
                 md.pop("resourceVersion", None)  # the row's rv is the truth; don't persist a stale one
                 value = orjson.dumps(new)
@@ -656,10 +746,10 @@ class Store:
         clusters = self._data.get(resource)
         bucket = clusters.get(cluster) if clusters is not None else None
         new["metadata"]["resourceVersion"] = str(rv)
-        instance = self._instances.get(cluster) if self._instances else None
-        if instance is not None and instance.entry(resource, namespace, name) is not None:
+        served = self._served(key) if self._instances or self._named else None
+        if served is not None:
             if kind is DELETED:
-                self._tombstones[key] = instance.rv
+                self._tombstones[key] = served[0].rv
             else:
                 self._tombstones.pop(key, None)
         if kind is DELETED:
@@ -690,65 +780,102 @@ class Store:
         """Whether the backend can reserve resourceVersions, so that every template object has one of its own."""
         return getattr(self._backend, "reserves_revisions", False)
 
-    def has_instance(self, cluster: str) -> bool:
-        return cluster in self._instances
+    def has_instance(self, cluster: str, family: str = "", name: str = "") -> bool:
+        """Whether ``cluster`` has its default content from a template (``name``: an instance of that name of a
+        named template of ``family``)."""
+        return self._instance(cluster, family, name) is not None
 
-    def instantiate(self, cluster: str, template: Template, uid: str, created: str, owner: str = "") -> None:
-        """Give ``cluster`` the template's objects, with one write (raises :class:`KeyExistsError` if it has them).
+    def instantiate(self, cluster: str, template: Template, uid: str, created: str, owner: str = "",
+                    name: str = "") -> None:
+        """Give ``cluster`` the template's objects, with one write (raises :class:`KeyExistsError` if it has them);
+        ``name``: the instance's name, for a named template (then ``cluster`` may have any number of them).
 
         Each gets an ADDED event at its own reserved resourceVersion, as if it had been created then."""
         if not self.supports_templates:
             raise StorageError("this backend cannot reserve resourceVersions for template objects")
-        with self._claim(cluster):
+        if bool(name) != bool(template.named):
+            raise ValueError("a named template's instances have a name, and only theirs")
+        with self._claim_instance(cluster, template, name):
             if self._closed:
                 raise StorageError("store is closed")
-            if cluster in self._instances:
-                raise KeyExistsError(f"cluster {cluster} has instantiated a template already")
+            if self._instance(cluster, template.named, name) is not None:
+                raise KeyExistsError(f"cluster {cluster} has instantiated template {template.name} {name} already")
             if template.name not in self._templates:
                 # Another cluster may be writing it too, the same bytes: the first to commit is kept.
                 self._durable(encode_key(TEMPLATES, "", "", template.name), template.encoded, 0, 0,
                               lambda rv: self._templates.setdefault(template.name, template))
-            instance = Instance(self._templates[template.name], cluster, uid, created, 0, owner)
+            template = self._templates[template.name]
+            instance = Instance(template, cluster, uid, created, 0, owner, name)
 
             def committed(rv: int) -> None:
                 instance.rv = rv
-                self._instances[cluster] = instance
+                self._add_instance(instance)
                 now = time.monotonic()
                 first = instance.first_rv
-                for key, entry in self._shown(instance):  # a row written before (a half-made cluster's retry) wins
-                    self._append(entry.resource, _TemplateEvent(ADDED, first + entry.index, key, instance, entry, now))
+                for _, entry in self._shown(instance):  # a row written before (a half-made cluster's retry) wins
+                    self._append(entry.resource, _TemplateEvent(ADDED, first + entry.index, instance, entry, now))
                 self._rv = rv
 
-            interrupted = self._durable(encode_key(INSTANCES, cluster, "", template.name), instance.record(), 0,
-                                        len(instance.template), committed)
+            interrupted = self._durable(encode_key(INSTANCES, cluster, name, template.name), instance.record(), 0,
+                                        len(template), committed)
         if interrupted is not None:
             raise interrupted
 
-    def drop_instance(self, cluster: str) -> None:
-        """Remove ``cluster``'s template objects (DELETED events for those still shown) and its tombstones."""
-        with self._claim(cluster):
-            instance = self._instances.get(cluster)
-            if instance is None or self._closed:
+    def drop_instances(self, cluster: str) -> None:
+        """Drop every instance in ``cluster`` (it is being deleted)."""
+        for instance in [*self._named.get(cluster, {}).values(), *filter(None, [self._instances.get(cluster)])]:
+            self.drop_instance(cluster, instance.template.named, instance.name)
+
+    def drop_instance(self, cluster: str, family: str = "", name: str = "") -> None:
+        """Remove the objects of ``cluster``'s default content (``name``: of its instance of that name of a named
+        template of ``family``): DELETED events for those still shown, and its tombstones."""
+        instance = self._instance(cluster, family, name)
+        if instance is None:
+            return
+        with self._claim_instance(cluster, instance.template, name):
+            if self._instance(cluster, family, name) is not instance or self._closed:
                 return
             template = instance.template
+            hidden = [k for k in self._tombstones if k.cluster == cluster and instance.entry(k.resource, k.namespace,
+                                                                                             k.name) is not None]
 
             def committed(rv: int) -> None:
                 now = time.monotonic()
                 first = rv - len(template)
                 gone = list(self._shown(instance, -1))
-                del self._instances[cluster]
-                for key, entry in gone:
-                    self._append(entry.resource, _TemplateEvent(DELETED, first + entry.index, key, instance, entry, now))
+                if name:
+                    named = self._named[cluster]
+                    del named[(template.named, name)]
+                    if not named:
+                        del self._named[cluster]
+                else:
+                    del self._instances[cluster]
+                for _, entry in gone:
+                    self._append(entry.resource, _TemplateEvent(DELETED, first + entry.index, instance, entry, now))
                 self._rv = rv
 
-            interrupted = self._durable(encode_key(INSTANCES, cluster, "", template.name), None, instance.rv,
+            interrupted = self._durable(encode_key(INSTANCES, cluster, name, template.name), None, instance.rv,
                                         len(template), committed)
-            for key in [k for k in self._tombstones if k.cluster == cluster]:
+            for key in hidden:
                 del self._tombstones[key]
                 if self.get_real(key) is None:
                     self._durable(encode_key(*key), None, 0)  # no event: nothing visible changes
         if interrupted is not None:
             raise interrupted
+
+    @contextmanager
+    def _claim_instance(self, cluster: str, template: Template, name: str):
+        """A template operation's claim: the whole cluster for its default content, only the instance's own keys
+        for a named instance (the owner grants in a busy parent must not hold off the parent's other writes)."""
+        if not name or not self._grouped:
+            with self._claim(cluster):
+                yield
+            return
+        with contextlib.ExitStack() as stack:
+            for key in sorted(Key(entry.resource, cluster, entry.namespace, entry.name_in(name))
+                              for entry in template.objects):
+                stack.enter_context(self._claim(cluster, key))
+            yield
 
     @contextmanager
     def _claim(self, cluster: str, key: Key | None = None):

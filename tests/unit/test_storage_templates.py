@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from server.storage import ADDED, DELETED, MODIFIED, Key, KeyExistsError, SQLiteBackend, Store
-from server.storage.templates import Template
+from server.storage import ADDED, DELETED, MODIFIED, Key, KeyExistsError, ResourceExpiredError, SQLiteBackend, Store
+from server.storage.templates import NAME, OWNER, Template
 
 ROLES, NS = "rbac/clusterroles", "core/namespaces"
 
@@ -140,4 +140,140 @@ def test_a_row_written_before_the_instance_wins(path):
     assert [e.key.name for e in w.take()] == ["admin"]
     assert store.get(Key(ROLES, "c1", "", "view"))["metadata"]["uid"] == "mine"
     assert store.count(ROLES) == 2
+    store.close()
+
+
+# -- named templates: many instances in one cluster, each naming its objects and its owner
+
+BINDINGS = "rbac/clusterrolebindings"
+
+
+def grants(version: str = "1") -> Template:
+    grant = "owner:" + NAME
+    return Template([
+        (ROLES, "", grant, {"kind": "ClusterRole", "metadata": {"name": grant, "uid": "", "creationTimestamp": ""},
+                            "rules": [{"verbs": ["admin"], "resourceNames": [NAME]}], "v": version}),
+        (BINDINGS, "", grant, {"kind": "ClusterRoleBinding", "metadata": {"name": grant},
+                               "roleRef": {"kind": "ClusterRole", "name": grant},
+                               "subjects": [{"kind": "User", "name": OWNER}]})], "kcp.dev/cluster", named="grants")
+
+
+def test_named_instances_are_objects_of_their_own_in_one_cluster(path):
+    store = open_store(path)
+    store.instantiate("org", template(), str(uuid.uuid4()), "2026-01-01T00:00:00Z")
+    store.create(Key(ROLES, "org", "", "zz-real"), {"metadata": {"name": "zz-real", "uid": "r"}})
+    before = store.current_rv()
+    w = store.watch(BINDINGS, "org", None, before)
+    store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", "a")
+    store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", 'bob "the" \\ owner', "b")
+    with pytest.raises(KeyExistsError):
+        store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "eve", "a")
+    with pytest.raises(ValueError):
+        store.instantiate("org2", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "eve")
+    role = store.get(Key(ROLES, "org", "", "owner:a"))
+    assert role["metadata"]["name"] == "owner:a" and role["rules"] == [{"verbs": ["admin"], "resourceNames": ["a"]}]
+    assert role["metadata"]["annotations"] == {"kcp.dev/cluster": "org"}
+    binding = store.get(Key(BINDINGS, "org", "", "owner:b"))
+    assert binding["roleRef"]["name"] == "owner:b" and binding["subjects"] == [{"kind": "User", "name": 'bob "the" \\ owner'}]
+    assert store.get(Key(ROLES, "org", "", "owner:c")) is None and store.get(Key(ROLES, "org", "", "owner:")) is None
+    assert store.get(Key(ROLES, "other", "", "owner:a")) is None
+    assert grants().prefixes and store.has_instance("org", "grants", "a") and not store.has_instance("org", "grants", "c")
+    items = store.list(ROLES, "org")[0]
+    assert [o["metadata"]["name"] for o in items] == ["admin", "owner:a", "owner:b", "view", "zz-real"]
+    uids = {o["metadata"]["uid"] for o in items}
+    rvs = [int(o["metadata"]["resourceVersion"]) for o in items]
+    assert len(uids) == 5 and len(set(rvs)) == 5 and all(rv <= store.current_rv() for rv in rvs)
+    assert store.count(ROLES) == 5 and store.count(BINDINGS) == 2
+    events = w.take()
+    assert [(e.type, e.key.name) for e in events] == [(ADDED, "owner:a"), (ADDED, "owner:b")]
+    replay = store.watch(BINDINGS, "org", None, events[0].rv).take()  # resuming from an older resourceVersion
+    assert [(e.key.name, e.rv, e.obj) for e in replay] == [("owner:b", events[1].rv, events[1].obj)]
+    assert [int(e.obj["metadata"]["resourceVersion"]) for e in events] == [e.rv for e in events]
+    assert events[0].obj["subjects"] == [{"kind": "User", "name": "alice"}]
+    seen = {(o["metadata"]["name"], o["metadata"]["uid"], o["metadata"]["resourceVersion"]) for o in items}
+    store.close()
+
+    store = open_store(path)
+    assert {(o["metadata"]["name"], o["metadata"]["uid"], o["metadata"]["resourceVersion"])
+            for o in store.list(ROLES, "org")[0]} == seen
+    assert store.count(ROLES) == 5
+    with pytest.raises(ResourceExpiredError):  # the history is memory: from before the restart is 410, as kube's
+        store.watch(BINDINGS, "org", None, before)
+    store.close()
+
+
+def test_a_named_instance_is_copy_on_write_and_drops_alone(path):
+    store = open_store(path)
+    for name, owner in (("a", "alice"), ("b", "bob")):
+        store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", owner, name)
+    role = store.get(Key(ROLES, "org", "", "owner:a"))
+    w = store.watch(ROLES, "org", None, store.current_rv())
+    store.update(Key(ROLES, "org", "", "owner:a"), {**role, "rules": []}, int(role["metadata"]["resourceVersion"]))
+    store.delete(Key(BINDINGS, "org", "", "owner:a"))
+    store.delete(Key(ROLES, "org", "", "owner:b"))
+    assert store.get(Key(BINDINGS, "org", "", "owner:a")) is None
+    assert store.get(Key(ROLES, "org", "", "owner:a"))["rules"] == []
+    assert store.get(Key(ROLES, "org", "", "owner:a"))["metadata"]["uid"] == role["metadata"]["uid"]
+    assert [(e.type, e.key.name) for e in w.take()] == [(MODIFIED, "owner:a"), (DELETED, "owner:b")]
+    store.close()
+
+    store = open_store(path)
+    assert [o["metadata"]["name"] for o in store.list(ROLES, "org")[0]] == ["owner:a"]
+    assert store.get(Key(ROLES, "org", "", "owner:a"))["rules"] == []
+    assert [o["metadata"]["name"] for o in store.list(BINDINGS, "org")[0]] == ["owner:b"]
+    w = store.watch(BINDINGS, "org", None, store.current_rv())
+    store.drop_instance("org", "grants", "b")
+    assert [(e.type, e.key.name) for e in w.take()] == [(DELETED, "owner:b")]
+    assert store.list(BINDINGS, "org")[0] == [] and store.has_instance("org", "grants", "a")
+    store.drop_instance("org", "grants", "a")  # its tombstone goes with it; the tenant's row stays
+    assert [o["metadata"]["name"] for o in store.list(ROLES, "org")[0]] == ["owner:a"]
+    assert store.count(ROLES) == 1 and store.count(BINDINGS) == 0
+    store.close()
+
+    store = open_store(path)
+    assert store.count(ROLES) == 1 and store.count(BINDINGS) == 0 and not store.has_instance("org", "grants", "a")
+    assert [k for k, _, _ in store._backend.load() if "tombstone" in k or "instances" in k] == []
+    store.close()
+
+
+def test_a_named_instance_of_an_older_version_is_still_found_and_dropped(path):
+    store = open_store(path)
+    store.instantiate("org", grants("1"), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", "a")
+    store.instantiate("org", grants("2"), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "bob", "b")
+    assert store.get(Key(ROLES, "org", "", "owner:a"))["v"] == "1"
+    assert store.get(Key(ROLES, "org", "", "owner:b"))["v"] == "2"
+    with pytest.raises(KeyExistsError):
+        store.instantiate("org", grants("2"), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", "a")
+    store.close()
+    store = open_store(path)
+    assert store.get(Key(ROLES, "org", "", "owner:a"))["v"] == "1"
+    store.drop_instances("org")
+    assert store.count() == 0 and store.list(ROLES)[0] == []
+    store.close()
+
+
+def test_names_are_the_listed_objects_without_making_them(path):
+    store = open_store(path)
+    store.instantiate("org", template(), str(uuid.uuid4()), "2026-01-01T00:00:00Z")
+    for name in ("a", "b"):
+        store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", name)
+    store.create(Key(ROLES, "org", "", "zz"), {"metadata": {"name": "zz"}})
+    store.delete(Key(ROLES, "org", "", "owner:b"))
+    store.delete(Key(ROLES, "org", "", "view"))
+    listed = [("", o["metadata"]["name"]) for o in store.list(ROLES, "org")[0]]
+    assert listed == [("", "admin"), ("", "owner:a"), ("", "zz")]
+    assert store.names(ROLES, "org") == set(listed)
+    assert store.names(ROLES, "other") == set()
+    store.close()
+
+
+def test_a_list_of_some_fields_makes_template_objects_with_those_only(path):
+    store = open_store(path)
+    store.instantiate("org", grants(), str(uuid.uuid4()), "2026-01-03T00:00:00Z", "alice", "a")
+    store.create(Key(BINDINGS, "org", "", "real"), {"metadata": {"name": "real", "uid": "u"}, "subjects": []})
+    full = store.list(BINDINGS, "org")[0]
+    some = store.list(BINDINGS, "org", fields=("roleRef", "subjects"))[0]
+    assert some[0] == {"metadata": {"name": "owner:a"}, "roleRef": full[0]["roleRef"],
+                       "subjects": [{"kind": "User", "name": "alice"}]}
+    assert some[1] is full[1]  # a row is handed out whole
     store.close()
