@@ -76,7 +76,8 @@ def template_objects(registry: Registry, cluster: str,
         obj = registry.new_object(rt, cluster, namespace, body, field_manager=manager, in_namespace=False)
         md = obj["metadata"]
         md["uid"] = md["creationTimestamp"] = ""  # each cluster's own (and the template's name a hash of the rest)
-        md["managedFields"] = [{**e, "time": ""} if "time" in e else e for e in md.get("managedFields") or ()]
+        if md.get("managedFields"):  # none: no key at all, as kube omits an empty list
+            md["managedFields"] = [{**e, "time": ""} if "time" in e else e for e in md["managedFields"]]
         md.pop("resourceVersion", None)
         objects.append((rt.storage_key, namespace if rt.namespaced else "", md["name"], obj))
     return objects
