@@ -129,8 +129,8 @@ def test_owner_grants_in_the_parent_are_each_workspaces_own(tmp_path, backend):
     """The owner's ClusterRole and ClusterRoleBinding ``workspace-owner:<name>`` in the parent (one named template
     instance per workspace on SQLite, two rows on etcd): distinct objects, they grant what they say, a tenant may edit
     or delete one, a watch replays them, a restart keeps everything and deleting the workspace removes them."""
-    config = ShardConfig() if backend == "sqlite" else ShardConfig(etcd_servers=session_etcd().servers,
-                                                                   etcd_prefix=etcd_prefix_for(tmp_path))
+    config = ShardConfig(storage=str(tmp_path / "kcp.db")) if backend == "sqlite" else ShardConfig(  # also in CI's
+        etcd_servers=session_etcd().servers, etcd_prefix=etcd_prefix_for(tmp_path))                 # etcd pass
     first = start_shard(config, workdir=tmp_path)
     a, b = unique("a"), unique("b")
     grant_a, grant_b = f"workspace-owner:{a}", f"workspace-owner:{b}"
