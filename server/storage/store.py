@@ -26,8 +26,7 @@ from __future__ import annotations
 import sys
 import time
 from bisect import bisect_right
-import contextlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple, Protocol
 
 import gevent
@@ -91,6 +90,11 @@ class Event:
         return f"Event({self.type}, rv={self.rv}, key={tuple(self.key)!r})"
 
 
+def _entry_key(cluster: str, instance_name: str, entry: TemplateObject) -> Key:
+    """The key of a template object in the instance ``instance_name`` (``""``: the default content) of ``cluster``."""
+    return Key(entry.resource, cluster, entry.namespace, entry.name_in(instance_name))
+
+
 class _TemplateEvent:
     """An event of a template object (``server.storage.templates``), as an :class:`Event` behaves: its object and key
     are made when asked for, so the watch history of a thousand new workspaces holds neither a thousand copies of
@@ -108,8 +112,7 @@ class _TemplateEvent:
 
     @property
     def key(self) -> Key:  # made when asked for too: the history of 100,000 workspaces holds no key tuple each
-        instance, entry = self._instance, self._entry
-        return Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
+        return _entry_key(self._instance.cluster, self._instance.name, self._entry)
 
     @property
     def obj(self) -> dict:
@@ -530,7 +533,7 @@ class Store:
         (``sign``) as it is yielded."""
         counts = self._counts
         for entry in instance.template.objects:
-            key = Key(entry.resource, instance.cluster, entry.namespace, entry.name_in(instance.name))
+            key = _entry_key(instance.cluster, instance.name, entry)
             if key in self._tombstones or self.get_real(key) is not None:
                 continue
             counts[entry.resource] = counts.get(entry.resource, 0) + sign
@@ -871,9 +874,8 @@ class Store:
             with self._claim(cluster):
                 yield
             return
-        with contextlib.ExitStack() as stack:
-            for key in sorted(Key(entry.resource, cluster, entry.namespace, entry.name_in(name))
-                              for entry in template.objects):
+        with ExitStack() as stack:
+            for key in sorted(_entry_key(cluster, name, entry) for entry in template.objects):
                 stack.enter_context(self._claim(cluster, key))
             yield
 
