@@ -156,20 +156,15 @@ class ClusterPolicy:
             policy.roles[key] = _UNREAD
         for resource in (ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS):
             for obj in store.list(resource, cluster, fields=("roleRef", "subjects"))[0]:
-                policy.put(resource, obj)
+                policy.put_binding(resource, obj)
         return policy
 
     # -- maintenance
 
-    def put(self, resource: str, obj: dict) -> None:
+    def put_binding(self, resource: str, obj: dict) -> None:
+        """Index a (Cluster)RoleBinding's grants (a role is indexed by name only: ``role_changed``)."""
         meta = obj.get("metadata") or {}
-        name, namespace = meta.get("name", ""), meta.get("namespace", "")
-        if resource == CLUSTER_ROLES:
-            self.cluster_roles[name] = _UNREAD
-        elif resource == ROLES:
-            self.roles[(namespace, name)] = _UNREAD
-        else:
-            self._put_binding(resource, obj, name, namespace)
+        self._put_binding(resource, obj, meta.get("name", ""), meta.get("namespace", ""))
 
     def role_changed(self, resource: str, key: Key, deleted: bool) -> None:
         roles, index = (self.cluster_roles, key.name) if resource == CLUSTER_ROLES else (self.roles,
@@ -179,26 +174,22 @@ class ClusterPolicy:
         else:
             roles[index] = _UNREAD
 
-    def remove(self, resource: str, obj: dict) -> None:
+    def remove_binding(self, resource: str, obj: dict) -> None:
+        """Drop the grants of a (Cluster)RoleBinding's previous version."""
         meta = obj.get("metadata") or {}
         name, namespace = meta.get("name", ""), meta.get("namespace", "")
-        if resource == CLUSTER_ROLES:
-            self.cluster_roles.pop(name, None)
-        elif resource == ROLES:
-            self.roles.pop((namespace, name), None)
-        else:
-            index = self._binding_index(resource, namespace, create=False)
-            if index is None:
-                return
-            for subject in obj.get("subjects") or ():
-                key = _subject_key(subject, namespace)
-                grants = index.get(key) if key else None
-                if grants:
-                    grants[:] = [g for g in grants if g.binding != (namespace, name)]
-                    if not grants:
-                        del index[key]
-            if not index and resource == ROLE_BINDINGS:
-                self.grants.pop(namespace, None)
+        index = self._binding_index(resource, namespace, create=False)
+        if index is None:
+            return
+        for subject in obj.get("subjects") or ():
+            key = _subject_key(subject, namespace)
+            grants = index.get(key) if key else None
+            if grants:
+                grants[:] = [g for g in grants if g.binding != (namespace, name)]
+                if not grants:
+                    del index[key]
+        if not index and resource == ROLE_BINDINGS:
+            self.grants.pop(namespace, None)
 
     def _binding_index(self, resource: str, namespace: str, create: bool):
         if resource == CLUSTER_ROLE_BINDINGS:
@@ -331,9 +322,9 @@ class RBACAuthorizer:
                         policy.role_changed(resource, event.key, event.type == "DELETED")
                         continue
                     if event.prev is not None:
-                        policy.remove(resource, event.prev)
+                        policy.remove_binding(resource, event.prev)
                     if event.type != "DELETED":
-                        policy.put(resource, event.obj)
+                        policy.put_binding(resource, event.obj)
         except ResourceExpiredError:
             # We were idle longer than the watch history: start over from the store.
             for watcher in self._watchers:
