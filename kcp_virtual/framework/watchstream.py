@@ -346,7 +346,7 @@ class WatchBody:
         """Write the events into ``outlet`` from now on, from whoever delivers them."""
         self.environ = None  # nothing of the request is kept for the watch's lifetime
         self._outlet = outlet
-        outlet.on_gone = self.watch.close
+        outlet.on_gone = self  # calling it closes the watch: no bound method kept per idle watch
         self.watch.start(self)
 
     # as the watch's sink (parked)
@@ -371,6 +371,8 @@ class WatchBody:
 
     def close(self) -> None:
         self.watch.close()
+
+    __call__ = close  # as the outlet's on_gone
 
     # pulled by a WSGI server that cannot park
     def __iter__(self):

@@ -340,7 +340,9 @@ REQUEST_KEYS = ("request_id", "user", "cluster", "virtual_workspace", "verb", "r
 # out publicly. Binding in a throwaway Context leaves no trace in the importing context.
 _VARS = {k: t.var for k, t in contextvars.Context().run(
     bind_contextvars, **dict.fromkeys(REQUEST_KEYS)).items()}
-_REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = (_VARS[k] for k in REQUEST_KEYS)
+_REQUEST_VARS = tuple(_VARS[k] for k in REQUEST_KEYS)
+_REQUEST_VAR_SET = frozenset(_REQUEST_VARS)
+_REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = _REQUEST_VARS
 _END = object()
 
 
@@ -469,17 +471,12 @@ class RequestLogMiddleware:
             parked = exchange.parked
             if self.audit is not None:
                 kept.update(self.audit.kept(environ))
-                request = kept
-            elif parked is None:
-                request = environ
-            else:
-                request = {"REQUEST_METHOD": environ.get("REQUEST_METHOD"), "PATH_INFO": environ.get("PATH_INFO")}
             if parked is None:
-                self._record(request, start, exchange.status, exchange.bytes, vw, exchange.counted_as_watch)
+                self._record(kept if self.audit is not None else environ, start, exchange.status, exchange.bytes, vw,
+                             exchange.counted_as_watch)
             else:  # the stream goes on without this greenlet: its line when it ends, in this request's context
-                context = contextvars.copy_context()
-                parked.when_done(lambda: context.run(self._record, request, start, exchange.status,
-                                                     exchange.bytes + parked.bytes, vw, exchange.counted_as_watch))
+                parked.when_done(_ParkedLine(self, environ, kept if self.audit is not None else None, start,
+                                             exchange.status, exchange.bytes, vw, exchange.counted_as_watch, parked))
         elif self.metrics is not None:
             self.metrics.inflight_requests -= 1
         return handled
@@ -515,7 +512,7 @@ class _Request:
     its bind_contextvars calls) carry the request context.
     """
 
-    __slots__ = ("mw", "environ", "start", "vw", "status", "result", "bytes", "watch", "done", "ctx", "outlet")
+    __slots__ = ("mw", "environ", "start", "vw", "status", "result", "bytes", "watch", "done", "ctx")
 
     def __init__(self, mw: RequestLogMiddleware, environ: dict, start: float, vw: str | None):
         self.mw = mw
@@ -527,7 +524,6 @@ class _Request:
         self.bytes = 0
         self.watch = False
         self.done = False
-        self.outlet = None
 
     def __iter__(self):
         run = self.ctx.run
@@ -547,20 +543,18 @@ class _Request:
         return self._park if getattr(self.result, "park", None) is not None else None
 
     def _park(self, outlet) -> None:
-        # An idle watch may go on for an hour: keep only what its line (and audit) names, and no closures (a
-        # bound method is the smallest callback: every byte here is paid once per idle watch).
-        environ = self.environ
-        audit = self.mw.audit
-        self.environ = audit.kept(environ) if audit is not None else {
-            "REQUEST_METHOD": sys.intern(environ.get("REQUEST_METHOD") or ""), "PATH_INFO": environ.get("PATH_INFO")}
-        self.outlet = outlet
-        outlet.when_done(self._parked_done)
-        self.ctx.run(self.result.park, outlet)
+        self.ctx.run(self._park_in_context, outlet)
 
-    def _parked_done(self) -> None:
-        outlet, self.outlet = self.outlet, None
-        self.bytes += outlet.bytes
-        self.close()
+    def _park_in_context(self, outlet) -> None:
+        # An idle watch may go on for an hour: from now on only a ``_ParkedLine`` is kept for its line, not this
+        # object, its environ or its Context (the outlet ends the response; its on_gone closes the watch).
+        environ, self.environ = self.environ, None
+        self.done = True  # the line is the _ParkedLine's now
+        audit = self.mw.audit
+        outlet.when_done(_ParkedLine(self.mw, environ, audit.kept(environ) if audit is not None else None,
+                                     self.start, _code(self.status), self.bytes, self.vw, self.watch, outlet))
+        result, self.result = self.result, ()
+        result.park(outlet)
 
     def close(self) -> None:
         self.ctx.run(self._close)
@@ -577,9 +571,58 @@ class _Request:
         if self.done:
             return
         self.done = True
-        status = self.status
-        try:
-            code = int(status[:3]) if status else 0
-        except ValueError:
-            code = 0
-        self.mw._record(self.environ, self.start, code, self.bytes, self.vw, self.watch)
+        self.mw._record(self.environ, self.start, _code(self.status), self.bytes, self.vw, self.watch)
+
+
+def _code(status: str | None) -> int:
+    """The code of a WSGI status line ("200 OK"), 0 if there is none."""
+    try:
+        return int(status[:3]) if status else 0
+    except ValueError:
+        return 0
+
+
+class _ParkedLine:
+    """What the access line of a parked stream needs, in place of its request, environ and Context: an idle
+    watch may go on for an hour and every byte here is paid once per idle watch (a request's Context with its
+    six bound values is a ~260-byte HAMT; these are slots). Built in the request's Context, whose bound values
+    it keeps; called when the stream ends (it is the outlet's ``when_done`` callback: an object, not a bound
+    method, which would be one more object per watch) and logs the line in a Context rebuilt from them."""
+
+    __slots__ = ("mw", "method", "path", "kept", "start", "code", "bytes", "vw", "watch", "outlet", "request_id",
+                 "user", "cluster", "virtual_workspace", "verb", "resource", "extra")
+
+    def __init__(self, mw: RequestLogMiddleware, environ: dict, kept: dict | None, start: float, code: int,
+                 nbytes: int, vw: str | None, watch: bool, outlet):
+        self.mw = mw
+        self.method = sys.intern(environ.get("REQUEST_METHOD") or "")
+        self.path = sys.intern(environ.get("PATH_INFO") or "")  # watchers of one URL share it
+        self.kept = kept  # what the audit needs of the environ (None without an audit log)
+        self.start = start
+        self.code = code
+        self.bytes = nbytes
+        self.vw = vw
+        self.watch = watch
+        self.outlet = outlet
+        (self.request_id, self.user, self.cluster, self.virtual_workspace, self.verb,
+         self.resource) = (var.get(None) for var in _REQUEST_VARS)
+        extra = ()  # what else inner code bound (an impersonator): rare
+        for var, value in contextvars.copy_context().items():
+            if var not in _REQUEST_VAR_SET and value is not Ellipsis:
+                extra += (var, value)
+        self.extra = extra
+
+    def __call__(self) -> None:
+        contextvars.Context().run(self._record)
+
+    def _record(self) -> None:
+        for var, value in zip(_REQUEST_VARS, (self.request_id, self.user, self.cluster, self.virtual_workspace,
+                                              self.verb, self.resource)):
+            var.set(value)
+        extra = self.extra
+        for i in range(0, len(extra), 2):
+            extra[i].set(extra[i + 1])
+        outlet, self.outlet = self.outlet, None
+        environ = self.kept if self.kept is not None else {"REQUEST_METHOD": self.method, "PATH_INFO": self.path}
+        self.mw._record(environ, self.start, self.code, self.bytes + (outlet.bytes if outlet is not None else 0),
+                        self.vw, self.watch)

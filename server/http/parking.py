@@ -159,21 +159,26 @@ class Outbox:
             self._owner.outbox_failed(reason)
 
 
-class ParkedStream:
+class ParkedStream(Outbox):
     """The rest of a streaming HTTP/1.1 response on ``sock``, owned by no greenlet (an ``Outlet``).
 
     ``server`` is ``server.http.serving``'s pywsgi server: its ``kcp_parked`` registry (for ``stop()`` and the
     connection cap), ``kcp_serve_connection`` (to resume keep-alive), its pool, stopping event and idle
     timeout. ``keep_alive``: whether the request allows another one on this connection afterwards.
     ``chunked``: whether ``send`` frames its data as HTTP/1.1 chunks (``write`` never frames).
+
+    An idle watch is this object and what it points to, 10,000 times over, so it keeps little: it is its own
+    ``Outbox`` (a subclass, not one more object), it watches the socket with the socket's own read watcher
+    (gevent's socket has one; nobody else reads while parked) and it is that watcher's callback itself (no
+    bound method kept).
     """
 
-    __slots__ = ("_server", "sock", "_keep_alive", "_watcher", "_out", "_finishing", "chunked",
-                 "bytes", "done", "on_gone", "_on_done")
+    __slots__ = ("_server", "_keep_alive", "_watcher", "_finishing", "chunked", "bytes", "done", "on_gone",
+                 "_on_done")
 
     def __init__(self, server, sock, address, *, keep_alive: bool, chunked: bool = True):
+        super().__init__(sock, server.kcp_idle_timeout, self)
         self._server = server
-        self.sock = sock
         # ``address`` is not kept (a tuple and a string per idle watch): the socket tells it when it is needed
         self._keep_alive = keep_alive
         self.chunked = chunked
@@ -181,29 +186,29 @@ class ParkedStream:
         self.bytes = 0
         self.done = False
         self.on_gone: Callable[[], None] | None = None  # the client left: stop producing
-        self._on_done: tuple[Callable[[], None], ...] = ()  # a tuple: smaller than a list, and there is mostly one
-        self._out = Outbox(sock, server.kcp_idle_timeout, self)
-        self._watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
-        self._watcher.start(self._client_spoke)
+        self._on_done: Callable[[], None] | tuple | None = None  # one callback (mostly), or a tuple of them
+        watcher = getattr(sock, "_read_event", None)
+        if watcher is None or watcher.active or watcher.callback is not None:
+            watcher = gevent.get_hub().loop.io(sock.fileno(), _READ)
+        self._watcher = watcher
+        watcher.start(self)  # readable: see __call__
         server.kcp_parked[sock] = self
 
     def when_done(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the stream has ended, however it ended (now, if it has)."""
         if self.done:
             callback()
+        elif self._on_done is None:
+            self._on_done = callback
         else:
-            self._on_done += (callback,)
-
-    def blocking(self):
-        """Writes block the calling greenlet while in this context (see ``Outbox.blocking``)."""
-        return self._out.blocking()
+            self._on_done = (self._on_done if isinstance(self._on_done, tuple) else (self._on_done,)) + (callback,)
 
     def write(self, data: bytes) -> None:
         """Send ``data`` as it is, without blocking the caller (queued while the client is slow)."""
         if self.done or not data:
             return
         self.bytes += len(data)
-        self._out.write(data)
+        Outbox.write(self, data)
 
     def send(self, data: bytes) -> None:
         """Send ``data`` as one chunk of the body (one write: the chunk's head, data and end together)."""
@@ -221,7 +226,7 @@ class ParkedStream:
         if self.done:
             return
         self._finishing = True
-        if self._out.idle:
+        if self.idle:
             self._complete()
 
     def outbox_drained(self) -> None:
@@ -236,7 +241,7 @@ class ParkedStream:
         if self.done:
             return
         log.debug("parked stream ended", reason=reason, peer=self._peer())
-        self._out.failed = True  # nothing more is written: the client may have sent its close_notify
+        self.failed = True  # nothing more is written: the client may have sent its close_notify
         self._end()
         on_gone, self.on_gone = self.on_gone, None
         try:
@@ -245,9 +250,9 @@ class ParkedStream:
         finally:
             self._close()
 
-    def _client_spoke(self) -> None:
-        # A streaming client sends nothing more: readable means it left (EOF, reset, close_notify) or broke
-        # protocol.
+    def __call__(self) -> None:
+        """The socket's read watcher fired. A streaming client sends nothing more: readable means it left (EOF,
+        reset, close_notify) or broke protocol."""
         self.abort()
 
     def _complete(self) -> None:
@@ -263,10 +268,16 @@ class ParkedStream:
 
     def _end(self) -> None:
         self.done = True
-        self._watcher.stop()
-        self._watcher.close()
+        watcher = self._watcher
+        watcher.stop()
+        if watcher is not getattr(self.sock, "_read_event", None):
+            watcher.close()  # our own; the socket's goes on with the connection
         self._server.kcp_parked.pop(self.sock, None)
-        callbacks, self._on_done = self._on_done, ()
+        callbacks, self._on_done = self._on_done, None
+        if callbacks is None:
+            callbacks = ()
+        elif not isinstance(callbacks, tuple):
+            callbacks = (callbacks,)
         for callback in callbacks:
             try:
                 callback()

@@ -54,7 +54,7 @@ class RegistryWatch(Watch):
                  convert: Callable[[dict], dict] | None = None, error: dict | None = None):
         super().__init__()
         self.watcher = watcher
-        self.options = options
+        self.options = options if options is not None and options.filtered else None  # kept only to filter
         self.items = items
         self.error = error
         self.send_initial = send_initial
@@ -83,7 +83,7 @@ class RegistryWatch(Watch):
             return
         items, self.items = self.items, ()
         options, convert = self.options, self.convert
-        if options.filtered:
+        if options is not None:
             items = [obj for obj in items if options.matches(obj)]
         initial = [WatchEvent("ADDED", obj if convert is None else convert(obj)) for obj in items]
         if self.send_initial:
@@ -97,7 +97,7 @@ class RegistryWatch(Watch):
     # as the store watcher's subscriber
     def store_events(self, events) -> None:
         options, convert = self.options, self.convert
-        filtered = options.filtered
+        filtered = options is not None
         out = []
         told = 0
         for event in events:

@@ -111,6 +111,69 @@ def test_context_does_not_leak_between_requests(stream):
     assert structlog.contextvars.get_contextvars() == before  # nothing left in the caller's context
 
 
+class _Outlet:
+    """A parked stream as the server offers it, enough for the access log: ``when_done`` and ``bytes``."""
+
+    def __init__(self):
+        self.bytes = 0
+        self.callbacks = []
+
+    def when_done(self, callback):
+        self.callbacks.append(callback)
+
+    def done(self):
+        for callback in self.callbacks:
+            callback()
+
+
+def test_a_parked_streams_line_keeps_the_requests_context_but_not_the_request(stream):
+    """A parked watch's line comes when it ends, with everything the request bound (the impersonator too) and
+    the bytes the stream wrote, though only a ``_ParkedLine`` is kept meanwhile: no environ, no Context."""
+    metrics = Metrics()
+    parked = []
+
+    class Body:
+        def __iter__(self):
+            return iter(())
+
+        def park(self, outlet):
+            structlog.get_logger().info("parking")  # still in the request's context
+            parked.append(outlet)
+
+    def watch(environ, start_response):
+        bind_contextvars(user="bob", verb="watch", resource="configmaps", impersonator="admin")
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return Body()
+
+    app = logs.RequestLogMiddleware(watch, metrics)
+    _, _, result = call(app, "/clusters/root:org/api/v1/configmaps", consume=False,
+                        headers={"X-Request-Id": "req-7"})
+    outlet = _Outlet()
+    result.park(outlet)
+    assert parked == [outlet] and len(outlet.callbacks) == 1
+    kept = outlet.callbacks[0]
+    assert type(kept).__name__ == "_ParkedLine" and not hasattr(kept, "__dict__")
+    assert result.environ is None and result.result == ()  # the request lets go of its environ and its body
+    inner, = lines(stream)
+    assert (inner["event"], inner["user"], inner["request_id"]) == ("parking", "bob", "req-7")
+    assert (metrics.open_watches, metrics.inflight_requests) == (1, 0)
+    outlet.bytes = 123
+    bind_contextvars(user="someone-else")  # whatever context the stream ends in
+    try:
+        outlet.done()
+    finally:
+        structlog.contextvars.unbind_contextvars("user")
+    _, line = lines(stream)
+    assert {k: line[k] for k in ("request_id", "user", "cluster", "verb", "resource", "impersonator", "method",
+                                 "path", "code", "bytes")} == {
+        "request_id": "req-7", "user": "bob", "cluster": "root:org", "verb": "watch", "resource": "configmaps",
+        "impersonator": "admin", "method": "GET", "path": "/clusters/root:org/api/v1/configmaps", "code": 200,
+        "bytes": 123}
+    assert (metrics.open_watches, metrics.inflight_requests) == (0, 0)
+    result.close()  # the server does not, but a second line must not come of it
+    assert len(lines(stream)) == 2
+
+
 def test_streaming_response_logged_when_closed_and_counted_as_watch(stream):
     metrics = Metrics()
 

@@ -89,6 +89,9 @@ def test_a_parked_stream_holds_no_greenlet_and_its_connection_serves_on(shard_pk
         sock = tls_socket(shard_pki, srv.port)
         sock.sendall(b"GET /park HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_for(lambda: server_state(srv) == (1, 0))  # parked, and the connection's greenlet is gone
+        # it watches its socket with the socket's own read watcher, and is itself the callback: no more objects
+        parked, = srv.call(lambda: list(srv.server._server.kcp_parked.items()))
+        assert parked[1]._watcher is parked[0]._read_event and parked[0]._read_event.callback is parked[1]
         assert read_chunked(sock) == [b"0:......", b"1:......", b"2:......"]
         sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive resumed in a new greenlet
         assert b"HTTP/1.1 200 OK" in recv_until(sock, b"}")
