@@ -343,6 +343,7 @@ _VARS = {k: t.var for k, t in contextvars.Context().run(
 _REQUEST_VARS = tuple(_VARS[k] for k in REQUEST_KEYS)
 _REQUEST_VAR_SET = frozenset(_REQUEST_VARS)
 _REQUEST_ID, _USER, _CLUSTER, _VW, _VERB, _RESOURCE = _REQUEST_VARS
+_STRUCTLOG_VAR = _REQUEST_ID.name[:-len("request_id")]  # the prefix of structlog's ContextVars: "structlog_"
 _END = object()
 
 
@@ -606,9 +607,9 @@ class _ParkedLine:
         self.outlet = outlet
         (self.request_id, self.user, self.cluster, self.virtual_workspace, self.verb,
          self.resource) = (var.get(None) for var in _REQUEST_VARS)
-        extra = ()  # what else inner code bound (an impersonator): rare
+        extra = ()  # what else inner code bound for the log (an impersonator): rare
         for var, value in contextvars.copy_context().items():
-            if var not in _REQUEST_VAR_SET and value is not Ellipsis:
+            if var not in _REQUEST_VAR_SET and value is not Ellipsis and var.name.startswith(_STRUCTLOG_VAR):
                 extra += (var, value)
         self.extra = extra
 
