@@ -462,9 +462,10 @@ class Subscription(Watch):
     """One client's watch served from an ``Informer``: a push ``Watch`` (``framework.watchstream``). Started, it
     sends its backlog (initial ADDED events or replayed ones) and whatever the informer handed it since it was
     made, then each event as the informer applies it (``offer``, in the informer's greenlet, without waiting),
-    BOOKMARKs, until its deadline, ``close()`` or ``end()``. No greenlet of its own: one libev timer brings the
-    deadline and the bookmarks. Until it is started, at most ``queue_limit`` offered events wait (more ends it,
-    as the apiserver drops a watcher that falls behind); once started, the client connection's queue bounds it."""
+    BOOKMARKs, until its deadline, ``close()`` or ``end()``. No greenlet of its own: the hub's shared timer
+    (``framework.timers``) brings the deadline and the bookmarks. Until it is started, at most ``queue_limit``
+    offered events wait (more ends it, as the apiserver drops a watcher that falls behind); once started, the
+    client connection's queue bounds it."""
 
     __slots__ = ("informer", "cluster", "namespace", "_backlog", "_deadline", "_bookmarks", "_ended")
 
@@ -511,9 +512,9 @@ class Subscription(Watch):
         due = self._deadline
         if self._bookmarks:
             due = min(due, time.monotonic() + self.informer.bookmark_interval)
-        self._after(due - time.monotonic(), self._tick)
+        self._after(due - time.monotonic())
 
-    def _tick(self) -> None:
+    def _timer_fired(self) -> None:
         if time.monotonic() >= self._deadline:
             self._end()
             return

@@ -26,6 +26,7 @@ line serialized once for all watchers of the same write.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -35,7 +36,7 @@ import orjson
 import structlog
 from werkzeug.wrappers import Response
 
-from kcp_virtual.framework import table
+from kcp_virtual.framework import table, timers
 
 __all__ = ["Sink", "Watch", "as_watch", "WatchBody", "json_line", "TableLines", "Outlet", "WatchResponse"]
 
@@ -60,10 +61,11 @@ class Watch:
 
     Producers (subclasses) override ``_run`` (start producing: called by ``start``) and ``_stop`` (release
     upstream resources: called once, by ``close`` or when the watch ends by itself), and call ``_emit`` and
-    ``_end``; ``_after`` schedules their deadline or next bookmark, ``call_soon`` work that may block. Consumers call ``start(sink)`` once and ``close()`` when they stop listening.
+    ``_end``; ``_after`` schedules their deadline or next bookmark (``_timer_fired`` then runs), ``call_soon``
+    work that may block. Consumers call ``start(sink)`` once and ``close()`` when they stop listening.
     """
 
-    __slots__ = ("_sink", "_state", "_pull", "_calls", "_timer", "_timer_fn", "__weakref__")
+    __slots__ = ("_sink", "_state", "_pull", "_calls", "_timer", "__weakref__")
 
     _NEW, _RUNNING, _DONE = 0, 1, 2
 
@@ -72,8 +74,7 @@ class Watch:
         self._state = Watch._NEW
         self._pull: _Pull | None = None
         self._calls: deque | None = None
-        self._timer = None
-        self._timer_fn: Callable[[], None] | None = None
+        self._timer = None  # the bucket it waits in (framework.timers), while ``_after`` is pending
 
     # ------------------------------------------------------------------ consumer side
 
@@ -127,29 +128,30 @@ class Watch:
         if sink is not None:
             sink.ended()
 
-    def _after(self, seconds: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (in a hub callback: it must not block) in ``seconds``, unless the watch is closed first; one
-        such timer per watch (a new one replaces the last). What deadlines and bookmarks use: no greenlet waits."""
-        self._cancel_timer()
-        timer = self._timer = gevent.get_hub().loop.timer(max(seconds, 0.0))
-        self._timer_fn = fn  # on the watch, not as the timer's arguments: no tuple kept per idle watch
-        timer.start(self._fire)
+    def _after(self, seconds: float) -> float:
+        """Call ``_timer_fired()`` (in a hub callback: it must not block) in ``seconds`` (at most its resolution
+        later, ``framework.timers``), unless the watch is closed first; one pending per watch (a new one
+        replaces it). What deadlines and bookmarks use: no greenlet waits, and the watch keeps one pointer.
+        Returns the monotonic time it is due at, a float shared by the watches due with it."""
+        if self.closed:
+            return time.monotonic() + seconds
+        return timers.of_hub().arm(self, seconds)
+
+    def _timer_fired(self) -> None:
+        """The time asked for with ``_after`` has come (subclasses: not blocking)."""
 
     def _fire(self) -> None:
-        # only the armed timer fires: replacing or cancelling one stops it first
-        timer, fn = self._timer, self._timer_fn
-        self._timer = self._timer_fn = None
-        if timer is not None:
-            timer.close()
-        if fn is not None and not self.closed:
-            fn()
+        # called by the hub's Timers; a failing handler ends this watch, not the others due with it
+        if self.closed:
+            return
+        try:
+            self._timer_fired()
+        except Exception:  # noqa: BLE001 - the client gets an end, not a stream that never ends
+            _report("watch timer failed")
+            self._end()
 
     def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        self._timer_fn = None
-        if timer is not None:
-            timer.stop()
-            timer.close()
+        timers.cancel(self)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (which may block) after those already queued, in a greenlet that exists while there is work."""

@@ -194,7 +194,10 @@ class WorkspaceWatch(Watch):
                 return
             watch.start(_Upstream(self, tag))
         if not self.closed:
-            self._after(self.timeout, self._end)
+            self._after(self.timeout)
+
+    def _timer_fired(self) -> None:  # the deadline
+        self._end()
 
     def _stop(self) -> None:
         for _, watch in self.upstream:

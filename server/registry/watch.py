@@ -4,9 +4,10 @@
 resourceVersion "" or "0" or with ``sendInitialEvents``) from the starting greenlet, then subscribes its
 ``Watcher`` to the store's fan-out (``storage.Watcher.subscribe``): each write reaches it in a hub callback,
 where it turns what the watcher saw into what the client sees (a selector's filter: entering is ADDED,
-leaving is DELETED; the watched version of a CRD's objects) and hands that to its sink. One libev timer
-brings the deadline (``timeoutSeconds``), the BOOKMARKs and the progress notifications. An event passed on
-unchanged is the storage's own ``Event``, whose stream line is serialized once for every watcher.
+leaving is DELETED; the watched version of a CRD's objects) and hands that to its sink. The hub's shared
+timer (``kcp_virtual.framework.timers``) brings the deadline (``timeoutSeconds``), the BOOKMARKs and the
+progress notifications. An event passed on unchanged is the storage's own ``Event``, whose stream line is
+serialized once for every watcher.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class RegistryWatch(Watch):
         self.last_rv = self.told_rv = since  # told: the highest resourceVersion the client has had
         now = time.monotonic()
         self.next_bookmark = now + bookmark_interval
-        self.next_progress = now + PROGRESS_NOTIFY_INTERVAL
+        self.next_progress = now + PROGRESS_NOTIFY_INTERVAL if self.progress else 0.0
 
     @classmethod
     def failed(cls, status: dict, bookmark: Callable[..., dict]) -> "RegistryWatch":
@@ -137,9 +138,11 @@ class RegistryWatch(Watch):
         if self.progress:
             due = min(due, self.next_progress)
         if due is not None:
-            self._after(due - time.monotonic(), self._tick)
+            at = self._after(due - time.monotonic())
+            if due is self.next_bookmark:  # the float its timer's bucket keeps, shared: none of this watch's own
+                self.next_bookmark = at
 
-    def _tick(self) -> None:
+    def _timer_fired(self) -> None:
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:
             self._end()
