@@ -450,6 +450,7 @@ class RequestLogMiddleware:
 
     def _intercept(self, intercept: Callable, environ: dict, exchange) -> bool:
         start, vw = self._begin(environ)
+        kept = None  # what the audit needs of the environ, if there is an audit log
         if self.audit is None:
             exchange.on_stream = self._streaming
         else:  # a stream lets go of the request's headers (RawExchange.start_stream): keep what the audit needs
@@ -470,14 +471,14 @@ class RequestLogMiddleware:
             raise
         if handled:
             parked = exchange.parked
-            if self.audit is not None:
+            if kept is not None:
                 kept.update(self.audit.kept(environ))
             if parked is None:
-                self._record(kept if self.audit is not None else environ, start, exchange.status, exchange.bytes, vw,
+                self._record(kept if kept is not None else environ, start, exchange.status, exchange.bytes, vw,
                              exchange.counted_as_watch)
             else:  # the stream goes on without this greenlet: its line when it ends, in this request's context
-                parked.when_done(_ParkedLine(self, environ, kept if self.audit is not None else None, start,
-                                             exchange.status, exchange.bytes, vw, exchange.counted_as_watch, parked))
+                parked.when_done(_ParkedLine(self, environ, kept, start, exchange.status, exchange.bytes, vw,
+                                             exchange.counted_as_watch, parked))
         elif self.metrics is not None:
             self.metrics.inflight_requests -= 1
         return handled
